@@ -1,0 +1,1 @@
+"""Conveyor gateway: the aiohttp JSON API."""

@@ -1,0 +1,23 @@
+"""Typed web.AppKey and request-key constants."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from gateway.auth import Principal
+from shared.db import Pool
+from shared.jobs import Registry
+from shared.metrics import Metrics
+from shared.redis import CacheRedis
+from shared.settings import GatewaySettings
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+PG_POOL = web.AppKey("pg_pool", Pool)
+CACHE = web.AppKey("cache", CacheRedis)
+JOBS_REDIS = web.AppKey("jobs_redis", ArqRedis)
+REGISTRY = web.AppKey("registry", Registry)
+METRICS = web.AppKey("metrics", Metrics)
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)

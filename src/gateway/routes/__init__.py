@@ -1,0 +1,12 @@
+"""setup_routes(app): the only place that knows every resource module."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.routes import health, job_types, jobs
+
+
+def setup_routes(app: web.Application) -> None:
+    for module in (health, jobs, job_types):
+        app.router.add_routes(module.routes)

@@ -1,0 +1,16 @@
+"""GET /api/v1/job-types: the registry as the API describes it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.keys import REGISTRY
+from gateway.responses import json_response
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/job-types")
+async def list_job_types(request: web.Request) -> web.Response:
+    """GET /api/v1/job-types: every registered type with its policy and schemas. Any authenticated role."""
+    return json_response({"items": [spec.describe() for spec in request.app[REGISTRY]]})

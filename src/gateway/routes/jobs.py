@@ -1,0 +1,94 @@
+"""Enqueue a job and read jobs: POST/GET /api/v1/jobs, GET /api/v1/jobs/{id}."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SETTINGS
+from gateway.resources import job_resource, job_url
+from gateway.responses import json_response, read_json
+from shared import ledger, submission
+from shared.errors import BadRequest, InvalidInput, NotFound
+
+routes = web.RouteTableDef()
+
+LIST_PARAMS = frozenset({"status", "type", "queue", "batch_id", "limit", "cursor"})
+STATUSES = frozenset({"queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"})
+DEFAULT_LIMIT, MAX_LIMIT = 50, 200
+
+
+@routes.post("/api/v1/jobs")
+async def create_job(request: web.Request) -> web.Response:
+    """POST /api/v1/jobs: any role. 202 once the job is committed to the ledger; 200 on an idempotent replay.
+
+    Errors: 400 malformed JSON, 401, 409 idempotency key reused for another request, 413, 415, 422.
+    """
+    body = await read_json(request)
+    header_key = request.headers.get("Idempotency-Key")
+    if header_key is not None:
+        if body.setdefault("idempotency_key", header_key) != header_key:
+            raise InvalidInput(
+                "the Idempotency-Key header and the `idempotency_key` field differ",
+                errors=[{"loc": ["idempotency_key"], "msg": "differs from the Idempotency-Key header", "type": "value_error"}],
+            )
+    job_request = submission.JobRequest.model_validate(body)
+    app, principal = request.app, request[PRINCIPAL]
+    new = submission.prepare(job_request, app[REGISTRY], owner=principal.sub, request_id=request[REQUEST_ID])
+    record, created, enqueued = await submission.submit(
+        app[PG_POOL], app[JOBS_REDIS], new, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s
+    )
+    headers = {"Location": job_url(record.id)}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+        return json_response(job_resource(record), status=200, headers=headers)
+    app[METRICS].jobs_enqueued.labels(record.type).inc()
+    if not enqueued:
+        app[METRICS].enqueue_deferred.inc()
+    return json_response(job_resource(record), status=202, headers=headers)
+
+
+@routes.get("/api/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    """GET /api/v1/jobs/{id}: the owner or an admin. Errors: 401, 404 (also for another user's job)."""
+    job_id = request.match_info["job_id"]
+    record = await ledger.get_job(request.app[PG_POOL], job_id) if len(job_id) <= 64 else None
+    if record is None or not request[PRINCIPAL].can_see(record.owner):
+        raise NotFound(f"no job {job_id!r}")
+    return json_response(job_resource(record))
+
+
+def _query(params: Mapping[str, str]) -> tuple[ledger.JobFilter, int, str | None]:
+    unknown = sorted(set(params) - LIST_PARAMS)
+    if unknown:
+        raise BadRequest(
+            f"unknown query parameter(s): {', '.join(unknown)}",
+            errors=[{"loc": ["query", name], "msg": "unknown parameter"} for name in unknown],
+        )
+    raw_limit = params.get("limit", str(DEFAULT_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise BadRequest(
+            f"`limit` must be an integer from 1 to {MAX_LIMIT}",
+            errors=[{"loc": ["query", "limit"], "msg": f"integer from 1 to {MAX_LIMIT}"}],
+        )
+    status = params.get("status")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(
+            f"`status` must be one of {', '.join(sorted(STATUSES))}",
+            errors=[{"loc": ["query", "status"], "msg": "unknown status"}],
+        )
+    where = ledger.JobFilter(status=status, type=params.get("type"), queue=params.get("queue"), batch_id=params.get("batch_id"))
+    return where, int(raw_limit), params.get("cursor") or None
+
+
+@routes.get("/api/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /api/v1/jobs: newest first; a user sees its own jobs, an admin every job. Errors: 400, 401."""
+    where, limit, cursor = _query(request.query)
+    principal = request[PRINCIPAL]
+    if not principal.is_admin:
+        where = dataclasses.replace(where, owner=principal.sub)
+    page, next_cursor = await ledger.list_jobs(request.app[PG_POOL], where, limit=limit, cursor=cursor)
+    return json_response({"items": [job_resource(r) for r in page], "next_cursor": next_cursor})

@@ -1,0 +1,115 @@
+"""ServiceError hierarchy (stable `code` per class) plus job errors; no HTTP knowledge."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a caller."""
+
+    code: ClassVar[str] = "service_error"
+    title: ClassVar[str] = "Service error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: Mapping[str, Any] = details or {}
+        self.errors: Sequence[Mapping[str, Any]] | None = errors
+
+
+class BadRequest(ServiceError):
+    code = "bad_request"
+    title = "Bad request"
+
+
+class InvalidInput(ServiceError):
+    code = "invalid_input"
+    title = "Invalid input"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+    title = "Conflict"
+
+
+class Unauthenticated(ServiceError):
+    code = "unauthenticated"
+    title = "Unauthenticated"
+
+
+class PermissionDenied(ServiceError):
+    code = "permission_denied"
+    title = "Permission denied"
+
+
+class UnsupportedMediaType(ServiceError):
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class RateLimited(ServiceError):
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DependencyUnavailable(ServiceError):
+    """Redis, PostgreSQL or SMTP could not be reached."""
+
+    code = "dependency_unavailable"
+    title = "Dependency unavailable"
+
+
+class JobError(Exception):
+    """Base of the errors a job handler raises to steer retries."""
+
+    retryable: ClassVar[bool] = True
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+
+class RetryableJobError(JobError):
+    """A transient failure: the runtime retries with the type's backoff (or `defer_s` when given)."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, defer_s: float | None = None, type_name: str | None = None) -> None:
+        super().__init__(message)
+        self.defer_s = defer_s
+        self._type_name = type_name
+
+    @property
+    def type_name(self) -> str:
+        return self._type_name or type(self).__name__
+
+
+class PermanentJobError(JobError):
+    """A failure no retry can fix (bad input, refused recipient): the job fails now."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, type_name: str | None = None) -> None:
+        super().__init__(message)
+        self._type_name = type_name
+
+    @property
+    def type_name(self) -> str:
+        return self._type_name or type(self).__name__

@@ -1,0 +1,274 @@
+"""The ledger's queries: the durable record of every job, written before a job is acknowledged."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from shared import json
+from shared.db import Connection, Pool
+from shared.errors import BadRequest, Conflict
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+UNFINISHED = ("queued", "scheduled", "running", "retrying")
+IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_urlsafe(18)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    id: str
+    type: str
+    queue: str
+    owner: str
+    priority: str
+    payload: dict[str, Any]
+    max_attempts: int
+    timeout_s: float
+    scheduled_for: dt.datetime
+    expires_at: dt.datetime | None
+    idempotency_key: str | None
+    request_hash: str | None
+    request_id: str | None
+    status: str = "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    type: str
+    queue: str
+    owner: str
+    status: str
+    priority: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    timeout_s: float
+    result: Any
+    error: dict[str, Any] | None
+    error_history: list[dict[str, Any]]
+    batch_id: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    request_id: str | None
+    created_at: dt.datetime
+    scheduled_for: dt.datetime
+    expires_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> JobRecord:
+        return cls(**dict(row.items()))
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+_INSERT = """
+INSERT INTO jobs (id, type, queue, owner, status, priority, payload, max_attempts, timeout_s,
+                  scheduled_for, expires_at, idempotency_key, request_hash, request_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *
+"""
+
+
+async def insert_job(conn: Connection | Pool, job: NewJob) -> tuple[JobRecord, bool]:
+    """Record a job; with an idempotency key, return the owner's earlier job instead when there is one.
+
+    Returns:
+        The record and whether this call created it.
+
+    Raises:
+        Conflict: the key was used within 24 h for a different request.
+    """
+    args = (
+        job.id, job.type, job.queue, job.owner, job.status, job.priority, job.payload, job.max_attempts,
+        job.timeout_s, job.scheduled_for, job.expires_at, job.idempotency_key, job.request_hash, job.request_id,
+    )  # fmt: skip
+    for _ in range(3):
+        row = await conn.fetchrow(_INSERT, *args)
+        if row is not None:
+            return JobRecord.from_row(row), True
+        # ON CONFLICT waited for the other writer to commit, so its row is visible to this new statement.
+        earlier = await conn.fetchrow(
+            "SELECT * FROM jobs WHERE owner = $1 AND idempotency_key = $2", job.owner, job.idempotency_key
+        )
+        if earlier is None:
+            continue  # deleted in between (cleaned); insert again
+        record = JobRecord.from_row(earlier)
+        if record.created_at < json.utcnow() - IDEMPOTENCY_WINDOW:
+            # Out of the window: free the key and record this request as a new job.
+            await conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = $1", record.id)
+            continue
+        if record.request_hash != job.request_hash:
+            raise Conflict(
+                "this idempotency key was already used with a different request",
+                details={"job_id": record.id},
+            )
+        return record, False
+    raise Conflict("the idempotency key is contended; try again")
+
+
+async def get_job(conn: Connection | Pool, job_id: str) -> JobRecord | None:
+    row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+    return None if row is None else JobRecord.from_row(row)
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    owner: str | None = None
+    status: str | None = None
+    type: str | None = None
+    queue: str | None = None
+    batch_id: str | None = None
+
+
+def encode_cursor(record: JobRecord) -> str:
+    raw = json.dumps([record.created_at.isoformat(), record.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return dt.datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadRequest("`cursor` is not a cursor this API returned", errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]) from exc
+
+
+async def list_jobs(
+    conn: Connection | Pool, where: JobFilter, *, limit: int, cursor: str | None
+) -> tuple[list[JobRecord], str | None]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for column in ("owner", "status", "type", "queue", "batch_id"):
+        value = getattr(where, column)
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} = ${len(args)}")
+    if cursor:
+        created, last_id = decode_cursor(cursor)
+        args += [created, last_id]
+        clauses.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    sql = "SELECT * FROM jobs"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    args.append(limit + 1)
+    sql += f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+    rows = [JobRecord.from_row(r) for r in await conn.fetch(sql, *args)]
+    page, more = rows[:limit], len(rows) > limit
+    return page, encode_cursor(page[-1]) if more and page else None
+
+
+# --- worker-side transitions -----------------------------------------------------------------------
+# Every transition after `mark_running` is fenced on the attempt number, so a late finisher of an older
+# attempt can never overwrite the outcome of a newer one.
+
+
+async def mark_running(conn: Connection | Pool, job_id: str, attempt: int) -> JobRecord | None:
+    """Start `attempt`; None when the job is already finished (a duplicate delivery) or unknown."""
+    row = await conn.fetchrow(
+        """
+        UPDATE jobs SET status = 'running', attempts = $2, started_at = now(), updated_at = now()
+        WHERE id = $1 AND status IN ('queued', 'scheduled', 'running', 'retrying') AND attempts < $2
+        RETURNING *
+        """,
+        job_id,
+        attempt,
+    )
+    return None if row is None else JobRecord.from_row(row)
+
+
+async def mark_succeeded(conn: Connection | Pool, job_id: str, attempt: int, result: Any) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE jobs SET status = 'succeeded', result = $3, error = NULL, finished_at = now(), updated_at = now()
+        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        """,
+        job_id,
+        attempt,
+        result,
+    )
+    return status.endswith(" 1")
+
+
+def error_entry(attempt: int, error: dict[str, Any]) -> dict[str, Any]:
+    return {**error, "attempt": attempt, "at": json.rfc3339(json.utcnow())}
+
+
+async def mark_retrying(
+    conn: Connection | Pool, job_id: str, attempt: int, error: dict[str, Any], next_at: dt.datetime
+) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE jobs SET status = 'retrying', error = $3, error_history = error_history || jsonb_build_array($4::jsonb),
+                        scheduled_for = $5, updated_at = now()
+        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        """,
+        job_id,
+        attempt,
+        error,
+        error_entry(attempt, error),
+        next_at,
+    )
+    return status.endswith(" 1")
+
+
+async def mark_failed(conn: Connection | Pool, job_id: str, attempt: int, error: dict[str, Any]) -> bool:
+    """Dead-letter the job: it keeps its last error and the per-attempt history."""
+    status = await conn.execute(
+        """
+        UPDATE jobs SET status = 'failed', error = $3, error_history = error_history || jsonb_build_array($4::jsonb),
+                        finished_at = now(), updated_at = now()
+        WHERE id = $1 AND attempts = $2 AND status IN ('running', 'queued', 'scheduled', 'retrying')
+        """,
+        job_id,
+        attempt,
+        error,
+        error_entry(attempt, error),
+    )
+    return status.endswith(" 1")
+
+
+async def mark_requeued(conn: Connection | Pool, job_id: str, attempt: int) -> bool:
+    """The worker stopped mid-attempt (shutdown): the job waits in the queue again."""
+    status = await conn.execute(
+        "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND attempts = $2 AND status = 'running'",
+        job_id,
+        attempt,
+    )
+    return status.endswith(" 1")
+
+
+async def unfinished_before(conn: Connection | Pool, before: dt.datetime, *, limit: int) -> list[JobRecord]:
+    """Unfinished jobs untouched since `before`: candidates for the reconciler."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM jobs
+        WHERE status IN ('queued', 'scheduled', 'running', 'retrying') AND updated_at < $1
+        ORDER BY updated_at LIMIT $2
+        """,
+        before,
+        limit,
+    )
+    return [JobRecord.from_row(r) for r in rows]
+
+
+async def touch(conn: Connection | Pool, job_ids: Sequence[str]) -> None:
+    await conn.execute("UPDATE jobs SET updated_at = now() WHERE id = ANY($1::text[])", list(job_ids))

@@ -1,0 +1,64 @@
+"""Metrics: every Prometheus Counter/Histogram/Gauge, created on an injected CollectorRegistry; names live here."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+NAMESPACE = "conveyor"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_JOB_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """One set of metrics per process; pass it down, never import a global."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "http_requests_total", "HTTP requests by route template, method and status.",
+            ["route", "method", "status"], namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+        self.http_latency = Histogram(
+            "http_request_duration_seconds", "HTTP request latency by route template and method.",
+            ["route", "method"], namespace=NAMESPACE, subsystem="gateway", buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.jobs_enqueued = Counter(
+            "jobs_enqueued_total", "Jobs accepted into the ledger, by type.",
+            ["type"], namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+        self.enqueue_deferred = Counter(
+            "enqueue_deferred_total", "Jobs recorded in the ledger whose Redis enqueue failed (left to the reconciler).",
+            namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+        self.jobs = Counter(
+            "jobs_total", "Job attempts by type and outcome (started, succeeded, failed, retried, expired, requeued).",
+            ["type", "outcome"], namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        self.job_duration = Histogram(
+            "job_duration_seconds", "Handler run time per attempt, by type.",
+            ["type"], namespace=NAMESPACE, subsystem="worker", buckets=_JOB_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "job_queue_wait_seconds", "Time from due to start of an attempt, by type.",
+            ["type"], namespace=NAMESPACE, subsystem="worker", buckets=_JOB_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.jobs_running = Gauge(
+            "jobs_running", "Jobs running in this process.",
+            namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        self.worker_up = Gauge(
+            "up", "1 while this worker process is taking jobs.",
+            ["queue"], namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        self.reconciled = Counter(
+            "reconciler_requeued_total", "Jobs the reconciler put back on Redis from the ledger.",
+            namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        self.smtp = Counter(
+            "smtp_sends_total", "SMTP send outcomes (sent, refused, transient, error).",
+            ["outcome"], namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,45 @@
+"""Create and close the cache (db 0) and jobs (db 1) Redis clients; readiness ping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.settings import RedisConfig
+
+if TYPE_CHECKING:
+    CacheRedis = Redis[bytes]
+else:
+    CacheRedis = Redis
+
+
+def cache_client(config: RedisConfig) -> CacheRedis:
+    """The db 0 client: disposable data only (progress, rate-limit windows, cached status)."""
+    return Redis.from_url(
+        config.cache_url,
+        socket_connect_timeout=config.connect_timeout_s,
+        socket_timeout=config.connect_timeout_s * 2,
+        health_check_interval=15,
+    )
+
+
+@asynccontextmanager
+async def open_cache(config: RedisConfig) -> AsyncIterator[CacheRedis]:
+    client = cache_client(config)
+    try:
+        yield client
+    finally:
+        await client.aclose(close_connection_pool=True)
+
+
+async def ping(client: CacheRedis) -> str:
+    """`"ok"` or a short, secret-free reason."""
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        return f"{type(exc).__name__}"
+    return "ok"

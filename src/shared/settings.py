@@ -1,0 +1,142 @@
+"""pydantic-settings models: one section per concern; GatewaySettings and WorkerSettings compose only what each needs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The API contract promises a working default for local use; production refuses it (see AuthConfig).
+DEV_JWT_SECRET = "conveyor-dev-only-secret-change-me"  # noqa: S105 - documented dev default, refused in production
+
+
+def _config() -> SettingsConfigDict:
+    return SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True, case_sensitive=False)
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class RedisConfig(BaseSettings):
+    model_config = _config()
+
+    cache_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_CACHE_URL"))
+    jobs_url: str = Field("redis://127.0.0.1:6379/1", validation_alias=_env("REDIS_JOBS_URL"))
+    connect_timeout_s: float = Field(2.0, gt=0, validation_alias=_env("REDIS_CONNECT_TIMEOUT_S"))
+
+
+class PostgresConfig(BaseSettings):
+    model_config = _config()
+
+    url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/conveyor"), validation_alias=_env("DATABASE_URL")
+    )
+    pool_min: int = Field(1, ge=0, validation_alias=_env("DATABASE_POOL_MIN"))
+    pool_max: int = Field(10, ge=1, validation_alias=_env("DATABASE_POOL_MAX"))
+    connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("DATABASE_CONNECT_TIMEOUT_S"))
+
+
+class LogConfig(BaseSettings):
+    model_config = _config()
+
+    format: Literal["json", "console"] = Field("json", validation_alias=_env("LOG_FORMAT"))
+    level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+
+
+class AuthConfig(BaseSettings):
+    model_config = _config()
+
+    environment: Environment = Field(Environment.DEVELOPMENT, validation_alias=_env("ENVIRONMENT"))
+    jwt_secret: SecretStr = Field(SecretStr(DEV_JWT_SECRET), validation_alias=_env("JWT_SECRET"))
+    jwt_issuer: str | None = Field(None, validation_alias=_env("JWT_ISSUER"))
+    jwt_audience: str | None = Field(None, validation_alias=_env("JWT_AUDIENCE"))
+    jwt_leeway_s: float = Field(30.0, ge=0, validation_alias=_env("JWT_LEEWAY_S"))
+
+    @model_validator(mode="after")
+    def _no_dev_secret_in_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION and self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
+            raise ValueError("JWT_SECRET must be set to a real secret when ENVIRONMENT=production")
+        if len(self.jwt_secret.get_secret_value()) < 16:
+            raise ValueError("JWT_SECRET must be at least 16 characters")
+        return self
+
+
+class SmtpConfig(BaseSettings):
+    model_config = _config()
+
+    host: str = Field("127.0.0.1", validation_alias=_env("SMTP_HOST"))
+    port: int = Field(8025, ge=1, le=65535, validation_alias=_env("SMTP_PORT"))
+    username: str | None = Field(None, validation_alias=_env("SMTP_USERNAME"))
+    password: SecretStr | None = Field(None, validation_alias=_env("SMTP_PASSWORD"))
+    tls: Literal["none", "starttls", "tls"] = Field("none", validation_alias=_env("SMTP_TLS"))
+    mail_from: str = Field("Conveyor <conveyor@localhost>", validation_alias=_env("MAIL_FROM"))
+    timeout_s: float = Field(30.0, gt=0, validation_alias=_env("SMTP_TIMEOUT_S"))
+
+
+class JobStoreConfig(BaseSettings):
+    """Retention of results and finished jobs; read by both sides."""
+
+    model_config = _config()
+
+    result_ttl_s: int = Field(86400, ge=1, validation_alias=_env("RESULT_TTL_S"))
+    retention_days: int = Field(7, ge=1, validation_alias=_env("RETENTION_DAYS"))
+
+
+class GatewayConfig(BaseSettings):
+    model_config = _config()
+
+    host: str = Field("127.0.0.1", validation_alias=_env("API_HOST"))
+    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("API_PORT"))
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, validation_alias=_env("MAX_BODY_BYTES"))
+    max_upload_bytes: int = Field(1024**3, ge=1024, validation_alias=_env("MAX_UPLOAD_BYTES"))
+    rate_limit_per_minute: int = Field(600, ge=1, validation_alias=_env("RATE_LIMIT_PER_MINUTE"))
+    enqueue_timeout_s: float = Field(1.0, gt=0, validation_alias=_env("ENQUEUE_TIMEOUT_S"))
+    shutdown_grace_s: float = Field(30.0, ge=0, validation_alias=_env("SHUTDOWN_GRACE_S"))
+
+
+class WorkerConfig(BaseSettings):
+    model_config = _config()
+
+    max_jobs: int = Field(50, ge=1, validation_alias=_env("WORKER_MAX_JOBS"))
+    poll_delay_s: float = Field(0.05, gt=0, validation_alias=_env("WORKER_POLL_DELAY_S"))
+    shutdown_grace_s: int = Field(30, ge=0, validation_alias=_env("SHUTDOWN_GRACE_S"))
+    metrics_host: str = Field("127.0.0.1", validation_alias=_env("WORKER_METRICS_HOST"))
+    # None: the process's own default port (see workers.processes); 0: any free port.
+    metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("WORKER_METRICS_PORT"))
+    reconcile_interval_s: float = Field(5.0, gt=0, le=3600, validation_alias=_env("RECONCILE_INTERVAL_S"))
+    reconcile_grace_s: float = Field(10.0, ge=0, validation_alias=_env("RECONCILE_GRACE_S"))
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway process needs, and nothing it does not (no SMTP password)."""
+
+    model_config = _config()
+
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    postgres: PostgresConfig = Field(default_factory=PostgresConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    jobs: JobStoreConfig = Field(default_factory=JobStoreConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+class WorkerSettings(BaseSettings):
+    """Everything a worker process needs."""
+
+    model_config = _config()
+
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    postgres: PostgresConfig = Field(default_factory=PostgresConfig)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    jobs: JobStoreConfig = Field(default_factory=JobStoreConfig)
+    log: LogConfig = Field(default_factory=LogConfig)

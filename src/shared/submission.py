@@ -1,0 +1,118 @@
+"""Job requests: the request model, its validation against the registry, and durable submission (ledger, then Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+from typing import Literal, Self
+
+from arq.connections import ArqRedis
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+
+from shared import json, ledger, queue
+from shared.db import Pool
+from shared.errors import InvalidInput
+from shared.jobs import Registry
+
+logger = logging.getLogger(__name__)
+
+MAX_DELAY_S = 366 * 24 * 3600.0
+
+
+class JobRequest(BaseModel):
+    """The body of `POST /api/v1/jobs` (and each member of a batch)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(min_length=1, max_length=100, description="A registered job type, e.g. `email.send`.")
+    payload: dict[str, JsonValue] = Field(default_factory=dict)
+    priority: Literal["low", "normal", "high"] = "normal"
+    delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S)
+    run_at: AwareDatetime | None = None
+    max_attempts: int | None = Field(None, ge=1, le=25)
+    timeout_s: float | None = Field(None, gt=0)
+    expires_in_s: float | None = Field(None, gt=0, le=MAX_DELAY_S)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> Self:
+        if self.delay_s is not None and self.run_at is not None:
+            raise ValueError("give `delay_s` or `run_at`, not both")
+        return self
+
+
+def _invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> InvalidInput:
+    return InvalidInput("the request does not match its schema", errors=[{"loc": loc, "msg": msg, "type": kind}])
+
+
+def prepare(
+    request: JobRequest, registry: Registry, *, owner: str, request_id: str | None, job_id: str | None = None
+) -> ledger.NewJob:
+    """Check a request against its type (payload schema, timeout cap) and build the ledger row.
+
+    Raises:
+        InvalidInput: unknown type, payload not matching the type's model, timeout over the type's cap.
+    """
+    spec = registry.get(request.type)
+    if spec is None:
+        raise _invalid(["type"], f"unknown job type; known types: {', '.join(registry.names())}", "unknown_type")
+    try:
+        payload = spec.payload_model.model_validate(request.payload)
+    except ValidationError as exc:
+        raise InvalidInput(
+            f"the payload does not match the schema of `{spec.name}`",
+            errors=[
+                {"loc": ["payload", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_input=False)
+            ],
+        ) from exc
+    timeout_s = request.timeout_s if request.timeout_s is not None else spec.timeout_s
+    if timeout_s > spec.max_timeout_s:
+        raise _invalid(["timeout_s"], f"at most {spec.max_timeout_s:g} for `{spec.name}`", "less_than_equal")
+    now = json.utcnow()
+    if request.run_at is not None:
+        scheduled_for = request.run_at.astimezone(dt.UTC)
+    else:
+        scheduled_for = now + dt.timedelta(seconds=request.delay_s or 0)
+    fingerprint = request.model_dump(mode="json", exclude={"idempotency_key"})
+    return ledger.NewJob(
+        id=job_id or ledger.new_job_id(),
+        type=spec.name,
+        queue=spec.queue.value,
+        owner=owner,
+        priority=request.priority,
+        payload=payload.model_dump(mode="json"),
+        max_attempts=request.max_attempts or spec.max_attempts,
+        timeout_s=timeout_s,
+        scheduled_for=scheduled_for,
+        expires_at=now + dt.timedelta(seconds=request.expires_in_s) if request.expires_in_s else None,
+        idempotency_key=request.idempotency_key,
+        request_hash=hashlib.sha256(json.canonical(fingerprint)).hexdigest() if request.idempotency_key else None,
+        request_id=request_id,
+        status="scheduled" if scheduled_for > now else "queued",
+    )
+
+
+async def submit(
+    pool: Pool, redis: ArqRedis, job: ledger.NewJob, *, enqueue_timeout_s: float
+) -> tuple[ledger.JobRecord, bool, bool]:
+    """Record the job in the ledger (committed on return), then hand it to Redis.
+
+    A Redis failure does not fail the submission: the job is durable and the reconciler enqueues it later.
+
+    Returns:
+        (record, created, enqueued): `created` is False for an idempotent replay.
+    """
+    record, created = await ledger.insert_job(pool, job)
+    if not created:
+        return record, False, False
+    try:
+        async with asyncio.timeout(enqueue_timeout_s):
+            await queue.enqueue(redis, record)
+    except queue.REDIS_ERRORS as exc:
+        logger.warning("job.enqueue_deferred", extra={"job_id": record.id, "reason": type(exc).__name__})
+        return record, True, False
+    return record, True, True
+

@@ -1,0 +1,1 @@
+"""Conveyor workers: arq worker processes, one per queue."""

@@ -1,0 +1,142 @@
+"""One definition per OS process (queue, job families, default metrics port) and the WorkerProcess that runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from arq.worker import Worker
+
+from shared import db, queue, redis
+from shared.jobs import EMAIL_SEND, SYSTEM_ECHO, Queue, Registry, builtin_registry
+from shared.mail import MailSender, SmtpMailSender
+from shared.metrics import Metrics
+from shared.settings import WorkerSettings
+from workers import email, health_server, reconciler, system
+from workers.context import WorkerContext
+from workers.runtime import AnyHandler, Runtime, bind
+
+logger = logging.getLogger(__name__)
+
+
+def builtin_handlers() -> dict[str, AnyHandler]:
+    """Every built-in job type's handler, by type name."""
+    bound = [bind(SYSTEM_ECHO, system.handle_echo), bind(EMAIL_SEND, email.handle_send)]
+    return {h.spec.name: h for h in bound}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessDef:
+    name: str
+    queue: Queue
+    metrics_port: int
+    runs_reconciler: bool = False
+
+
+PROCESSES: Final[Mapping[str, ProcessDef]] = {
+    "default": ProcessDef("default", Queue.DEFAULT, 9101),
+    "heavy": ProcessDef("heavy", Queue.HEAVY, 9102),
+    "scheduler": ProcessDef("scheduler", Queue.SCHEDULER, 9103, runs_reconciler=True),
+}
+
+
+class WorkerProcess:
+    """Runs one process definition until `stop()` (SIGTERM in production): stop taking jobs, let running
+    ones finish within SHUTDOWN_GRACE_S, re-queue the rest."""
+
+    def __init__(
+        self,
+        definition: ProcessDef,
+        settings: WorkerSettings,
+        *,
+        registry: Registry | None = None,
+        handlers: Mapping[str, AnyHandler] | None = None,
+        mailer: MailSender | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.definition = definition
+        self.settings = settings
+        self.registry = registry or builtin_registry()
+        all_handlers = handlers if handlers is not None else builtin_handlers()
+        self.handlers = {n: h for n, h in all_handlers.items() if h.spec.queue is definition.queue}
+        self.mailer = mailer or SmtpMailSender(settings.smtp)
+        self.metrics = metrics or Metrics()
+        self.metrics_port: int | None = None
+        self._worker: Worker | None = None
+        self._started = asyncio.Event()
+
+    async def run(self) -> None:
+        s, d = self.settings, self.definition
+        port = s.worker.metrics_port if s.worker.metrics_port is not None else d.metrics_port
+        async with (
+            db.open_pool(s.postgres) as pg,
+            redis.open_cache(s.redis) as cache,
+            queue.open_jobs_redis(s.redis, queue=d.queue.value) as jobs_redis,
+            health_server.serve(self.metrics, s.worker.metrics_host, port, self._health) as bound_port,
+        ):
+            self.metrics_port = bound_port
+            ctx = WorkerContext(
+                settings=s, queue=d.queue.value, pg=pg, cache=cache, jobs_redis=jobs_redis,
+                mailer=self.mailer, metrics=self.metrics, registry=self.registry,
+            )  # fmt: skip
+            await self._run_worker(ctx)
+
+    async def _run_worker(self, ctx: WorkerContext) -> None:
+        s, d = self.settings, self.definition
+        runtime = Runtime(ctx, self.handlers)
+        self._worker = worker = Worker(
+            functions=[runtime.arq_function()],
+            queue_name=queue.queue_key(d.queue.value),
+            redis_pool=ctx.jobs_redis,
+            handle_signals=False,  # our entry point owns signals and calls stop()
+            job_completion_wait=s.worker.shutdown_grace_s,
+            max_jobs=s.worker.max_jobs,
+            poll_delay=s.worker.poll_delay_s,
+            keep_result=s.jobs.result_ttl_s,
+            max_tries=runtime.arq_function().max_tries or 1,
+            job_serializer=queue.serialize,
+            job_deserializer=queue.deserialize,
+            health_check_interval=10,
+        )
+        background = asyncio.create_task(reconciler.run_forever(ctx)) if d.runs_reconciler else None
+        self.metrics.worker_up.labels(d.queue.value).set(1)
+        logger.info("worker.started", extra={"queue": d.queue.value, "types": sorted(self.handlers)})
+        self._started.set()
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            # arq cancels its main task on stop; a cancellation of this task itself propagates below.
+            if not worker.main_task or not worker.main_task.cancelled():
+                raise
+        finally:
+            self.metrics.worker_up.labels(d.queue.value).set(0)
+            if background:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+            with contextlib.suppress(*queue.REDIS_ERRORS):
+                await ctx.jobs_redis.delete(worker.health_check_key)
+            logger.info("worker.stopped", extra={"queue": d.queue.value, "completed": worker.jobs_complete})
+
+    async def started(self) -> None:
+        await self._started.wait()
+
+    def stop(self) -> None:
+        """Stop taking jobs; running ones get SHUTDOWN_GRACE_S to finish, then are cancelled and re-queued."""
+        import signal  # noqa: PLC0415 - only for arq's signal-name logging
+
+        if self._worker is not None:
+            self._worker.handle_sig_wait_for_completion(signal.SIGTERM)
+
+    def _health(self) -> dict[str, object]:
+        w = self._worker
+        return {
+            "queue": self.definition.queue.value,
+            "taking_jobs": bool(w and w.allow_pick_jobs),
+            "running": len(w.tasks) if w else 0,
+        }

@@ -1,0 +1,181 @@
+"""Wraps JobSpec handlers for arq: validate, record each transition in the ledger, time and count, map errors to retry or fail."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic
+
+from arq.worker import Function, Retry, func
+from pydantic import BaseModel, ValidationError
+
+from shared import ledger
+from shared.db import UNAVAILABLE_ERRORS
+from shared.errors import DependencyUnavailable, JobError, PermanentJobError
+from shared.jobs import AnySpec, JobSpec, P, R
+from shared.json import utcnow
+from shared.logging import job_id_var, job_type_var, request_id_var
+from shared.queue import RUN_FUNCTION
+from workers.context import JobContext, WorkerContext
+
+logger = logging.getLogger(__name__)
+
+# arq's own retry ceiling is set far above ours (max_attempts <= 25): the runtime decides when a job is dead.
+ARQ_MAX_TRIES = 1000
+# Ledger outage at the start of an attempt: nothing ran yet, so come back shortly.
+LEDGER_RETRY_S = 5.0
+# arq's per-function timeout is only a backstop behind the per-job asyncio.timeout below.
+ARQ_TIMEOUT_MARGIN_S = 30.0
+
+TRANSIENT = (TimeoutError, ConnectionError, OSError, DependencyUnavailable)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundHandler(Generic[P, R]):
+    spec: JobSpec[P, R]
+    handle: Callable[[JobContext, P], Awaitable[R]]
+
+
+def bind(spec: JobSpec[P, R], handle: Callable[[JobContext, P], Awaitable[R]]) -> BoundHandler[P, R]:
+    """Pair a spec with its handler; mypy checks that the payload and result models match."""
+    return BoundHandler(spec, handle)
+
+
+AnyHandler = BoundHandler[Any, Any]
+
+
+def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
+    name = exc.type_name if isinstance(exc, JobError) else type(exc).__name__
+    return {"type": name, "message": str(exc)[:2000] or name, "retryable": retryable}
+
+
+class Runtime:
+    """The one arq function of a worker process: dispatches each job to its type's handler.
+
+    One function per process (not one per type) keeps arq's function table independent of the registry,
+    so a queue with no types yet still starts, and a new type needs no worker configuration.
+    """
+
+    def __init__(self, ctx: WorkerContext, handlers: Mapping[str, AnyHandler]) -> None:
+        self.ctx = ctx
+        self.handlers = handlers
+
+    def arq_function(self) -> Function:
+        specs = [h.spec for h in self.handlers.values()]
+        cap = max((s.max_timeout_s for s in specs), default=60.0)
+        return func(
+            self.run,
+            name=RUN_FUNCTION,
+            timeout=cap + ARQ_TIMEOUT_MARGIN_S,
+            max_tries=ARQ_MAX_TRIES,
+            keep_result=self.ctx.settings.jobs.result_ttl_s,
+        )
+
+    async def run(self, arq_ctx: dict[Any, Any], envelope: dict[str, Any]) -> dict[str, Any]:
+        attempt = int(arq_ctx["job_try"])
+        tokens = (
+            job_id_var.set(envelope["id"]),
+            job_type_var.set(envelope["type"]),
+            request_id_var.set(envelope.get("request_id")),
+        )
+        try:
+            return await self._run(envelope, attempt)
+        finally:
+            for var, token in zip((job_id_var, job_type_var, request_id_var), tokens, strict=True):
+                var.reset(token)  # type: ignore[attr-defined]  # each token belongs to its own var
+
+    async def _run(self, envelope: dict[str, Any], attempt: int) -> dict[str, Any]:
+        job_id, type_name = envelope["id"], envelope["type"]
+        try:
+            record = await ledger.mark_running(self.ctx.pg, job_id, attempt)
+        except UNAVAILABLE_ERRORS as exc:
+            logger.warning("job.ledger_unavailable", extra={"reason": type(exc).__name__})
+            raise Retry(defer=LEDGER_RETRY_S) from exc
+        if record is None:
+            logger.info("job.skipped_duplicate", extra={"attempt": attempt})
+            return {"status": "skipped"}
+        metrics = self.ctx.metrics
+        metrics.jobs.labels(type_name, "started").inc()
+        metrics.queue_wait.labels(type_name).observe(max((utcnow() - record.scheduled_for).total_seconds(), 0.0))
+        if record.expires_at is not None and attempt == 1 and utcnow() > record.expires_at:
+            error = {"type": "JobExpired", "message": "the job was not started before it expired", "retryable": False}
+            await ledger.mark_failed(self.ctx.pg, job_id, attempt, error)
+            metrics.jobs.labels(type_name, "expired").inc()
+            logger.info("job.expired")
+            return {"status": "failed", "error": error}
+        handler = self.handlers.get(type_name)
+        if handler is None:
+            return await self._fail(record, attempt, PermanentJobError(f"no handler for job type {type_name!r}"))
+        return await self._attempt(handler, record, attempt)
+
+    async def _attempt(self, handler: AnyHandler, record: ledger.JobRecord, attempt: int) -> dict[str, Any]:
+        job = JobContext(
+            job_id=record.id, type=record.type, owner=record.owner, attempt=attempt,
+            max_attempts=record.max_attempts, worker=self.ctx,
+        )  # fmt: skip
+        metrics = self.ctx.metrics
+        started = time.perf_counter()
+        metrics.jobs_running.inc()
+        try:
+            payload = handler.spec.payload_model.model_validate(record.payload)
+            async with asyncio.timeout(record.timeout_s):
+                result = await handler.handle(job, payload)
+            checked = handler.spec.result_model.model_validate(
+                result.model_dump() if isinstance(result, BaseModel) else result
+            )
+        except asyncio.CancelledError:
+            # Shutdown (or a lost worker): the attempt did not finish; arq runs the job again.
+            await asyncio.shield(ledger.mark_requeued(self.ctx.pg, record.id, attempt))
+            metrics.jobs.labels(record.type, "requeued").inc()
+            logger.info("job.requeued", extra={"attempt": attempt})
+            raise
+        except (PermanentJobError, ValidationError) as exc:
+            return await self._fail(record, attempt, exc)
+        except TimeoutError as exc:
+            timeout = TimeoutError(f"the attempt ran past its timeout of {record.timeout_s:g}s")
+            return await self._retry_or_fail(handler.spec, record, attempt, JobTimeout(str(timeout)), cause=exc)
+        except (JobError, *TRANSIENT) as exc:
+            return await self._retry_or_fail(handler.spec, record, attempt, exc)
+        except Exception as exc:  # noqa: BLE001 - the runtime is the boundary: unexpected errors retry, logged in full
+            logger.exception("job.unexpected_error", extra={"attempt": attempt})
+            return await self._retry_or_fail(handler.spec, record, attempt, exc)
+        finally:
+            metrics.jobs_running.dec()
+            metrics.job_duration.labels(record.type).observe(time.perf_counter() - started)
+        return await self._succeed(record, attempt, checked.model_dump(mode="json"))
+
+    async def _succeed(self, record: ledger.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
+        if await ledger.mark_succeeded(self.ctx.pg, record.id, attempt, result):
+            self.ctx.metrics.jobs.labels(record.type, "succeeded").inc()
+            logger.info("job.succeeded", extra={"attempt": attempt})
+        else:
+            logger.warning("job.fenced", extra={"attempt": attempt})
+        return {"status": "succeeded", "result": result}
+
+    async def _fail(self, record: ledger.JobRecord, attempt: int, exc: BaseException) -> dict[str, Any]:
+        error = error_body(exc, retryable=False)
+        await ledger.mark_failed(self.ctx.pg, record.id, attempt, error)
+        self.ctx.metrics.jobs.labels(record.type, "failed").inc()
+        logger.info("job.failed", extra={"attempt": attempt, "error_type": error["type"]})
+        return {"status": "failed", "error": error}
+
+    async def _retry_or_fail(
+        self, spec: AnySpec, record: ledger.JobRecord, attempt: int, exc: BaseException, cause: BaseException | None = None
+    ) -> dict[str, Any]:
+        if attempt >= record.max_attempts:
+            return await self._fail(record, attempt, exc)
+        defer_s = getattr(exc, "defer_s", None) or spec.backoff.delay_s(attempt)
+        error = error_body(exc, retryable=True)
+        next_at = utcnow() + dt.timedelta(seconds=defer_s)
+        await ledger.mark_retrying(self.ctx.pg, record.id, attempt, error, next_at)
+        self.ctx.metrics.jobs.labels(record.type, "retried").inc()
+        logger.info("job.retry_scheduled", extra={"attempt": attempt, "defer_s": round(defer_s, 3), "error_type": error["type"]})
+        raise Retry(defer=defer_s) from (cause or exc)
+
+
+class JobTimeout(JobError):
+    """An attempt ran past its timeout; retried like any transient failure."""
