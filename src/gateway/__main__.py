@@ -23,7 +23,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log, role="gateway")
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
+        import uvloop
     except ImportError:  # pragma: no cover
         loop_factory = None
     else:

@@ -29,7 +29,9 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def create_app(settings: GatewaySettings, *, registry: Registry | None = None, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    settings: GatewaySettings, *, registry: Registry | None = None, metrics: Metrics | None = None
+) -> web.Application:
     """Build the gateway; nothing connects until the app starts (cleanup contexts)."""
     app = web.Application(middlewares=middlewares(), client_max_size=settings.gateway.max_body_bytes)
     app[SETTINGS] = settings

@@ -41,7 +41,7 @@ _HTTP_SLUGS: Mapping[int, str] = {
 def status_for(exc: errors.ServiceError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]  # walked the MRO: cls is a ServiceError subclass
+            return STATUS[cls]
     return 500
 
 
@@ -90,4 +90,6 @@ def validation_errors(exc: ValidationError, prefix: Sequence[str | int] = ()) ->
 
 
 def internal(request_id: str | None) -> tuple[int, dict[str, Any]]:
-    return 500, problem(500, "internal_error", "an unexpected error occurred; it has been logged", request_id=request_id)
+    return 500, problem(
+        500, "internal_error", "an unexpected error occurred; it has been logged", request_id=request_id
+    )

@@ -87,7 +87,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return problem_response(status, body, {"Allow": allow} if allow else None)
     except UNAVAILABLE_ERRORS as exc:
         error_logger.warning("http.postgres_unavailable", extra={"reason": type(exc).__name__})
-        status, body = http_errors.from_service_error(DependencyUnavailable("the ledger is unavailable; retry shortly"), request_id)
+        status, body = http_errors.from_service_error(
+            DependencyUnavailable("the ledger is unavailable; retry shortly"), request_id
+        )
         return problem_response(status, body, {"Retry-After": "5"})
     except ValidationError as exc:
         body = http_errors.problem(

@@ -31,6 +31,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise BadRequest(f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from exc
     if not isinstance(body, dict):
         raise InvalidInput(
-            "the body must be a JSON object", errors=[{"loc": ["body"], "msg": "must be an object", "type": "dict_type"}]
+            "the body must be a JSON object",
+            errors=[{"loc": ["body"], "msg": "must be an object", "type": "dict_type"}],
         )
     return body

@@ -14,8 +14,10 @@ from shared import json
 from shared.settings import PostgresConfig
 
 if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
     Pool = asyncpg.Pool[asyncpg.Record]
-    Connection = asyncpg.Connection[asyncpg.Record]
+    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 else:
     Pool = asyncpg.Pool
     Connection = asyncpg.Connection
@@ -67,7 +69,7 @@ async def open_pool(config: PostgresConfig, *, migrate: bool = True) -> AsyncIte
 
 def _migrations() -> list[tuple[str, str]]:
     folder = resources.files("shared").joinpath("migrations")
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
 
 

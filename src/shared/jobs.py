@@ -1,4 +1,4 @@
-"""Typed job registry: JobSpec (name, payload/result models, queue, policy) and the built-in payload models; pure data."""
+"""Typed job registry: JobSpec (payload/result models, queue, policy) and the built-in models; pure data."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class Backoff:
         raw = self.base_s if self.kind == "fixed" else self.base_s * 2 ** max(attempt - 1, 0)
         delay = min(raw, self.max_s)
         if self.jitter:
-            delay = (rng or random).uniform(delay / 2, delay)  # noqa: S311 - jitter, not cryptography
+            delay = (rng or random).uniform(delay / 2, delay)
         return delay
 
 

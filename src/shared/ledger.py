@@ -148,7 +148,9 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return dt.datetime.fromisoformat(created), str(job_id)
     except (ValueError, TypeError, binascii.Error) as exc:
-        raise BadRequest("`cursor` is not a cursor this API returned", errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]) from exc
+        raise BadRequest(
+            "`cursor` is not a cursor this API returned", errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
+        ) from exc
 
 
 async def list_jobs(

@@ -1,4 +1,4 @@
-"""configure_logging(LogConfig): one JSON formatter (orjson), contextvars for request_id/job_id and the filter that stamps them."""
+"""configure_logging(LogConfig): one JSON formatter (orjson), the request/job id contextvars and their filter."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class SmtpMailSender:
             username=c.username,
             password=c.password.get_secret_value() if c.password else None,
             use_tls=c.tls == "tls",
-            start_tls=True if c.tls == "starttls" else False,
+            start_tls=c.tls == "starttls",
             timeout=c.timeout_s,
         )
         refused_map = {addr: f"{resp.code} {resp.message}" for addr, resp in refused.items()}

@@ -28,7 +28,7 @@ class Metrics:
             ["type"], namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
         self.enqueue_deferred = Counter(
-            "enqueue_deferred_total", "Jobs recorded in the ledger whose Redis enqueue failed (left to the reconciler).",
+            "enqueue_deferred_total", "Jobs in the ledger whose Redis enqueue failed (left to the reconciler).",
             namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
         self.jobs = Counter(

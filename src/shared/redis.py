@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.settings import RedisConfig
 
-if TYPE_CHECKING:
-    CacheRedis = Redis[bytes]
-else:
-    CacheRedis = Redis
+CacheRedis = Redis
 
 
 def cache_client(config: RedisConfig) -> CacheRedis:
     """The db 0 client: disposable data only (progress, rate-limit windows, cached status)."""
-    return Redis.from_url(
+    client = Redis.from_url(
         config.cache_url,
         socket_connect_timeout=config.connect_timeout_s,
         socket_timeout=config.connect_timeout_s * 2,
         health_check_interval=15,
     )
+    return cast(CacheRedis, client)
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""pydantic-settings models: one section per concern; GatewaySettings and WorkerSettings compose only what each needs."""
+"""pydantic-settings models: one section per concern; each process composes only the sections it needs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The API contract promises a working default for local use; production refuses it (see AuthConfig).
-DEV_JWT_SECRET = "conveyor-dev-only-secret-change-me"  # noqa: S105 - documented dev default, refused in production
+DEV_JWT_SECRET = "conveyor-dev-only-jwt-secret-change-me-in-production"  # noqa: S105 - documented dev default, refused in production
 
 
 def _config() -> SettingsConfigDict:
@@ -65,8 +65,8 @@ class AuthConfig(BaseSettings):
     def _no_dev_secret_in_production(self) -> Self:
         if self.environment is Environment.PRODUCTION and self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
             raise ValueError("JWT_SECRET must be set to a real secret when ENVIRONMENT=production")
-        if len(self.jwt_secret.get_secret_value()) < 16:
-            raise ValueError("JWT_SECRET must be at least 16 characters")
+        if len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 characters (HS256 wants a 256-bit key)")
         return self
 
 

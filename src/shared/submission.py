@@ -115,4 +115,3 @@ async def submit(
         logger.warning("job.enqueue_deferred", extra={"job_id": record.id, "reason": type(exc).__name__})
         return record, True, False
     return record, True, True
-

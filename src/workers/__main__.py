@@ -1,4 +1,4 @@
-"""Entry point: `python -m workers <process>` loads WorkerSettings, configures logging, runs that process until SIGTERM."""
+"""Entry point: `python -m workers <process>` loads WorkerSettings, configures logging, runs it until SIGTERM."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log, role=f"worker:{args[0]}")
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up
+        import uvloop
     except ImportError:  # pragma: no cover
         asyncio.run(_serve(WorkerProcess(PROCESSES[args[0]], settings)))
     else:

@@ -14,9 +14,7 @@ from shared.metrics import Metrics
 
 
 @asynccontextmanager
-async def serve(
-    metrics: Metrics, host: str, port: int, health: Callable[[], dict[str, Any]]
-) -> AsyncIterator[int]:
+async def serve(metrics: Metrics, host: str, port: int, health: Callable[[], dict[str, Any]]) -> AsyncIterator[int]:
     """Serve until the block exits; yields the bound port (useful with port 0)."""
 
     async def get_health(_: web.Request) -> web.Response:
@@ -33,7 +31,7 @@ async def serve(
     site = web.TCPSite(runner, host, port)
     await site.start()
     try:
-        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only through the server's sockets
+        server = site._server
         sockets = getattr(server, "sockets", None) or []
         yield int(sockets[0].getsockname()[1]) if sockets else port
     finally:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def builtin_handlers() -> dict[str, AnyHandler]:
     """Every built-in job type's handler, by type name."""
-    bound = [bind(SYSTEM_ECHO, system.handle_echo), bind(EMAIL_SEND, email.handle_send)]
+    bound: list[AnyHandler] = [bind(SYSTEM_ECHO, system.handle_echo), bind(EMAIL_SEND, email.handle_send)]
     return {h.spec.name: h for h in bound}
 
 
@@ -128,7 +128,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Stop taking jobs; running ones get SHUTDOWN_GRACE_S to finish, then are cancelled and re-queued."""
-        import signal  # noqa: PLC0415 - only for arq's signal-name logging
+        import signal
 
         if self._worker is not None:
             self._worker.handle_sig_wait_for_completion(signal.SIGTERM)

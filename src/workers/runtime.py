@@ -1,4 +1,4 @@
-"""Wraps JobSpec handlers for arq: validate, record each transition in the ledger, time and count, map errors to retry or fail."""
+"""Wraps JobSpec handlers for arq: validate, record transitions in the ledger, count, map errors to retry or fail."""
 
 from __future__ import annotations
 
@@ -75,8 +75,10 @@ class Runtime:
             keep_result=self.ctx.settings.jobs.result_ttl_s,
         )
 
-    async def run(self, arq_ctx: dict[Any, Any], envelope: dict[str, Any]) -> dict[str, Any]:
-        attempt = int(arq_ctx["job_try"])
+    async def run(self, ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """arq's entry for every job of this process: `args[0]` is the envelope built by `shared.queue`."""
+        envelope: dict[str, Any] = args[0]
+        attempt = int(ctx["job_try"])
         tokens = (
             job_id_var.set(envelope["id"]),
             job_type_var.set(envelope["type"]),
@@ -86,7 +88,7 @@ class Runtime:
             return await self._run(envelope, attempt)
         finally:
             for var, token in zip((job_id_var, job_type_var, request_id_var), tokens, strict=True):
-                var.reset(token)  # type: ignore[attr-defined]  # each token belongs to its own var
+                var.reset(token)
 
     async def _run(self, envelope: dict[str, Any], attempt: int) -> dict[str, Any]:
         job_id, type_name = envelope["id"], envelope["type"]
@@ -140,7 +142,7 @@ class Runtime:
             return await self._retry_or_fail(handler.spec, record, attempt, JobTimeout(str(timeout)), cause=exc)
         except (JobError, *TRANSIENT) as exc:
             return await self._retry_or_fail(handler.spec, record, attempt, exc)
-        except Exception as exc:  # noqa: BLE001 - the runtime is the boundary: unexpected errors retry, logged in full
+        except Exception as exc:
             logger.exception("job.unexpected_error", extra={"attempt": attempt})
             return await self._retry_or_fail(handler.spec, record, attempt, exc)
         finally:
@@ -164,7 +166,12 @@ class Runtime:
         return {"status": "failed", "error": error}
 
     async def _retry_or_fail(
-        self, spec: AnySpec, record: ledger.JobRecord, attempt: int, exc: BaseException, cause: BaseException | None = None
+        self,
+        spec: AnySpec,
+        record: ledger.JobRecord,
+        attempt: int,
+        exc: BaseException,
+        cause: BaseException | None = None,
     ) -> dict[str, Any]:
         if attempt >= record.max_attempts:
             return await self._fail(record, attempt, exc)
@@ -173,7 +180,9 @@ class Runtime:
         next_at = utcnow() + dt.timedelta(seconds=defer_s)
         await ledger.mark_retrying(self.ctx.pg, record.id, attempt, error, next_at)
         self.ctx.metrics.jobs.labels(record.type, "retried").inc()
-        logger.info("job.retry_scheduled", extra={"attempt": attempt, "defer_s": round(defer_s, 3), "error_type": error["type"]})
+        logger.info(
+            "job.retry_scheduled", extra={"attempt": attempt, "defer_s": round(defer_s, 3), "error_type": error["type"]}
+        )
         raise Retry(defer=defer_s) from (cause or exc)
 
 

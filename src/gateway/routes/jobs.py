@@ -28,12 +28,17 @@ async def create_job(request: web.Request) -> web.Response:
     """
     body = await read_json(request)
     header_key = request.headers.get("Idempotency-Key")
-    if header_key is not None:
-        if body.setdefault("idempotency_key", header_key) != header_key:
-            raise InvalidInput(
-                "the Idempotency-Key header and the `idempotency_key` field differ",
-                errors=[{"loc": ["idempotency_key"], "msg": "differs from the Idempotency-Key header", "type": "value_error"}],
-            )
+    if header_key is not None and body.setdefault("idempotency_key", header_key) != header_key:
+        raise InvalidInput(
+            "the Idempotency-Key header and the `idempotency_key` field differ",
+            errors=[
+                {
+                    "loc": ["idempotency_key"],
+                    "msg": "differs from the Idempotency-Key header",
+                    "type": "value_error",
+                }
+            ],
+        )
     job_request = submission.JobRequest.model_validate(body)
     app, principal = request.app, request[PRINCIPAL]
     new = submission.prepare(job_request, app[REGISTRY], owner=principal.sub, request_id=request[REQUEST_ID])
@@ -79,7 +84,9 @@ def _query(params: Mapping[str, str]) -> tuple[ledger.JobFilter, int, str | None
             f"`status` must be one of {', '.join(sorted(STATUSES))}",
             errors=[{"loc": ["query", "status"], "msg": "unknown status"}],
         )
-    where = ledger.JobFilter(status=status, type=params.get("type"), queue=params.get("queue"), batch_id=params.get("batch_id"))
+    where = ledger.JobFilter(
+        status=status, type=params.get("type"), queue=params.get("queue"), batch_id=params.get("batch_id")
+    )
     return where, int(raw_limit), params.get("cursor") or None
 
 

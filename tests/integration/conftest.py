@@ -1,0 +1,117 @@
+"""Fixtures over real services: a throwaway PostgreSQL database, Redis dbs 14/15, the gateway, workers, SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from shared import db
+from support.helpers import postgres_admin_url, redis_base_url
+from support.stack import Api, Conn, Services, SmtpSink, StartWorker, gateway_settings, running_gateway, smtp_server, worker_settings
+from support.tcp_proxy import TcpProxy
+from workers.processes import PROCESSES, WorkerProcess
+
+
+@pytest.fixture(scope="session")
+async def services() -> AsyncIterator[Services]:
+    """A throwaway database for this session, migrated once, dropped at the end; Redis checked up front."""
+    admin_url = postgres_admin_url()
+    try:
+        admin = await asyncpg.connect(admin_url, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RuntimeError(f"PostgreSQL for tests is unreachable at TEST_DATABASE_URL={admin_url}: {exc}") from exc
+    probe = Redis.from_url(redis_base_url())
+    try:
+        await probe.ping()
+    except OSError as exc:
+        raise RuntimeError(f"Redis for tests is unreachable at TEST_REDIS_URL={redis_base_url()}: {exc}") from exc
+    finally:
+        await probe.aclose()
+    name = f"conveyor_test_{secrets.token_hex(6)}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{admin_url.rpartition('/')[0]}/{name}"
+    conn = await asyncpg.connect(url)
+    try:
+        await db.apply_migrations(conn)
+    finally:
+        await conn.close()
+    try:
+        yield Services(redis_base=redis_base_url(), database_url=url)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def pg(services: Services) -> AsyncIterator[Conn]:
+    """A direct connection to the test ledger, emptied before the test."""
+    conn = await asyncpg.connect(services.database_url)
+    await conn.execute("TRUNCATE jobs")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def jobs_redis(services: Services) -> AsyncIterator[Redis]:
+    """The jobs database, flushed (with the cache database) before the test."""
+    cache = Redis.from_url(services.cache_url)
+    await cache.flushdb()
+    await cache.aclose()
+    client = Redis.from_url(services.jobs_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def api(services: Services, pg: Conn, jobs_redis: Redis) -> AsyncIterator[Api]:
+    async with running_gateway(gateway_settings(services)) as client:
+        yield client
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with smtp_server() as sink:
+        yield sink
+
+
+@pytest.fixture
+async def start_worker(services: Services, pg: Conn, jobs_redis: Redis) -> AsyncIterator[StartWorker]:
+    """Start real worker process definitions in this event loop; each is stopped at teardown."""
+    running: list[tuple[WorkerProcess, asyncio.Task[None]]] = []
+
+    async def start(name: str = "default", **options: Any) -> WorkerProcess:
+        process = WorkerProcess(PROCESSES[name], worker_settings(services, **options))
+        task = asyncio.create_task(process.run())
+        running.append((process, task))
+        waiter = asyncio.create_task(process.started())
+        done, _ = await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # surfaces a start-up error
+        assert waiter in done, "the worker did not start within 10 s"
+        return process
+
+    yield start
+    for process, _ in running:
+        process.stop()
+    for _, task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture
+async def proxy(services: Services) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the test Redis that a test can cut and restore."""
+    host_port = services.redis_base.removeprefix("redis://").rsplit("@", 1)[-1]
+    host, _, port = host_port.partition(":")
+    p = TcpProxy(host or "127.0.0.1", int(port or 6379))
+    await p.start()
+    yield p
+    await p.close()

@@ -1,0 +1,143 @@
+"""Enqueue over HTTP -> a worker runs it -> the ledger and GET show the outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import json
+
+from support.stack import Api, Conn, StartWorker
+
+
+
+async def test_echo_job_succeeds_with_its_result(api: Api, start_worker: StartWorker, pg: Conn) -> None:
+    await start_worker("default")
+    job = await api.submit("system.echo", {"data": {"hello": ["world", 1]}})
+    assert job["status"] == "queued"
+    assert job["links"]["self"] == f"/api/v1/jobs/{job['id']}"
+
+    done = await api.wait_status(job["id"], "succeeded")
+
+    assert done["result"] == {"data": {"hello": ["world", 1]}, "attempt": 1}
+    assert done["attempts"] == 1
+    assert done["error"] is None
+    assert done["started_at"] is not None and done["finished_at"] is not None
+    row = await pg.fetchrow("SELECT status, result FROM jobs WHERE id = $1", job["id"])
+    assert row is not None and row["status"] == "succeeded"
+
+
+async def test_accepted_job_is_in_the_ledger_before_any_worker_runs(api: Api, pg: Conn) -> None:
+    status, body, resp = await api.request("POST", "/api/v1/jobs", json={"type": "system.echo", "payload": {}})
+
+    assert status == 202
+    assert resp.headers["Location"] == f"/api/v1/jobs/{body['id']}"
+    assert await pg.fetchval("SELECT status FROM jobs WHERE id = $1", body["id"]) == "queued"
+
+
+async def test_transient_failures_retry_with_backoff_then_succeed(api: Api, start_worker: StartWorker) -> None:
+    await start_worker("default")
+    job = await api.submit("system.echo", {"data": "x", "fail_times": 2})
+
+    done = await api.wait_status(job["id"], "succeeded", timeout=20)
+
+    assert done["attempts"] == 3
+    assert done["result"] == {"data": "x", "attempt": 3}
+
+
+async def test_a_retrying_job_shows_its_last_error(api: Api, start_worker: StartWorker) -> None:
+    await start_worker("default")
+    job = await api.submit("system.echo", {"fail_times": 5}, max_attempts=6)
+
+    retrying = await api.wait_status(job["id"], "retrying")
+
+    assert retrying["error"]["type"] == "EchoFailure"
+    assert retrying["error"]["retryable"] is True
+    assert retrying["scheduled_for"] > retrying["started_at"]
+
+
+async def test_exhausted_attempts_leave_the_job_failed_with_its_history(
+    api: Api, start_worker: StartWorker, pg: Conn
+) -> None:
+    await start_worker("default")
+    job = await api.submit("system.echo", {"fail_times": 10}, max_attempts=2)
+
+    failed = await api.wait_status(job["id"], "failed", timeout=20)
+
+    assert failed["attempts"] == 2
+    assert failed["error"]["type"] == "EchoFailure"
+    assert failed["result"] is None
+    history: list[dict[str, Any]] = json.loads(await pg.fetchval("SELECT error_history FROM jobs WHERE id = $1", job["id"]))
+    assert [e["attempt"] for e in history] == [1, 2]
+
+
+async def test_timeout_is_enforced(api: Api, start_worker: StartWorker) -> None:
+    await start_worker("default")
+    job = await api.submit("system.echo", {"sleep_s": 30}, timeout_s=0.3, max_attempts=1)
+
+    failed = await api.wait_status(job["id"], "failed", timeout=10)
+
+    assert failed["error"]["type"] == "JobTimeout"
+    assert "0.3" in failed["error"]["message"]
+
+
+async def test_timeout_over_the_types_cap_is_refused(api: Api) -> None:
+    status, body, _ = await api.request(
+        "POST", "/api/v1/jobs", json={"type": "system.echo", "payload": {}, "timeout_s": 10_000}
+    )
+
+    assert status == 422
+    assert body["errors"][0]["loc"] == ["timeout_s"]
+
+
+async def test_bad_payload_is_422_and_nothing_is_queued(api: Api, pg: Conn, jobs_redis: Redis) -> None:
+    status, body, resp = await api.request(
+        "POST", "/api/v1/jobs", json={"type": "email.send", "payload": {"to": ["not-an-address"], "subject": "x"}}
+    )
+
+    assert status == 422
+    assert resp.content_type == "application/problem+json"
+    locs = [e["loc"] for e in body["errors"]]
+    assert ["payload", "to", 0] in locs
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 0
+    assert await jobs_redis.dbsize() == 0
+
+
+async def test_unknown_type_is_422(api: Api) -> None:
+    status, body, _ = await api.request("POST", "/api/v1/jobs", json={"type": "nope.nothing", "payload": {}})
+
+    assert status == 422
+    assert body["errors"][0]["loc"] == ["type"]
+    assert "system.echo" in body["errors"][0]["msg"]
+
+
+async def test_delayed_job_is_scheduled_and_waits(api: Api, start_worker: StartWorker) -> None:
+    await start_worker("default")
+    job = await api.submit("system.echo", {}, delay_s=1.5)
+    assert job["status"] == "scheduled"
+
+    done = await api.wait_status(job["id"], "succeeded", timeout=10)
+
+    assert done["started_at"] >= job["scheduled_for"]
+
+
+async def test_delay_and_run_at_together_are_refused(api: Api) -> None:
+    status, body, _ = await api.request(
+        "POST",
+        "/api/v1/jobs",
+        json={"type": "system.echo", "payload": {}, "delay_s": 1, "run_at": "2030-01-01T00:00:00Z"},
+    )
+
+    assert status == 422
+    assert "not both" in body["errors"][0]["msg"]
+
+
+async def test_expired_job_fails_without_running(api: Api, start_worker: StartWorker) -> None:
+    job = await api.submit("system.echo", {"data": 1}, delay_s=0.5, expires_in_s=0.2)
+    await start_worker("default")
+
+    failed = await api.wait_status(job["id"], "failed", timeout=10)
+
+    assert failed["error"]["type"] == "JobExpired"
+    assert failed["result"] is None

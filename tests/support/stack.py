@@ -1,0 +1,188 @@
+"""The test stack: service URLs, settings builders, the gateway over real HTTP, an aiosmtpd sink."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from pydantic import SecretStr
+
+from gateway.app import create_app
+from shared import json
+from shared.settings import (
+    AuthConfig,
+    GatewayConfig,
+    GatewaySettings,
+    JobStoreConfig,
+    LogConfig,
+    PostgresConfig,
+    RedisConfig,
+    SmtpConfig,
+    WorkerConfig,
+    WorkerSettings,
+)
+from support.helpers import TEST_JWT_SECRET, eventually, make_token
+from workers.processes import WorkerProcess
+
+if TYPE_CHECKING:
+    Conn = asyncpg.Connection[asyncpg.Record]
+else:
+    Conn = asyncpg.Connection
+
+CACHE_DB, JOBS_DB = 14, 15
+StartWorker = Callable[..., Awaitable[WorkerProcess]]
+
+
+@dataclass(frozen=True)
+class Services:
+    redis_base: str
+    database_url: str
+
+    @property
+    def cache_url(self) -> str:
+        return f"{self.redis_base}/{CACHE_DB}"
+
+    @property
+    def jobs_url(self) -> str:
+        return f"{self.redis_base}/{JOBS_DB}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_config(services: Services, *, jobs_url: str | None = None) -> RedisConfig:
+    return RedisConfig(cache_url=services.cache_url, jobs_url=jobs_url or services.jobs_url, connect_timeout_s=0.5)
+
+
+def postgres_config(services: Services) -> PostgresConfig:
+    return PostgresConfig(url=SecretStr(services.database_url), pool_min=1, pool_max=5)
+
+
+def gateway_settings(services: Services, *, jobs_url: str | None = None, **gateway: Any) -> GatewaySettings:
+    return GatewaySettings(
+        gateway=GatewayConfig(host="127.0.0.1", port=0, **gateway),
+        redis=redis_config(services, jobs_url=jobs_url),
+        postgres=postgres_config(services),
+        auth=AuthConfig(jwt_secret=SecretStr(TEST_JWT_SECRET)),
+        jobs=JobStoreConfig(),
+        log=LogConfig(format="json"),
+    )
+
+
+def worker_settings(
+    services: Services, *, smtp_port: int = 1, jobs_url: str | None = None, **worker: Any
+) -> WorkerSettings:
+    options: dict[str, Any] = {
+        "metrics_port": 0, "poll_delay_s": 0.01, "shutdown_grace_s": 2,
+        "reconcile_interval_s": 0.2, "reconcile_grace_s": 0.5, **worker,
+    }  # fmt: skip
+    return WorkerSettings(
+        worker=WorkerConfig(**options),
+        redis=redis_config(services, jobs_url=jobs_url),
+        postgres=postgres_config(services),
+        smtp=SmtpConfig(host="127.0.0.1", port=smtp_port, timeout_s=2),
+        jobs=JobStoreConfig(),
+        log=LogConfig(),
+    )
+
+
+@dataclass
+class Api:
+    """The gateway running on a real port, and a client that speaks to it."""
+
+    base: str
+    session: aiohttp.ClientSession
+    app: web.Application
+
+    def auth(self, sub: str = "alice", role: str = "user") -> dict[str, str]:
+        return {"Authorization": f"Bearer {make_token(sub, role=role)}"}
+
+    async def request(
+        self, method: str, path: str, *, as_: str = "alice", role: str = "user", **kw: Any
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
+        headers = {**self.auth(as_, role), **kw.pop("headers", {})}
+        async with self.session.request(method, self.base + path, headers=headers, **kw) as resp:
+            raw = await resp.read()
+            body = json.loads(raw) if raw and "json" in resp.content_type else raw.decode()
+            return resp.status, body, resp
+
+    async def submit(self, type_: str, payload: dict[str, Any], *, as_: str = "alice", **extra: Any) -> dict[str, Any]:
+        body = {"type": type_, "payload": payload, **extra}
+        status, job, _ = await self.request("POST", "/api/v1/jobs", as_=as_, json=body)
+        assert status == 202, job
+        assert isinstance(job, dict)
+        return job
+
+    async def job(self, job_id: str, *, as_: str = "alice") -> dict[str, Any]:
+        status, body, _ = await self.request("GET", f"/api/v1/jobs/{job_id}", as_=as_)
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return body
+
+    async def wait_status(
+        self, job_id: str, *statuses: str, timeout: float = 15.0, as_: str = "alice"
+    ) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            job = await self.job(job_id, as_=as_)
+            return job if job["status"] in statuses else None
+
+        return await eventually(check, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Api]:
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Api(base=f"http://127.0.0.1:{port}", session=session, app=app)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class SmtpSink:
+    """Keeps every message; refuses recipients whose address contains `reject`."""
+
+    messages: list[Envelope] = field(default_factory=list)
+    port: int = 0
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if "reject" in address:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        self.messages.append(envelope)
+        return "250 Message accepted for delivery"
+
+
+@contextlib.contextmanager
+def smtp_server(port: int = 0) -> Iterator[SmtpSink]:
+    """An aiosmtpd server on a real port (in its own thread, as aiosmtpd's Controller runs)."""
+    sink = SmtpSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port or free_port())
+    controller.start()
+    sink.port = controller.port
+    try:
+        yield sink
+    finally:
+        controller.stop()
