@@ -1,0 +1,230 @@
+"""The HTTP contract's edges: authentication, ownership, problem+json errors, request ids, listing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import jwt
+import pytest
+
+from shared import json
+from support.helpers import TEST_JWT_SECRET, make_token
+from support.stack import Api, Conn
+
+
+async def _raw(api: Api, method: str, path: str, **kw: object) -> tuple[int, str, dict[str, str], bytes]:
+    async with api.session.request(method, api.base + path, **kw) as resp:  # type: ignore[arg-type]
+        return resp.status, resp.content_type, dict(resp.headers), await resp.read()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+        {"Authorization": "Bearer not-a-jwt"},
+        {"Authorization": f"Bearer {make_token('alice', secret='another-secret-0123456789-0123456789')}"},
+        {"Authorization": f"Bearer {make_token('alice', ttl_s=-3600)}"},
+    ],
+    ids=["no-token", "basic", "garbage", "wrong-secret", "expired"],
+)
+async def test_requests_without_valid_credentials_are_401(api: Api, headers: dict[str, str]) -> None:
+    status, content_type, _, body = await _raw(api, "GET", "/api/v1/jobs", headers=headers)
+
+    assert status == 401
+    assert content_type == "application/problem+json"
+    assert b"Traceback" not in body
+
+
+async def test_unsigned_token_is_refused(api: Api) -> None:
+    now = int(time.time())
+    token = jwt.encode({"sub": "admin", "role": "admin", "exp": now + 60}, key="", algorithm="none")
+
+    status, *_ = await _raw(api, "GET", "/api/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+
+    assert status == 401
+
+
+async def test_token_without_expiry_is_refused(api: Api) -> None:
+    token = jwt.encode({"sub": "alice"}, TEST_JWT_SECRET, algorithm="HS256")
+
+    status, *_ = await _raw(api, "GET", "/api/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+
+    assert status == 401
+
+
+async def test_another_users_job_is_404_and_admin_sees_it(api: Api) -> None:
+    job = await api.submit("system.echo", {}, as_="alice")
+
+    status, body, _ = await api.request("GET", f"/api/v1/jobs/{job['id']}", as_="mallory")
+    assert status == 404
+    assert body["status"] == 404 and body["type"] == "/problems/not-found"
+
+    status, body, _ = await api.request("GET", f"/api/v1/jobs/{job['id']}", as_="root", role="admin")
+    assert status == 200
+    assert body["owner"] == "alice"
+
+
+async def test_users_list_only_their_own_jobs(api: Api) -> None:
+    mine = await api.submit("system.echo", {}, as_="alice")
+    await api.submit("system.echo", {}, as_="bob")
+
+    _, alice_list, _ = await api.request("GET", "/api/v1/jobs", as_="alice")
+    _, admin_list, _ = await api.request("GET", "/api/v1/jobs", as_="root", role="admin")
+
+    assert [j["id"] for j in alice_list["items"]] == [mine["id"]]
+    assert len(admin_list["items"]) == 2
+
+
+async def test_listing_is_newest_first_and_paginates_without_gaps(api: Api) -> None:
+    ids = [(await api.submit("system.echo", {"data": i}))["id"] for i in range(5)]
+
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(5):
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        status, page, _ = await api.request("GET", "/api/v1/jobs" + query)
+        assert status == 200
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert seen == list(reversed(ids))
+
+
+async def test_listing_filters_by_status_and_type(api: Api, pg: Conn) -> None:
+    first = await api.submit("system.echo", {})
+    await api.submit("system.echo", {})
+    await pg.execute("UPDATE jobs SET status = 'failed' WHERE id = $1", first["id"])
+
+    _, failed, _ = await api.request("GET", "/api/v1/jobs?status=failed&type=system.echo")
+    _, none, _ = await api.request("GET", "/api/v1/jobs?type=email.send")
+
+    assert [j["id"] for j in failed["items"]] == [first["id"]]
+    assert none == {"items": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize(
+    "query", ["?limit=0", "?limit=201", "?limit=abc", "?status=done", "?cursor=%%%", "?colour=blue"]
+)
+async def test_bad_query_parameters_are_400(api: Api, query: str) -> None:
+    status, body, resp = await api.request("GET", "/api/v1/jobs" + query)
+
+    assert status == 400
+    assert resp.content_type == "application/problem+json"
+    assert body["errors"][0]["loc"][0] == "query"
+
+
+async def test_malformed_json_is_400(api: Api) -> None:
+    status, body, _ = await api.request(
+        "POST", "/api/v1/jobs", data=b'{"type": "system.echo",', headers={"Content-Type": "application/json"}
+    )
+
+    assert status == 400
+    assert body["type"] == "/problems/bad-request"
+
+
+async def test_wrong_content_type_is_415(api: Api) -> None:
+    status, _, _ = await api.request("POST", "/api/v1/jobs", data=b"type=system.echo")
+
+    assert status == 415
+
+
+async def test_body_over_the_limit_is_413(api: Api) -> None:
+    huge = json.dumps({"type": "system.echo", "payload": {"data": "x" * (1024 * 1024 + 10)}})
+
+    status, body, resp = await api.request(
+        "POST", "/api/v1/jobs", data=io.BytesIO(huge), headers={"Content-Type": "application/json"}
+    )
+
+    assert status == 413
+    assert resp.content_type == "application/problem+json"
+
+
+async def test_unknown_fields_are_422(api: Api) -> None:
+    status, body, _ = await api.request("POST", "/api/v1/jobs", json={"type": "system.echo", "payload": {}, "prio": 1})
+
+    assert status == 422
+    assert body["errors"][0]["loc"] == ["prio"]
+
+
+async def test_unknown_route_and_wrong_method_are_problem_json(api: Api) -> None:
+    status, content_type, _, _ = await _raw(api, "GET", "/nowhere")
+    assert (status, content_type) == (404, "application/problem+json")
+
+    status, content_type, headers, _ = await _raw(api, "DELETE", "/api/v1/jobs", headers=api.auth())
+    assert (status, content_type) == (405, "application/problem+json")
+    assert "POST" in headers["Allow"]
+
+
+async def test_request_id_is_echoed_or_minted(api: Api) -> None:
+    _, _, echoed, _ = await _raw(api, "GET", "/health", headers={"X-Request-ID": "req-123"})
+    _, _, minted, _ = await _raw(api, "GET", "/health")
+
+    assert echoed["X-Request-ID"] == "req-123"
+    assert len(minted["X-Request-ID"]) >= 16
+
+
+async def test_error_bodies_carry_the_request_id(api: Api) -> None:
+    _, _, _, body = await _raw(api, "GET", "/api/v1/jobs", headers={"X-Request-ID": "trace-me"})
+
+    assert b'"request_id":"trace-me"' in body
+
+
+async def test_idempotency_key_replays_the_original_job(api: Api) -> None:
+    first = await api.submit("system.echo", {"data": 1}, idempotency_key="order-42")
+
+    status, again, resp = await api.request(
+        "POST",
+        "/api/v1/jobs",
+        json={"type": "system.echo", "payload": {"data": 1}},
+        headers={"Idempotency-Key": "order-42"},
+    )
+
+    assert status == 200
+    assert again["id"] == first["id"]
+    assert resp.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_idempotency_key_is_per_principal(api: Api) -> None:
+    alice = await api.submit("system.echo", {}, idempotency_key="k", as_="alice")
+    bob = await api.submit("system.echo", {}, idempotency_key="k", as_="bob")
+
+    assert alice["id"] != bob["id"]
+
+
+async def test_idempotency_key_reused_for_another_request_is_409(api: Api) -> None:
+    await api.submit("system.echo", {"data": 1}, idempotency_key="k2")
+
+    status, body, _ = await api.request(
+        "POST", "/api/v1/jobs", json={"type": "system.echo", "payload": {"data": 2}, "idempotency_key": "k2"}
+    )
+
+    assert status == 409
+    assert body["code"] == "conflict"
+
+
+async def test_concurrent_duplicates_create_exactly_one_job(api: Api, pg: Conn) -> None:
+    request = {"type": "system.echo", "payload": {"data": "once"}, "idempotency_key": "burst"}
+
+    results = await asyncio.gather(*(api.request("POST", "/api/v1/jobs", json=request) for _ in range(20)))
+
+    assert sorted(status for status, _, _ in results) == [200] * 19 + [202]
+    assert len({body["id"] for _, body, _ in results}) == 1
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 1
+
+
+async def test_job_types_describe_the_registry(api: Api) -> None:
+    status, body, _ = await api.request("GET", "/api/v1/job-types")
+
+    assert status == 200
+    by_type = {item["type"]: item for item in body["items"]}
+    assert {"system.echo", "email.send"} <= set(by_type)
+    email = by_type["email.send"]
+    assert email["queue"] == "default"
+    assert "to" in email["payload_schema"]["properties"]
+    assert email["backoff"]["kind"] == "exponential"
+    assert set(email["limits"]) == {"concurrency_per_owner", "per_second"}
