@@ -14,7 +14,17 @@ from redis.asyncio import Redis
 
 from shared import db
 from support.helpers import postgres_admin_url, redis_base_url
-from support.stack import Api, Conn, Services, SmtpSink, StartWorker, gateway_settings, running_gateway, smtp_server, worker_settings
+from support.stack import (
+    Api,
+    Conn,
+    Services,
+    SmtpSink,
+    StartWorker,
+    gateway_settings,
+    running_gateway,
+    smtp_server,
+    worker_settings,
+)
 from support.tcp_proxy import TcpProxy
 from workers.processes import PROCESSES, WorkerProcess
 

@@ -22,7 +22,7 @@ async def test_jobs_flushed_from_redis_are_reenqueued_from_the_ledger(
     await start_worker("default")
 
     for job in jobs:
-        done = await api.wait_status(job["id"], "succeeded", timeout=15)
+        done = await api.wait_status(job["id"], "succeeded", within=15)
         assert done["attempts"] == 1
     assert b"conveyor_worker_reconciler_requeued_total 3.0" in scheduler.metrics.render()
 
@@ -43,7 +43,7 @@ async def test_redis_down_at_enqueue_still_accepts_and_runs_once_back(
         await start_worker("scheduler")
         await start_worker("default")
 
-        done = await api.wait_status(job["id"], "succeeded", timeout=15)
+        done = await api.wait_status(job["id"], "succeeded", within=15)
         assert done["result"] == {"data": "durable", "attempt": 1}
 
 
@@ -56,7 +56,8 @@ async def test_ready_reports_a_redis_outage_as_503(services: Services, pg: Conn,
         proxy.cut()
         status, body, _ = await api.request("GET", "/ready")
         assert status == 503
-        assert body["redis"] != "ok" and body["postgres"] == "ok"
+        assert body["redis"] != "ok"
+        assert body["postgres"] == "ok"
 
         proxy.restore()
         status, _, _ = await api.request("GET", "/ready")
@@ -83,7 +84,8 @@ async def test_postgres_down_is_503_and_nothing_is_acknowledged(
             assert await jobs_redis.dbsize() == 0
 
             status, body, _ = await api.request("GET", "/ready")
-            assert status == 503 and body["postgres"] != "ok"
+            assert status == 503
+            assert body["postgres"] != "ok"
     finally:
         await pg_proxy.close()
 
@@ -95,7 +97,7 @@ async def test_graceful_stop_lets_a_running_job_finish(api: Api, start_worker: S
 
     worker.stop()
 
-    done = await api.wait_status(job["id"], "succeeded", timeout=10)
+    done = await api.wait_status(job["id"], "succeeded", within=10)
     assert done["attempts"] == 1
 
 
@@ -107,11 +109,11 @@ async def test_job_outliving_the_grace_period_is_requeued_for_another_worker(
     await api.wait_status(job["id"], "running")
 
     worker.stop()
-    requeued = await api.wait_status(job["id"], "queued", timeout=5)
+    requeued = await api.wait_status(job["id"], "queued", within=5)
     assert requeued["attempts"] == 1
     await asyncio.sleep(0.3)
     assert (await api.job(job["id"]))["status"] == "queued", "a stopped worker must not take jobs"
 
     await start_worker("default")
-    done = await api.wait_status(job["id"], "succeeded", timeout=15)
+    done = await api.wait_status(job["id"], "succeeded", within=15)
     assert done["result"]["attempt"] == 2

@@ -78,6 +78,6 @@ async def test_smtp_outage_retries_until_the_server_is_back(api: Api, start_work
     assert retrying["error"]["retryable"] is True
 
     with smtp_server(port) as sink:
-        done = await api.wait_status(job["id"], "succeeded", timeout=20)
+        done = await api.wait_status(job["id"], "succeeded", within=20)
         assert done["attempts"] == 2
         assert len(sink.messages) == 1

@@ -60,7 +60,8 @@ async def test_another_users_job_is_404_and_admin_sees_it(api: Api) -> None:
 
     status, body, _ = await api.request("GET", f"/api/v1/jobs/{job['id']}", as_="mallory")
     assert status == 404
-    assert body["status"] == 404 and body["type"] == "/problems/not-found"
+    assert body["status"] == 404
+    assert body["type"] == "/problems/not-found"
 
     status, body, _ = await api.request("GET", f"/api/v1/jobs/{job['id']}", as_="root", role="admin")
     assert status == 200
@@ -136,7 +137,7 @@ async def test_wrong_content_type_is_415(api: Api) -> None:
 async def test_body_over_the_limit_is_413(api: Api) -> None:
     huge = json.dumps({"type": "system.echo", "payload": {"data": "x" * (1024 * 1024 + 10)}})
 
-    status, body, resp = await api.request(
+    status, _body, resp = await api.request(
         "POST", "/api/v1/jobs", data=io.BytesIO(huge), headers={"Content-Type": "application/json"}
     )
 

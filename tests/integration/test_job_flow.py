@@ -7,9 +7,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import json
-
 from support.stack import Api, Conn, StartWorker
-
 
 
 async def test_echo_job_succeeds_with_its_result(api: Api, start_worker: StartWorker, pg: Conn) -> None:
@@ -23,9 +21,11 @@ async def test_echo_job_succeeds_with_its_result(api: Api, start_worker: StartWo
     assert done["result"] == {"data": {"hello": ["world", 1]}, "attempt": 1}
     assert done["attempts"] == 1
     assert done["error"] is None
-    assert done["started_at"] is not None and done["finished_at"] is not None
+    assert done["started_at"] is not None
+    assert done["finished_at"] is not None
     row = await pg.fetchrow("SELECT status, result FROM jobs WHERE id = $1", job["id"])
-    assert row is not None and row["status"] == "succeeded"
+    assert row is not None
+    assert row["status"] == "succeeded"
 
 
 async def test_accepted_job_is_in_the_ledger_before_any_worker_runs(api: Api, pg: Conn) -> None:
@@ -40,7 +40,7 @@ async def test_transient_failures_retry_with_backoff_then_succeed(api: Api, star
     await start_worker("default")
     job = await api.submit("system.echo", {"data": "x", "fail_times": 2})
 
-    done = await api.wait_status(job["id"], "succeeded", timeout=20)
+    done = await api.wait_status(job["id"], "succeeded", within=20)
 
     assert done["attempts"] == 3
     assert done["result"] == {"data": "x", "attempt": 3}
@@ -63,12 +63,14 @@ async def test_exhausted_attempts_leave_the_job_failed_with_its_history(
     await start_worker("default")
     job = await api.submit("system.echo", {"fail_times": 10}, max_attempts=2)
 
-    failed = await api.wait_status(job["id"], "failed", timeout=20)
+    failed = await api.wait_status(job["id"], "failed", within=20)
 
     assert failed["attempts"] == 2
     assert failed["error"]["type"] == "EchoFailure"
     assert failed["result"] is None
-    history: list[dict[str, Any]] = json.loads(await pg.fetchval("SELECT error_history FROM jobs WHERE id = $1", job["id"]))
+    history: list[dict[str, Any]] = json.loads(
+        await pg.fetchval("SELECT error_history FROM jobs WHERE id = $1", job["id"])
+    )
     assert [e["attempt"] for e in history] == [1, 2]
 
 
@@ -76,7 +78,7 @@ async def test_timeout_is_enforced(api: Api, start_worker: StartWorker) -> None:
     await start_worker("default")
     job = await api.submit("system.echo", {"sleep_s": 30}, timeout_s=0.3, max_attempts=1)
 
-    failed = await api.wait_status(job["id"], "failed", timeout=10)
+    failed = await api.wait_status(job["id"], "failed", within=10)
 
     assert failed["error"]["type"] == "JobTimeout"
     assert "0.3" in failed["error"]["message"]
@@ -117,7 +119,7 @@ async def test_delayed_job_is_scheduled_and_waits(api: Api, start_worker: StartW
     job = await api.submit("system.echo", {}, delay_s=1.5)
     assert job["status"] == "scheduled"
 
-    done = await api.wait_status(job["id"], "succeeded", timeout=10)
+    done = await api.wait_status(job["id"], "succeeded", within=10)
 
     assert done["started_at"] >= job["scheduled_for"]
 
@@ -137,7 +139,7 @@ async def test_expired_job_fails_without_running(api: Api, start_worker: StartWo
     job = await api.submit("system.echo", {"data": 1}, delay_s=0.5, expires_in_s=0.2)
     await start_worker("default")
 
-    failed = await api.wait_status(job["id"], "failed", timeout=10)
+    failed = await api.wait_status(job["id"], "failed", within=10)
 
     assert failed["error"]["type"] == "JobExpired"
     assert failed["result"] is None

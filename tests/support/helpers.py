@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import jwt
 
-TEST_JWT_SECRET = "test-secret-0123456789abcdef-0123456789"
+TEST_JWT_SECRET = "test-secret-" + "0123456789abcdef" * 4
 T = TypeVar("T")
 
 
@@ -24,19 +24,21 @@ def postgres_admin_url() -> str:
     return os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def make_token(sub: str, *, role: str = "user", secret: str = TEST_JWT_SECRET, ttl_s: float = 600, **claims: object) -> str:
+def make_token(
+    sub: str, *, role: str = "user", secret: str = TEST_JWT_SECRET, ttl_s: float = 600, **claims: object
+) -> str:
     now = int(time.time())
     body: dict[str, object] = {"sub": sub, "role": role, "iat": now, "exp": now + int(ttl_s), **claims}
     return jwt.encode(body, secret, algorithm="HS256")
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, interval: float = 0.05) -> T:
+async def eventually(check: Callable[[], Awaitable[T | None]], *, within: float = 10.0, interval: float = 0.05) -> T:
     """Poll `check` until it returns something other than None; fail with the last state at the deadline."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await check()
         if value is not None:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)

@@ -131,13 +131,13 @@ class Api:
         return body
 
     async def wait_status(
-        self, job_id: str, *statuses: str, timeout: float = 15.0, as_: str = "alice"
+        self, job_id: str, *statuses: str, within: float = 15.0, as_: str = "alice"
     ) -> dict[str, Any]:
         async def check() -> dict[str, Any] | None:
             job = await self.job(job_id, as_=as_)
             return job if job["status"] in statuses else None
 
-        return await eventually(check, timeout=timeout)
+        return await eventually(check, within=within)
 
 
 @contextlib.asynccontextmanager
@@ -162,7 +162,7 @@ class SmtpSink:
     messages: list[Envelope] = field(default_factory=list)
     port: int = 0
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         if "reject" in address:
@@ -170,7 +170,7 @@ class SmtpSink:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.messages.append(envelope)
         return "250 Message accepted for delivery"
 

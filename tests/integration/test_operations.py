@@ -1,0 +1,72 @@
+"""Operations endpoints of both sides, metrics, and migrations under concurrent start-up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import asyncpg
+
+from shared import db
+from support.stack import Api, Services, StartWorker
+
+
+async def test_health_and_ready(api: Api) -> None:
+    status, body, _ = await api.request("GET", "/health", headers={"Authorization": ""})
+    assert (status, body) == (200, {"status": "ok"})
+
+    status, body, _ = await api.request("GET", "/ready")
+    assert (status, body) == (200, {"redis": "ok", "postgres": "ok"})
+
+
+async def test_gateway_metrics_count_requests_by_route_template(api: Api) -> None:
+    job = await api.submit("system.echo", {})
+    await api.request("GET", f"/api/v1/jobs/{job['id']}")
+
+    status, text, resp = await api.request("GET", "/metrics")
+
+    assert status == 200
+    assert resp.content_type == "text/plain"
+    assert 'conveyor_gateway_http_requests_total{method="GET",route="/api/v1/jobs/{job_id}",status="200"} 1.0' in text
+    assert 'conveyor_gateway_jobs_enqueued_total{type="system.echo"} 1.0' in text
+    assert job["id"] not in text, "raw paths must never become label values"
+
+
+async def test_each_worker_serves_its_own_health_and_metrics(api: Api, start_worker: StartWorker) -> None:
+    worker = await start_worker("default")
+    job = await api.submit("system.echo", {"fail_times": 1})
+    await api.wait_status(job["id"], "succeeded")
+
+    async with aiohttp.ClientSession() as session:
+        base = f"http://127.0.0.1:{worker.metrics_port}"
+        async with session.get(f"{base}/health") as resp:
+            health = await resp.json()
+        async with session.get(f"{base}/metrics") as resp:
+            metrics = await resp.text()
+
+    assert health == {"status": "ok", "queue": "default", "taking_jobs": True, "running": 0}
+    assert 'conveyor_worker_jobs_total{outcome="succeeded",type="system.echo"} 1.0' in metrics
+    assert 'conveyor_worker_jobs_total{outcome="retried",type="system.echo"} 1.0' in metrics
+    assert 'conveyor_worker_up{queue="default"} 1.0' in metrics
+    assert "conveyor_worker_job_queue_wait_seconds_bucket" in metrics
+
+
+async def test_migrations_apply_once_when_many_processes_start_together(services: Services) -> None:
+    admin = await asyncpg.connect(services.database_url)
+    name = "conveyor_migrate_race"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{services.database_url.rpartition('/')[0]}/{name}"
+    conns = [await asyncpg.connect(url) for _ in range(5)]
+    try:
+        applied = await asyncio.gather(*(db.apply_migrations(c) for c in conns))
+        counts = sorted(len(a) for a in applied)
+        assert counts[:4] == [0, 0, 0, 0], "exactly one process applies the migrations"
+        assert counts[4] >= 1
+        assert sum(len(a) for a in applied) == await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+        assert await conns[0].fetchval("SELECT to_regclass('jobs') IS NOT NULL")
+    finally:
+        for c in conns:
+            await c.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
