@@ -83,12 +83,11 @@ class SmtpConfig(BaseSettings):
 
 
 class JobStoreConfig(BaseSettings):
-    """Retention of results and finished jobs; read by both sides."""
+    """How long job results are kept; read by both sides."""
 
     model_config = _config()
 
     result_ttl_s: int = Field(86400, ge=1, validation_alias=_env("RESULT_TTL_S"))
-    retention_days: int = Field(7, ge=1, validation_alias=_env("RETENTION_DAYS"))
 
 
 class GatewayConfig(BaseSettings):
@@ -97,8 +96,6 @@ class GatewayConfig(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=_env("API_HOST"))
     port: int = Field(8080, ge=0, le=65535, validation_alias=_env("API_PORT"))
     max_body_bytes: int = Field(1024 * 1024, ge=1024, validation_alias=_env("MAX_BODY_BYTES"))
-    max_upload_bytes: int = Field(1024**3, ge=1024, validation_alias=_env("MAX_UPLOAD_BYTES"))
-    rate_limit_per_minute: int = Field(600, ge=1, validation_alias=_env("RATE_LIMIT_PER_MINUTE"))
     enqueue_timeout_s: float = Field(1.0, gt=0, validation_alias=_env("ENQUEUE_TIMEOUT_S"))
     shutdown_grace_s: float = Field(30.0, ge=0, validation_alias=_env("SHUTDOWN_GRACE_S"))
 

@@ -43,3 +43,22 @@ def test_secrets_do_not_show_in_reprs() -> None:
 
 def test_gateway_settings_hold_no_smtp_section() -> None:
     assert "smtp" not in GatewaySettings.model_fields
+
+
+def test_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from shared import settings as s
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    sections = (s.GatewayConfig, s.WorkerConfig, s.RedisConfig, s.PostgresConfig, s.AuthConfig, s.SmtpConfig)
+    names = [
+        choice
+        for section in (*sections, s.JobStoreConfig, s.LogConfig)
+        for field in section.model_fields.values()
+        for choice in getattr(field.validation_alias, "choices", [])[:1]
+    ]
+
+    assert len(names) > 20
+    missing = [name for name in names if f"`{name}`" not in readme]
+    assert missing == []
