@@ -71,3 +71,5 @@ def configure_logging(config: LogConfig, *, role: str) -> None:
     root.setLevel(config.level.upper())
     # aiohttp's access log is replaced by our own middleware line; keep its other loggers.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # arq logs every job's arguments at INFO; those are user data (addresses, message bodies).
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)

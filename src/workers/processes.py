@@ -18,7 +18,7 @@ from shared.metrics import Metrics
 from shared.settings import WorkerSettings
 from workers import email, health_server, reconciler, system
 from workers.context import WorkerContext
-from workers.runtime import AnyHandler, Runtime, bind
+from workers.runtime import ARQ_MAX_TRIES, AnyHandler, Runtime, bind
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class WorkerProcess:
             max_jobs=s.worker.max_jobs,
             poll_delay=s.worker.poll_delay_s,
             keep_result=s.jobs.result_ttl_s,
-            max_tries=runtime.arq_function().max_tries or 1,
+            max_tries=ARQ_MAX_TRIES,
+            log_results=False,  # results and arguments are user data: our own job.* events carry ids only
             job_serializer=queue.serialize,
             job_deserializer=queue.deserialize,
             health_check_interval=10,

@@ -1,0 +1,101 @@
+"""The `conveyor` console script: `run` the local stack, mint a `token`, `migrate` the database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+from pydantic import ValidationError
+
+from shared import db
+from shared.embedded import EmbeddedServerError
+from shared.logging import configure_logging
+from shared.settings import AuthConfig, LogConfig, PostgresConfig
+from shared.supervisor import PROCESS_NAMES, RunOptions, mint_token, run
+
+T = TypeVar("T")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conveyor", description="Conveyor background-job service, local tooling.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_cmd = commands.add_parser(
+        "run",
+        help="run the gateway and workers; embedded Redis/PostgreSQL/mail catcher where none is configured",
+    )
+    run_cmd.add_argument(
+        "--only",
+        nargs="+",
+        action="extend",
+        choices=PROCESS_NAMES,
+        metavar="PROCESS",
+        help=f"run only these processes ({', '.join(PROCESS_NAMES)}); default: all",
+    )
+    token = commands.add_parser("token", help="print a signed JWT for the gateway (uses JWT_SECRET)")
+    token.add_argument("--sub", required=True, help="the principal's name (the `sub` claim)")
+    token.add_argument("--role", choices=("user", "admin"), default="user")
+    token.add_argument("--ttl-s", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)")
+    commands.add_parser("migrate", help="apply pending database migrations to DATABASE_URL")
+    return parser
+
+
+def _run_async(main: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop  # optional speed-up, absent on some platforms
+    except ImportError:  # pragma: no cover
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+async def _migrate() -> None:
+    async with db.open_pool(PostgresConfig(), migrate=True):
+        pass
+
+
+def _report_config_error(exc: ValidationError) -> None:
+    # include_input=False: a bad secret must not be echoed to the terminal.
+    for err in exc.errors(include_input=False):
+        where = ".".join(map(str, err["loc"])) or "settings"
+        print(f"conveyor: configuration error at {where}: {err['msg']}", file=sys.stderr)  # noqa: T201
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `conveyor` console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "token":
+            print(mint_token(AuthConfig(), args.sub, args.role, args.ttl_s))  # noqa: T201 - the command's output
+            return 0
+        configure_logging(LogConfig(), role="supervisor" if args.command == "run" else args.command)
+        # aiosmtpd logs every SMTP command of the mail catcher at INFO; only its problems are worth a line.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        if args.command == "migrate":
+            _run_async(_migrate())
+            return 0
+        only = tuple(dict.fromkeys(args.only)) if args.only else PROCESS_NAMES
+        return _run_async(run(RunOptions(only=only)))
+    except ValidationError as exc:
+        _report_config_error(exc)
+        return 2
+    except EmbeddedServerError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:  # `migrate` against an unreachable database
+        print(f"conveyor: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
