@@ -45,7 +45,7 @@ async def test_conveyor_run_serves_jobs_end_to_end_and_stops_cleanly(
         "REDIS_CACHE_URL": services.cache_url, "REDIS_JOBS_URL": services.jobs_url,
         "DATABASE_URL": services.database_url, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
         "API_PORT": str(api_port), "JWT_SECRET": TEST_JWT_SECRET, "WORKER_METRICS_PORT": "0",
-        "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "5",
+        "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "5",
     }  # fmt: skip
     conveyor = Path(sys.executable).with_name("conveyor")
     with (tmp_path / "out.log").open("wb") as out:
@@ -83,6 +83,10 @@ async def test_conveyor_run_serves_jobs_end_to_end_and_stops_cleanly(
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=40) == 0
         assert not [pid for pid in children if _alive(pid)], "no process may outlive `conveyor run`"
+        logs = (tmp_path / "out.log").read_text(errors="replace")
+        assert '"event":"job.succeeded"' in logs
+        for secret in (TEST_JWT_SECRET, headers["Authorization"].split()[1], "ann@example.com"):
+            assert secret not in logs, "secrets and payload data never reach a log line"
     finally:
         if proc.returncode is None:
             proc.kill()
