@@ -33,7 +33,8 @@ def test_records_are_json_with_event_name_fields_and_bound_ids() -> None:
     assert line["event"] == "job.enqueued"
     assert line["level"] == "info"
     assert line["role"] == "gateway"
-    assert line["request_id"] == "req-1" and line["job_id"] == "job_1"
+    assert line["request_id"] == "req-1"
+    assert line["job_id"] == "job_1"
     assert line["type"] == "system.echo"
     assert line["ts"].endswith("Z")
 
