@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -68,6 +69,7 @@ class WorkerProcess:
         self.metrics_port: int | None = None
         self._worker: Worker | None = None
         self._started = asyncio.Event()
+        self._stop_requested = False
 
     async def run(self) -> None:
         s, d = self.settings, self.definition
@@ -103,6 +105,8 @@ class WorkerProcess:
             job_deserializer=queue.deserialize,
             health_check_interval=10,
         )
+        if self._stop_requested:  # stopped while still connecting: never take a job
+            return
         background = asyncio.create_task(reconciler.run_forever(ctx)) if d.runs_reconciler else None
         self.metrics.worker_up.labels(d.queue.value).set(1)
         logger.info("worker.started", extra={"queue": d.queue.value, "types": sorted(self.handlers)})
@@ -129,9 +133,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Stop taking jobs; running ones get SHUTDOWN_GRACE_S to finish, then are cancelled and re-queued."""
-        import signal
-
-        if self._worker is not None:
+        self._stop_requested = True
+        if self._worker is not None and self._worker.main_task is not None:
             self._worker.handle_sig_wait_for_completion(signal.SIGTERM)
 
     def _health(self) -> dict[str, object]:
