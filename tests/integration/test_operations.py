@@ -8,7 +8,7 @@ import aiohttp
 import asyncpg
 
 from shared import db
-from support.stack import Api, Services, StartWorker
+from support.stack import Api, Conn, Services, StartWorker, postgres_config
 
 
 async def test_health_and_ready(api: Api) -> None:
@@ -70,3 +70,16 @@ async def test_migrations_apply_once_when_many_processes_start_together(services
             await c.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_connection_returned_mid_transaction_is_rolled_back(services: Services, pg: Conn) -> None:
+    one_connection = postgres_config(services).model_copy(update={"pool_min": 1, "pool_max": 1})
+    async with db.open_pool(one_connection, migrate=False) as pool:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO jobs (id, type, queue, owner, status, payload, max_attempts, timeout_s)"
+                               " VALUES ('j', 't', 'q', 'o', 'queued', '{}', 1, 1)")  # fmt: skip
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 0
