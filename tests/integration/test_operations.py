@@ -8,6 +8,7 @@ import aiohttp
 import asyncpg
 
 from shared import db
+from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, postgres_config
 
 
@@ -39,8 +40,13 @@ async def test_each_worker_serves_its_own_health_and_metrics(api: Api, start_wor
 
     async with aiohttp.ClientSession() as session:
         base = f"http://127.0.0.1:{worker.metrics_port}"
-        async with session.get(f"{base}/health") as resp:
-            health = await resp.json()
+
+        async def idle_health() -> dict[str, object] | None:
+            async with session.get(f"{base}/health") as resp:
+                health: dict[str, object] = await resp.json()
+            return health if health["running"] == 0 else None  # arq finishes its bookkeeping after the ledger
+
+        health = await eventually(idle_health, within=5)
         async with session.get(f"{base}/metrics") as resp:
             metrics = await resp.text()
 
