@@ -10,16 +10,14 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from shared.logging import configure_logging
-from shared.settings import GatewaySettings
+from shared.settings import GatewaySettings, describe_errors
 
 
 def main() -> int:
     try:
         settings = GatewaySettings()
     except ValidationError as exc:
-        # include_input=False: a bad secret must not be echoed to the terminal or a log collector.
-        for err in exc.errors(include_input=False):
-            print(f"gateway: configuration error at {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)  # noqa: T201
+        print(*describe_errors(exc, "gateway"), sep="\n", file=sys.stderr)  # noqa: T201
         return 2
     configure_logging(settings.log, role="gateway")
     try:

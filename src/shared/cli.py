@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from shared import db
 from shared.embedded import EmbeddedServerError
 from shared.logging import configure_logging
-from shared.settings import AuthConfig, LogConfig, PostgresConfig
+from shared.settings import AuthConfig, LogConfig, PostgresConfig, describe_errors
 from shared.supervisor import PROCESS_NAMES, RunOptions, mint_token, run
 
 T = TypeVar("T")
@@ -64,13 +64,6 @@ async def _migrate() -> None:
         pass
 
 
-def _report_config_error(exc: ValidationError) -> None:
-    # include_input=False: a bad secret must not be echoed to the terminal.
-    for err in exc.errors(include_input=False):
-        where = ".".join(map(str, err["loc"])) or "settings"
-        print(f"conveyor: configuration error at {where}: {err['msg']}", file=sys.stderr)  # noqa: T201
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `conveyor` console script; returns the process exit code."""
     args = _parser().parse_args(argv)
@@ -87,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         only = tuple(dict.fromkeys(args.only)) if args.only else PROCESS_NAMES
         return _run_async(run(RunOptions(only=only)))
     except ValidationError as exc:
-        _report_config_error(exc)
+        print(*describe_errors(exc, "conveyor"), sep="\n", file=sys.stderr)  # noqa: T201
         return 2
     except EmbeddedServerError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)  # noqa: T201

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The API contract promises a working default for local use; production refuses it (see AuthConfig).
@@ -137,3 +137,11 @@ class WorkerSettings(BaseSettings):
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     jobs: JobStoreConfig = Field(default_factory=JobStoreConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+
+def describe_errors(exc: ValidationError, program: str) -> list[str]:
+    """One line per invalid setting, for a terminal; input values are never echoed (they may be secrets)."""
+    return [
+        f"{program}: configuration error at {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}"
+        for err in exc.errors(include_input=False)
+    ]

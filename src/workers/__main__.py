@@ -9,7 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from shared.logging import configure_logging
-from shared.settings import WorkerSettings
+from shared.settings import WorkerSettings, describe_errors
 from workers.processes import PROCESSES, WorkerProcess
 
 
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = WorkerSettings()
     except ValidationError as exc:
-        for err in exc.errors(include_input=False):
-            print(f"workers: configuration error at {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)  # noqa: T201
+        print(*describe_errors(exc, "workers"), sep="\n", file=sys.stderr)  # noqa: T201
         return 2
     configure_logging(settings.log, role=f"worker:{args[0]}")
     try:

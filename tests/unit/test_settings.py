@@ -62,3 +62,16 @@ def test_readme_documents_every_setting() -> None:
     assert len(names) > 20
     missing = [name for name in names if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_configuration_errors_never_echo_the_value() -> None:
+    from shared.settings import describe_errors
+
+    with pytest.raises(ValidationError) as caught:
+        AuthConfig(jwt_secret=SecretStr("too-short-but-secret"))
+
+    lines = describe_errors(caught.value, "gateway")
+    assert len(lines) == 1
+    assert lines[0].startswith("gateway: configuration error at settings: ")
+    assert "JWT_SECRET must be at least 32 characters" in lines[0]
+    assert "too-short-but-secret" not in "".join(lines)
