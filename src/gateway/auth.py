@@ -62,6 +62,6 @@ def authenticate(header: str | None, config: AuthConfig) -> Principal:
     sub, role = claims.get("sub"), claims.get("role", Role.USER.value)
     if not isinstance(sub, str) or not sub or len(sub) > 200:
         raise Unauthenticated("the token's `sub` claim must be a non-empty string")
-    if role not in {r.value for r in Role}:
+    if not isinstance(role, str) or role not in {r.value for r in Role}:
         raise Unauthenticated("the token's `role` claim must be `user` or `admin`")
     return Principal(sub=sub, role=Role(role))

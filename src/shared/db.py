@@ -32,6 +32,8 @@ POSTGRES_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeo
 UNAVAILABLE_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, out of memory or disk
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, query cancelled
     asyncpg.InterfaceError,
     OSError,
     TimeoutError,

@@ -19,6 +19,9 @@ from shared.errors import BadRequest, Conflict
 TERMINAL = ("succeeded", "failed", "cancelled")
 UNFINISHED = ("queued", "scheduled", "running", "retrying")
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+# Times the ledger accepts from outside (cursors, run_at); anything else is a client error, not a 500.
+MIN_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+MAX_TIME = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 def new_job_id() -> str:
@@ -146,8 +149,11 @@ def encode_cursor(record: JobRecord) -> str:
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return dt.datetime.fromisoformat(created), str(job_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
+        when = dt.datetime.fromisoformat(created)
+        if when.tzinfo is None or not MIN_TIME <= when <= MAX_TIME:
+            raise ValueError("cursor time out of range")
+        return when, str(job_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise BadRequest(
             "`cursor` is not a cursor this API returned", errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
         ) from exc
@@ -183,18 +189,33 @@ async def list_jobs(
 # attempt can never overwrite the outcome of a newer one.
 
 
-async def mark_running(conn: Connection | Pool, job_id: str, attempt: int) -> JobRecord | None:
-    """Start `attempt`; None when the job is already finished (a duplicate delivery) or unknown."""
+async def mark_running(conn: Connection | Pool, job_id: str) -> JobRecord | None:
+    """Start the next attempt; the ledger, not arq, counts attempts (an outage or a shutdown uses none).
+
+    Returns None when the job is already finished (a duplicate delivery) or unknown.
+    """
     row = await conn.fetchrow(
         """
-        UPDATE jobs SET status = 'running', attempts = $2, started_at = now(), updated_at = now()
-        WHERE id = $1 AND status IN ('queued', 'scheduled', 'running', 'retrying') AND attempts < $2
+        UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = now(), updated_at = now()
+        WHERE id = $1 AND status IN ('queued', 'scheduled', 'running', 'retrying')
         RETURNING *
         """,
         job_id,
-        attempt,
     )
     return None if row is None else JobRecord.from_row(row)
+
+
+async def mark_expired(conn: Connection | Pool, job_id: str, error: dict[str, Any]) -> bool:
+    """Fail a job that was never started and is past its expiry; it never runs."""
+    status = await conn.execute(
+        """
+        UPDATE jobs SET status = 'failed', error = $2, finished_at = now(), updated_at = now()
+        WHERE id = $1 AND attempts = 0 AND status IN ('queued', 'scheduled') AND expires_at < now()
+        """,
+        job_id,
+        error,
+    )
+    return status.endswith(" 1")
 
 
 async def mark_succeeded(conn: Connection | Pool, job_id: str, attempt: int, result: Any) -> bool:
@@ -249,24 +270,41 @@ async def mark_failed(conn: Connection | Pool, job_id: str, attempt: int, error:
 
 
 async def mark_requeued(conn: Connection | Pool, job_id: str, attempt: int) -> bool:
-    """The worker stopped mid-attempt (shutdown): the job waits in the queue again."""
+    """The worker stopped mid-attempt (shutdown): the job waits in the queue again, and the interrupted
+    attempt is given back (it was cut short by us, not by the job)."""
     status = await conn.execute(
-        "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND attempts = $2 AND status = 'running'",
+        """
+        UPDATE jobs SET status = 'queued', attempts = attempts - 1, updated_at = now()
+        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        """,
         job_id,
         attempt,
     )
     return status.endswith(" 1")
 
 
-async def unfinished_before(conn: Connection | Pool, before: dt.datetime, *, limit: int) -> list[JobRecord]:
-    """Unfinished jobs untouched since `before`: candidates for the reconciler."""
+async def reconcile_candidates(
+    conn: Connection | Pool, *, grace_s: float, horizon_s: float, after: tuple[dt.datetime, str] | None, limit: int
+) -> list[JobRecord]:
+    """One page (keyset on updated_at, id) of the jobs Redis must hold for them to run:
+
+    queued ones; scheduled or retrying ones due within `horizon_s`; running ones silent for longer than
+    their own timeout. Each must have been untouched for `grace_s`, so an enqueue in flight is left alone.
+    """
     rows = await conn.fetch(
         """
         SELECT * FROM jobs
-        WHERE status IN ('queued', 'scheduled', 'running', 'retrying') AND updated_at < $1
-        ORDER BY updated_at LIMIT $2
+        WHERE updated_at < now() - make_interval(secs => $1)
+          AND (status = 'queued'
+               OR (status IN ('scheduled', 'retrying') AND scheduled_for < now() + make_interval(secs => $2))
+               OR (status = 'running' AND updated_at < now() - make_interval(secs => timeout_s + $1)))
+          AND ($3::timestamptz IS NULL OR (updated_at, id) > ($3, $4))
+        ORDER BY updated_at, id LIMIT $5
         """,
-        before,
+        grace_s,
+        horizon_s,
+        after[0] if after else None,
+        after[1] if after else None,
         limit,
     )
     return [JobRecord.from_row(r) for r in rows]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import job_key_prefix
+from arq.constants import job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
 from shared import json
@@ -106,5 +105,6 @@ async def missing_from_redis(redis: ArqRedis, job_ids: Sequence[str]) -> list[st
     return [job_id for job_id, exists in zip(job_ids, found, strict=True) if not exists]
 
 
-def age_s(since: dt.datetime) -> float:
-    return (json.utcnow() - since).total_seconds()
+async def drop_result(redis: ArqRedis, job_id: str) -> None:
+    """Forget arq's stored outcome of `job_id`, so that arq accepts the id again."""
+    await redis.delete(result_key_prefix + job_id)

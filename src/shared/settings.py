@@ -111,6 +111,7 @@ class WorkerConfig(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("WORKER_METRICS_PORT"))
     reconcile_interval_s: float = Field(5.0, gt=0, le=3600, validation_alias=_env("RECONCILE_INTERVAL_S"))
     reconcile_grace_s: float = Field(10.0, ge=0, validation_alias=_env("RECONCILE_GRACE_S"))
+    reconcile_batch: int = Field(500, ge=1, le=10_000, validation_alias=_env("RECONCILE_BATCH"))
 
 
 class GatewaySettings(BaseSettings):

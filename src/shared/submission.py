@@ -9,7 +9,16 @@ import logging
 from typing import Literal, Self
 
 from arq.connections import ArqRedis
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared import json, ledger, queue
 from shared.db import Pool
@@ -41,6 +50,20 @@ class JobRequest(BaseModel):
         if self.delay_s is not None and self.run_at is not None:
             raise ValueError("give `delay_s` or `run_at`, not both")
         return self
+
+    @field_validator("run_at")
+    @classmethod
+    def _run_at_in_range(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        try:
+            utc = value.astimezone(dt.UTC)
+        except OverflowError as exc:
+            raise ValueError("out of range") from exc
+        latest = json.utcnow() + dt.timedelta(seconds=MAX_DELAY_S)
+        if not ledger.MIN_TIME <= utc <= latest:
+            raise ValueError(f"must be between {ledger.MIN_TIME.year} and {MAX_DELAY_S / 86400:g} days from now")
+        return utc
 
 
 def _invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> InvalidInput:

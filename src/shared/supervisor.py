@@ -115,13 +115,15 @@ async def _start_services(stack: AsyncExitStack, env: dict[str, str], options: R
     """Start what the environment does not configure, point `env` at it; banner lines (label, text)."""
     var = options.var_dir.resolve()
     notes: list[tuple[str, str]] = []
-    if _configured(env, "REDIS_CACHE_URL", "REDIS_JOBS_URL"):
+    # Each Redis URL left unset points at the embedded server: never at a default 6379 someone else owns.
+    unset = [name for name in ("REDIS_CACHE_URL", "REDIS_JOBS_URL") if not _configured(env, name)]
+    if not unset:
         notes.append(("redis", "as configured (REDIS_CACHE_URL / REDIS_JOBS_URL)"))
     else:
         redis = await stack.enter_async_context(EmbeddedRedis(var / "redis"))
-        _put(env, "REDIS_CACHE_URL", f"{redis.url}/0")
-        _put(env, "REDIS_JOBS_URL", f"{redis.url}/1")
-        notes.append(("redis", f"{redis.url} (embedded; data in {redis.data_dir})"))
+        for name in unset:
+            _put(env, name, f"{redis.url}/{0 if name == 'REDIS_CACHE_URL' else 1}")
+        notes.append(("redis", f"{redis.url} (embedded, for {' and '.join(unset)}; data in {redis.data_dir})"))
     if _configured(env, "DATABASE_URL"):
         notes.append(("postgres", "as configured (DATABASE_URL)"))
     else:

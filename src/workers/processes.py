@@ -121,8 +121,7 @@ class WorkerProcess:
             self.metrics.worker_up.labels(d.queue.value).set(0)
             if background:
                 background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await background
+                await asyncio.gather(background, return_exceptions=True)
             await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
             with contextlib.suppress(*queue.REDIS_ERRORS):
                 await ctx.jobs_redis.delete(worker.health_check_key)

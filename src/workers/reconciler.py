@@ -8,51 +8,56 @@ import logging
 
 from shared import ledger, queue
 from shared.db import UNAVAILABLE_ERRORS
-from shared.json import utcnow
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 
-BATCH = 500
 
-
-def _is_lost_candidate(job: ledger.JobRecord, now: dt.datetime, grace_s: float) -> bool:
-    """A running job is only a candidate once it has been silent longer than its own timeout."""
-    if job.status != "running":
-        return True
-    return job.updated_at < now - dt.timedelta(seconds=job.timeout_s + grace_s)
+async def _put_back(ctx: WorkerContext, jobs: list[ledger.JobRecord]) -> list[str]:
+    """Enqueue the jobs Redis lacks; returns their ids."""
+    missing = set(await queue.missing_from_redis(ctx.jobs_redis, [job.id for job in jobs]))
+    put_back: list[str] = []
+    for job in (j for j in jobs if j.id in missing):
+        if not await queue.enqueue(ctx.jobs_redis, job):
+            # arq still holds an outcome for this id while the ledger says unfinished: the ledger write
+            # of that outcome was lost. The ledger wins; drop arq's record and run the job again.
+            logger.warning("reconciler.stale_result", extra={"job_id": job.id, "status": job.status})
+            await queue.drop_result(ctx.jobs_redis, job.id)
+            if not await queue.enqueue(ctx.jobs_redis, job):
+                continue
+        put_back.append(job.id)
+    return put_back
 
 
 async def reconcile_once(ctx: WorkerContext) -> int:
-    """One pass; returns how many jobs were put back on Redis.
-
-    Only jobs untouched for RECONCILE_GRACE_S are looked at, so a job whose enqueue is still in flight
-    is left alone; arq's enqueue refuses an id it already holds, so a race costs nothing.
-    """
-    grace_s = ctx.settings.worker.reconcile_grace_s
-    now = utcnow()
+    """One pass over every candidate, page by page; returns how many jobs were put back on Redis."""
+    config = ctx.settings.worker
+    horizon_s = max(60.0, 2 * config.reconcile_interval_s)
+    after: tuple[dt.datetime, str] | None = None
     requeued = 0
-    candidates = await ledger.unfinished_before(ctx.pg, now - dt.timedelta(seconds=grace_s), limit=BATCH)
-    candidates = [job for job in candidates if _is_lost_candidate(job, now, grace_s)]
-    missing = set(await queue.missing_from_redis(ctx.jobs_redis, [job.id for job in candidates]))
-    put_back: list[str] = []
-    for job in candidates:
-        if job.id in missing and await queue.enqueue(ctx.jobs_redis, job):
-            put_back.append(job.id)
-    if put_back:
-        requeued = len(put_back)
-        await ledger.touch(ctx.pg, put_back)
-        ctx.metrics.reconciled.inc(requeued)
-        logger.info("reconciler.requeued", extra={"count": requeued})
-    return requeued
+    while True:
+        page = await ledger.reconcile_candidates(
+            ctx.pg, grace_s=config.reconcile_grace_s, horizon_s=horizon_s, after=after, limit=config.reconcile_batch
+        )
+        if not page:
+            return requeued
+        put_back = await _put_back(ctx, page)
+        if put_back:
+            await ledger.touch(ctx.pg, put_back)
+            ctx.metrics.reconciled.inc(len(put_back))
+            logger.info("reconciler.requeued", extra={"count": len(put_back)})
+            requeued += len(put_back)
+        after = (page[-1].updated_at, page[-1].id)
 
 
 async def run_forever(ctx: WorkerContext) -> None:
-    """Reconcile every RECONCILE_INTERVAL_S until cancelled; outages are logged and waited out."""
+    """Reconcile every RECONCILE_INTERVAL_S until cancelled; no error ends the loop, each is logged."""
     interval = ctx.settings.worker.reconcile_interval_s
     while True:
         try:
             await reconcile_once(ctx)
         except (*queue.REDIS_ERRORS, *UNAVAILABLE_ERRORS) as exc:
             logger.warning("reconciler.unavailable", extra={"reason": type(exc).__name__})
+        except Exception:  # a background loop's boundary: log it in full and try again next tick
+            logger.exception("reconciler.failed")
         await asyncio.sleep(interval)

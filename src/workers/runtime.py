@@ -14,7 +14,7 @@ from arq.worker import Function, Retry, func
 from pydantic import BaseModel, ValidationError
 
 from shared import ledger
-from shared.db import UNAVAILABLE_ERRORS
+from shared.db import POSTGRES_ERRORS
 from shared.errors import DependencyUnavailable, JobError, PermanentJobError
 from shared.jobs import AnySpec, JobSpec, P, R
 from shared.json import utcnow
@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 # arq's own retry ceiling is set far above ours (max_attempts <= 25): the runtime decides when a job is dead.
 ARQ_MAX_TRIES = 1000
-# Ledger outage at the start of an attempt: nothing ran yet, so come back shortly.
-LEDGER_RETRY_S = 5.0
+# A ledger write failed: arq keeps the job and runs it again after this long.
+LEDGER_RETRY_S = 2.0
 # arq's per-function timeout is only a backstop behind the per-job asyncio.timeout below.
 ARQ_TIMEOUT_MARGIN_S = 30.0
 
@@ -76,42 +76,51 @@ class Runtime:
         )
 
     async def run(self, ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """arq's entry for every job of this process: `args[0]` is the envelope built by `shared.queue`."""
+        """arq's entry for every job of this process: `args[0]` is the envelope built by `shared.queue`.
+
+        A PostgreSQL error at any ledger transition becomes an arq `Retry`: arq keeps the job and runs it
+        again shortly, so a ledger hiccup never strands a job (its effect may run twice: at-least-once).
+        """
         envelope: dict[str, Any] = args[0]
-        attempt = int(ctx["job_try"])
         tokens = (
             job_id_var.set(envelope["id"]),
             job_type_var.set(envelope["type"]),
             request_id_var.set(envelope.get("request_id")),
         )
         try:
-            return await self._run(envelope, attempt)
+            return await self._run(envelope)
+        except POSTGRES_ERRORS as exc:
+            logger.warning("job.ledger_unavailable", extra={"reason": type(exc).__name__})
+            raise Retry(defer=LEDGER_RETRY_S) from exc
         finally:
             for var, token in zip((job_id_var, job_type_var, request_id_var), tokens, strict=True):
                 var.reset(token)
 
-    async def _run(self, envelope: dict[str, Any], attempt: int) -> dict[str, Any]:
+    async def _run(self, envelope: dict[str, Any]) -> dict[str, Any]:
         job_id, type_name = envelope["id"], envelope["type"]
-        try:
-            record = await ledger.mark_running(self.ctx.pg, job_id, attempt)
-        except UNAVAILABLE_ERRORS as exc:
-            logger.warning("job.ledger_unavailable", extra={"reason": type(exc).__name__})
-            raise Retry(defer=LEDGER_RETRY_S) from exc
-        if record is None:
-            logger.info("job.skipped_duplicate", extra={"attempt": attempt})
-            return {"status": "skipped"}
         metrics = self.ctx.metrics
+        expires_at = envelope.get("expires_at")
+        if expires_at and dt.datetime.fromisoformat(expires_at) < utcnow():
+            error = {"type": "JobExpired", "message": "the job was not started before it expired", "retryable": False}
+            if await ledger.mark_expired(self.ctx.pg, job_id, error):  # only if it never started
+                metrics.jobs.labels(type_name, "expired").inc()
+                logger.info("job.expired")
+                return {"status": "failed", "error": error}
+        record = await ledger.mark_running(self.ctx.pg, job_id)
+        if record is None:
+            logger.info("job.skipped_duplicate")
+            return {"status": "skipped"}
+        attempt = record.attempts
         metrics.jobs.labels(type_name, "started").inc()
         metrics.queue_wait.labels(type_name).observe(max((utcnow() - record.scheduled_for).total_seconds(), 0.0))
-        if record.expires_at is not None and attempt == 1 and utcnow() > record.expires_at:
-            error = {"type": "JobExpired", "message": "the job was not started before it expired", "retryable": False}
-            await ledger.mark_failed(self.ctx.pg, job_id, attempt, error)
-            metrics.jobs.labels(type_name, "expired").inc()
-            logger.info("job.expired")
-            return {"status": "failed", "error": error}
         handler = self.handlers.get(type_name)
         if handler is None:
             return await self._fail(record, attempt, PermanentJobError(f"no handler for job type {type_name!r}"))
+        if attempt > record.max_attempts:
+            # The write of an earlier final failure was lost (ledger outage): do not run past the limit.
+            return await self._fail(
+                record, attempt, PermanentJobError("every attempt was used", type_name="AttemptsExhausted")
+            )
         return await self._attempt(handler, record, attempt)
 
     async def _attempt(self, handler: AnyHandler, record: ledger.JobRecord, attempt: int) -> dict[str, Any]:
@@ -130,10 +139,8 @@ class Runtime:
                 result.model_dump() if isinstance(result, BaseModel) else result
             )
         except asyncio.CancelledError:
-            # Shutdown (or a lost worker): the attempt did not finish; arq runs the job again.
-            await asyncio.shield(ledger.mark_requeued(self.ctx.pg, record.id, attempt))
-            metrics.jobs.labels(record.type, "requeued").inc()
-            logger.info("job.requeued", extra={"attempt": attempt})
+            # Shutdown: the attempt did not finish; arq keeps the job and another worker runs it.
+            await self._requeue(record, attempt)
             raise
         except (PermanentJobError, ValidationError) as exc:
             return await self._fail(record, attempt, exc)
@@ -149,6 +156,15 @@ class Runtime:
             metrics.jobs_running.dec()
             metrics.job_duration.labels(record.type).observe(time.perf_counter() - started)
         return await self._succeed(record, attempt, checked.model_dump(mode="json"))
+
+    async def _requeue(self, record: ledger.JobRecord, attempt: int) -> None:
+        try:
+            await asyncio.shield(ledger.mark_requeued(self.ctx.pg, record.id, attempt))
+        except POSTGRES_ERRORS as exc:  # the job still re-runs; only its attempt count is not given back
+            logger.warning("job.requeue_unrecorded", extra={"reason": type(exc).__name__})
+            return
+        self.ctx.metrics.jobs.labels(record.type, "requeued").inc()
+        logger.info("job.requeued", extra={"attempt": attempt})
 
     async def _succeed(self, record: ledger.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
         if await ledger.mark_succeeded(self.ctx.pg, record.id, attempt, result):

@@ -1,9 +1,10 @@
-"""Fixtures over real services: a throwaway PostgreSQL database, Redis dbs 14/15, the gateway, workers, SMTP."""
+"""Fixtures over real services: a throwaway PostgreSQL database, a claimed Redis db pair, the gateway, workers, SMTP."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -37,13 +38,11 @@ async def services() -> AsyncIterator[Services]:
         admin = await asyncpg.connect(admin_url, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         raise RuntimeError(f"PostgreSQL for tests is unreachable at TEST_DATABASE_URL={admin_url}: {exc}") from exc
-    probe = Redis.from_url(redis_base_url())
+    locks = Redis.from_url(f"{redis_base_url()}/0")
     try:
-        await probe.ping()
+        cache_db = await _claim_redis_pair(locks)
     except OSError as exc:
         raise RuntimeError(f"Redis for tests is unreachable at TEST_REDIS_URL={redis_base_url()}: {exc}") from exc
-    finally:
-        await probe.aclose()
     name = f"conveyor_test_{secrets.token_hex(6)}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = f"{admin_url.rpartition('/')[0]}/{name}"
@@ -53,10 +52,23 @@ async def services() -> AsyncIterator[Services]:
     finally:
         await conn.close()
     try:
-        yield Services(redis_base=redis_base_url(), database_url=url)
+        yield Services(redis_base=redis_base_url(), database_url=url, cache_db=cache_db, jobs_db=cache_db + 1)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+        await locks.delete(f"{LOCK_PREFIX}{cache_db}")
+        await locks.aclose()
+
+
+LOCK_PREFIX = "conveyor:test-session:db"
+
+
+async def _claim_redis_pair(locks: Redis) -> int:
+    """Claim a free pair of Redis databases (2/3 … 14/15) so concurrent test sessions never share queues."""
+    for cache_db in range(14, 1, -2):
+        if await locks.set(f"{LOCK_PREFIX}{cache_db}", str(os.getpid()), nx=True, ex=3600):
+            return cache_db
+    raise RuntimeError("every Redis database pair for tests is in use (keys conveyor:test-session:db* in db 0)")
 
 
 @pytest.fixture
@@ -97,8 +109,8 @@ async def start_worker(services: Services, pg: Conn, jobs_redis: Redis) -> Async
     """Start real worker process definitions in this event loop; each is stopped at teardown."""
     running: list[tuple[WorkerProcess, asyncio.Task[None]]] = []
 
-    async def start(name: str = "default", **options: Any) -> WorkerProcess:
-        process = WorkerProcess(PROCESSES[name], worker_settings(services, **options))
+    async def start(name: str = "default", *, via: Services | None = None, **options: Any) -> WorkerProcess:
+        process = WorkerProcess(PROCESSES[name], worker_settings(via or services, **options))
         task = asyncio.create_task(process.run())
         running.append((process, task))
         waiter = asyncio.create_task(process.started())
@@ -114,6 +126,15 @@ async def start_worker(services: Services, pg: Conn, jobs_redis: Redis) -> Async
     for _, task in running:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture
+async def pg_proxy(services: Services) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the test PostgreSQL that a test can cut and restore."""
+    p = TcpProxy(*services.postgres_address)
+    await p.start()
+    yield p
+    await p.close()
 
 
 @pytest.fixture

@@ -229,3 +229,66 @@ async def test_job_types_describe_the_registry(api: Api) -> None:
     assert "to" in email["payload_schema"]["properties"]
     assert email["backoff"]["kind"] == "exponential"
     assert set(email["limits"]) == {"concurrency_per_owner", "per_second"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [
+        ("POST", "/api/v1/jobs", {"type": "system.echo", "payload": {"data": "a\u0000b"}}, 400),
+        ("POST", "/api/v1/jobs", {"type": "system.echo", "payload": {}, "idempotency_key": "k\u0000"}, 400),
+        ("POST", "/api/v1/jobs", {"type": "system.echo", "payload": {}, "run_at": "0001-01-01T00:00:00+01:00"}, 422),
+        ("POST", "/api/v1/jobs", {"type": "system.echo", "payload": {}, "run_at": "9999-12-31T23:59:59-10:00"}, 422),
+        ("POST", "/api/v1/jobs", {"type": "system.echo", "payload": {}, "run_at": "2030-01-01T00:00:00"}, 422),
+        (
+            "POST",
+            "/api/v1/jobs",
+            {"type": "system.echo", "payload": {"data": [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]}},
+            202,
+        ),
+        ("GET", "/api/v1/jobs?type=%00", None, 400),
+        ("GET", "/api/v1/jobs?limit=%C2%B2", None, 400),
+        ("GET", "/api/v1/jobs?limit=" + "9" * 5000, None, 400),
+        ("GET", "/api/v1/jobs?cursor=WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwieCJd", None, 400),
+        ("GET", "/api/v1/jobs/%00", None, 404),
+        ("GET", "/api/v1/jobs/" + "x" * 65, None, 404),
+    ],
+    ids=[
+        "nul-payload",
+        "nul-key",
+        "year-1",
+        "year-9999",
+        "naive-run-at",
+        "deep",
+        "nul-query",
+        "superscript-limit",
+        "huge-limit",
+        "year-1-cursor",
+        "nul-id",
+        "long-id",
+    ],
+)
+async def test_hostile_input_gets_a_client_error_never_a_500(
+    api: Api, method: str, path: str, body: object, expected: int
+) -> None:
+    status, problem, resp = await api.request(method, path, json=body) if body else await api.request(method, path)
+
+    assert status == expected, problem
+    if expected >= 400:
+        assert resp.content_type == "application/problem+json"
+
+
+async def test_a_role_claim_that_is_not_a_string_is_401(api: Api) -> None:
+    token = make_token("alice", role=["admin"])  # type: ignore[arg-type]  # a hostile token on purpose
+
+    status, *_ = await _raw(api, "GET", "/api/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+
+    assert status == 401
+
+
+async def test_a_null_idempotency_field_defers_to_the_header(api: Api) -> None:
+    body: dict[str, object] = {"type": "system.echo", "payload": {}, "idempotency_key": None}
+
+    status, job, _ = await api.request("POST", "/api/v1/jobs", json=body, headers={"Idempotency-Key": "hdr"})
+
+    assert status == 202
+    assert job["idempotency_key"] == "hdr"

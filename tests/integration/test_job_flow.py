@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from redis.asyncio import Redis
@@ -125,10 +126,11 @@ async def test_delayed_job_is_scheduled_and_waits(api: Api, start_worker: StartW
 
 
 async def test_delay_and_run_at_together_are_refused(api: Api) -> None:
+    in_an_hour = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
     status, body, _ = await api.request(
         "POST",
         "/api/v1/jobs",
-        json={"type": "system.echo", "payload": {}, "delay_s": 1, "run_at": "2030-01-01T00:00:00Z"},
+        json={"type": "system.echo", "payload": {}, "delay_s": 1, "run_at": in_an_hour},
     )
 
     assert status == 422
@@ -143,3 +145,5 @@ async def test_expired_job_fails_without_running(api: Api, start_worker: StartWo
 
     assert failed["error"]["type"] == "JobExpired"
     assert failed["result"] is None
+    assert failed["started_at"] is None, "an expired job never starts"
+    assert failed["attempts"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import aiohttp
 import asyncpg
@@ -59,7 +60,7 @@ async def test_each_worker_serves_its_own_health_and_metrics(api: Api, start_wor
 
 async def test_migrations_apply_once_when_many_processes_start_together(services: Services) -> None:
     admin = await asyncpg.connect(services.database_url)
-    name = "conveyor_migrate_race"
+    name = f"conveyor_migrate_race_{secrets.token_hex(4)}"
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = f"{services.database_url.rpartition('/')[0]}/{name}"

@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 def redis_base_url() -> str:
-    """The Redis server tests use; databases 14 (cache) and 15 (jobs) keep clear of a developer's 0 and 1."""
+    """The Redis server for tests; each session claims its own pair of databases (never a developer's 0 and 1)."""
     return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,22 +38,37 @@ if TYPE_CHECKING:
 else:
     Conn = asyncpg.Connection
 
-CACHE_DB, JOBS_DB = 14, 15
 StartWorker = Callable[..., Awaitable[WorkerProcess]]
 
 
 @dataclass(frozen=True)
 class Services:
+    """The servers of one test session: its own Redis database pair and its own PostgreSQL database."""
+
     redis_base: str
     database_url: str
+    cache_db: int = 14
+    jobs_db: int = 15
 
     @property
     def cache_url(self) -> str:
-        return f"{self.redis_base}/{CACHE_DB}"
+        return f"{self.redis_base}/{self.cache_db}"
 
     @property
     def jobs_url(self) -> str:
-        return f"{self.redis_base}/{JOBS_DB}"
+        return f"{self.redis_base}/{self.jobs_db}"
+
+    @property
+    def postgres_address(self) -> tuple[str, int]:
+        host_port = self.database_url.split("@", 1)[-1].split("/", 1)[0]
+        host, _, port = host_port.partition(":")
+        return host or "127.0.0.1", int(port or 5432)
+
+    def through_postgres_port(self, port: int) -> Services:
+        """The same services, with PostgreSQL reached through another local port (a proxy)."""
+        host, old = self.postgres_address
+        url = self.database_url.replace(f"{host}:{old}", f"127.0.0.1:{port}", 1)
+        return dataclasses.replace(self, database_url=url)
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -18,6 +19,7 @@ routes = web.RouteTableDef()
 LIST_PARAMS = frozenset({"status", "type", "queue", "batch_id", "limit", "cursor"})
 STATUSES = frozenset({"queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"})
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
+MAX_PARAM_CHARS = 512
 
 
 @routes.post("/api/v1/jobs")
@@ -28,7 +30,9 @@ async def create_job(request: web.Request) -> web.Response:
     """
     body = await read_json(request)
     header_key = request.headers.get("Idempotency-Key")
-    if header_key is not None and body.setdefault("idempotency_key", header_key) != header_key:
+    if header_key is not None and body.get("idempotency_key") is None:
+        body["idempotency_key"] = header_key
+    if header_key is not None and body["idempotency_key"] != header_key:
         raise InvalidInput(
             "the Idempotency-Key header and the `idempotency_key` field differ",
             errors=[
@@ -59,10 +63,15 @@ async def create_job(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     """GET /api/v1/jobs/{id}: the owner or an admin. Errors: 401, 404 (also for another user's job)."""
     job_id = request.match_info["job_id"]
-    record = await ledger.get_job(request.app[PG_POOL], job_id) if len(job_id) <= 64 else None
+    well_formed = len(job_id) <= 64 and "\x00" not in job_id
+    record = await ledger.get_job(request.app[PG_POOL], job_id) if well_formed else None
     if record is None or not request[PRINCIPAL].can_see(record.owner):
         raise NotFound(f"no job {job_id!r}")
     return json_response(job_resource(record))
+
+
+def _bad_query(name: str, msg: str) -> BadRequest:
+    return BadRequest(f"query parameter `{name}`: {msg}", errors=[{"loc": ["query", name], "msg": msg}])
 
 
 def _query(params: Mapping[str, str]) -> tuple[ledger.JobFilter, int, str | None]:
@@ -72,18 +81,15 @@ def _query(params: Mapping[str, str]) -> tuple[ledger.JobFilter, int, str | None
             f"unknown query parameter(s): {', '.join(unknown)}",
             errors=[{"loc": ["query", name], "msg": "unknown parameter"} for name in unknown],
         )
+    for name, value in params.items():
+        if len(value) > MAX_PARAM_CHARS or "\x00" in value:
+            raise _bad_query(name, f"at most {MAX_PARAM_CHARS} characters, no NUL")
     raw_limit = params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise BadRequest(
-            f"`limit` must be an integer from 1 to {MAX_LIMIT}",
-            errors=[{"loc": ["query", "limit"], "msg": f"integer from 1 to {MAX_LIMIT}"}],
-        )
+    if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise _bad_query("limit", f"an integer from 1 to {MAX_LIMIT}")
     status = params.get("status")
     if status is not None and status not in STATUSES:
-        raise BadRequest(
-            f"`status` must be one of {', '.join(sorted(STATUSES))}",
-            errors=[{"loc": ["query", "status"], "msg": "unknown status"}],
-        )
+        raise _bad_query("status", f"one of {', '.join(sorted(STATUSES))}")
     where = ledger.JobFilter(
         status=status, type=params.get("type"), queue=params.get("queue"), batch_id=params.get("batch_id")
     )
