@@ -71,6 +71,7 @@ class JobRecord:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     updated_at: dt.datetime
+    run_seq: int
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> JobRecord:
@@ -185,8 +186,8 @@ async def list_jobs(
 
 
 # --- worker-side transitions -----------------------------------------------------------------------
-# Every transition after `mark_running` is fenced on the attempt number, so a late finisher of an older
-# attempt can never overwrite the outcome of a newer one.
+# Every transition after `mark_running` is fenced on run_seq (one per start, never reset), so a late
+# finisher of an older run can never overwrite the outcome of a newer one, even after a manual retry.
 
 
 async def mark_running(conn: Connection | Pool, job_id: str) -> JobRecord | None:
@@ -196,7 +197,8 @@ async def mark_running(conn: Connection | Pool, job_id: str) -> JobRecord | None
     """
     row = await conn.fetchrow(
         """
-        UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = now(), updated_at = now()
+        UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1,
+                        started_at = now(), updated_at = now()
         WHERE id = $1 AND status IN ('queued', 'scheduled', 'running', 'retrying')
         RETURNING *
         """,
@@ -218,14 +220,14 @@ async def mark_expired(conn: Connection | Pool, job_id: str, error: dict[str, An
     return status.endswith(" 1")
 
 
-async def mark_succeeded(conn: Connection | Pool, job_id: str, attempt: int, result: Any) -> bool:
+async def mark_succeeded(conn: Connection | Pool, run: JobRecord, result: Any) -> bool:
     status = await conn.execute(
         """
         UPDATE jobs SET status = 'succeeded', result = $3, error = NULL, finished_at = now(), updated_at = now()
-        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        WHERE id = $1 AND run_seq = $2 AND status = 'running'
         """,
-        job_id,
-        attempt,
+        run.id,
+        run.run_seq,
         result,
     )
     return status.endswith(" 1")
@@ -235,50 +237,48 @@ def error_entry(attempt: int, error: dict[str, Any]) -> dict[str, Any]:
     return {**error, "attempt": attempt, "at": json.rfc3339(json.utcnow())}
 
 
-async def mark_retrying(
-    conn: Connection | Pool, job_id: str, attempt: int, error: dict[str, Any], next_at: dt.datetime
-) -> bool:
+async def mark_retrying(conn: Connection | Pool, run: JobRecord, error: dict[str, Any], next_at: dt.datetime) -> bool:
     status = await conn.execute(
         """
         UPDATE jobs SET status = 'retrying', error = $3, error_history = error_history || jsonb_build_array($4::jsonb),
                         scheduled_for = $5, updated_at = now()
-        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        WHERE id = $1 AND run_seq = $2 AND status = 'running'
         """,
-        job_id,
-        attempt,
+        run.id,
+        run.run_seq,
         error,
-        error_entry(attempt, error),
+        error_entry(run.attempts, error),
         next_at,
     )
     return status.endswith(" 1")
 
 
-async def mark_failed(conn: Connection | Pool, job_id: str, attempt: int, error: dict[str, Any]) -> bool:
+async def mark_failed(conn: Connection | Pool, run: JobRecord, error: dict[str, Any]) -> bool:
     """Dead-letter the job: it keeps its last error and the per-attempt history."""
     status = await conn.execute(
         """
         UPDATE jobs SET status = 'failed', error = $3, error_history = error_history || jsonb_build_array($4::jsonb),
                         finished_at = now(), updated_at = now()
-        WHERE id = $1 AND attempts = $2 AND status IN ('running', 'queued', 'scheduled', 'retrying')
+        WHERE id = $1 AND run_seq = $2 AND status = 'running'
         """,
-        job_id,
-        attempt,
+        run.id,
+        run.run_seq,
         error,
-        error_entry(attempt, error),
+        error_entry(run.attempts, error),
     )
     return status.endswith(" 1")
 
 
-async def mark_requeued(conn: Connection | Pool, job_id: str, attempt: int) -> bool:
+async def mark_requeued(conn: Connection | Pool, run: JobRecord) -> bool:
     """The worker stopped mid-attempt (shutdown): the job waits in the queue again, and the interrupted
     attempt is given back (it was cut short by us, not by the job)."""
     status = await conn.execute(
         """
         UPDATE jobs SET status = 'queued', attempts = attempts - 1, updated_at = now()
-        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        WHERE id = $1 AND run_seq = $2 AND status = 'running'
         """,
-        job_id,
-        attempt,
+        run.id,
+        run.run_seq,
     )
     return status.endswith(" 1")
 

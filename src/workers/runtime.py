@@ -158,16 +158,21 @@ class Runtime:
         return await self._succeed(record, attempt, checked.model_dump(mode="json"))
 
     async def _requeue(self, record: ledger.JobRecord, attempt: int) -> None:
+        """The attempt was interrupted: by a shutdown (back to the queue) or by a cancel (already recorded)."""
         try:
-            await asyncio.shield(ledger.mark_requeued(self.ctx.pg, record.id, attempt))
+            requeued = await asyncio.shield(ledger.mark_requeued(self.ctx.pg, record))
         except POSTGRES_ERRORS as exc:  # the job still re-runs; only its attempt count is not given back
             logger.warning("job.requeue_unrecorded", extra={"reason": type(exc).__name__})
             return
-        self.ctx.metrics.jobs.labels(record.type, "requeued").inc()
-        logger.info("job.requeued", extra={"attempt": attempt})
+        if requeued:
+            self.ctx.metrics.jobs.labels(record.type, "requeued").inc()
+            logger.info("job.requeued", extra={"attempt": attempt})
+        else:
+            self.ctx.metrics.jobs.labels(record.type, "cancelled").inc()
+            logger.info("job.interrupted", extra={"attempt": attempt})
 
     async def _succeed(self, record: ledger.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
-        if await ledger.mark_succeeded(self.ctx.pg, record.id, attempt, result):
+        if await ledger.mark_succeeded(self.ctx.pg, record, result):
             self.ctx.metrics.jobs.labels(record.type, "succeeded").inc()
             logger.info("job.succeeded", extra={"attempt": attempt})
         else:
@@ -176,7 +181,7 @@ class Runtime:
 
     async def _fail(self, record: ledger.JobRecord, attempt: int, exc: BaseException) -> dict[str, Any]:
         error = error_body(exc, retryable=False)
-        await ledger.mark_failed(self.ctx.pg, record.id, attempt, error)
+        await ledger.mark_failed(self.ctx.pg, record, error)
         self.ctx.metrics.jobs.labels(record.type, "failed").inc()
         logger.info("job.failed", extra={"attempt": attempt, "error_type": error["type"]})
         return {"status": "failed", "error": error}
@@ -194,7 +199,7 @@ class Runtime:
         defer_s = getattr(exc, "defer_s", None) or spec.backoff.delay_s(attempt)
         error = error_body(exc, retryable=True)
         next_at = utcnow() + dt.timedelta(seconds=defer_s)
-        await ledger.mark_retrying(self.ctx.pg, record.id, attempt, error, next_at)
+        await ledger.mark_retrying(self.ctx.pg, record, error, next_at)
         self.ctx.metrics.jobs.labels(record.type, "retried").inc()
         logger.info(
             "job.retry_scheduled", extra={"attempt": attempt, "defer_s": round(defer_s, 3), "error_type": error["type"]}
