@@ -72,6 +72,7 @@ class JobRecord:
     finished_at: dt.datetime | None
     updated_at: dt.datetime
     run_seq: int
+    generation: int
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> JobRecord:
@@ -80,6 +81,11 @@ class JobRecord:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def arq_id(self) -> str:
+        """The job's id in arq: the ledger id, suffixed with the generation after a manual retry."""
+        return self.id if self.generation == 0 else f"{self.id}.{self.generation}"
 
 
 _INSERT = """
@@ -190,19 +196,21 @@ async def list_jobs(
 # finisher of an older run can never overwrite the outcome of a newer one, even after a manual retry.
 
 
-async def mark_running(conn: Connection | Pool, job_id: str) -> JobRecord | None:
+async def mark_running(conn: Connection | Pool, job_id: str, generation: int) -> JobRecord | None:
     """Start the next attempt; the ledger, not arq, counts attempts (an outage or a shutdown uses none).
 
-    Returns None when the job is already finished (a duplicate delivery) or unknown.
+    Returns None when the job is already finished (a duplicate delivery), unknown, or was retried since
+    this delivery was enqueued (an older generation).
     """
     row = await conn.fetchrow(
         """
         UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1,
                         started_at = now(), updated_at = now()
-        WHERE id = $1 AND status IN ('queued', 'scheduled', 'running', 'retrying')
+        WHERE id = $1 AND generation = $2 AND status IN ('queued', 'scheduled', 'running', 'retrying')
         RETURNING *
         """,
         job_id,
+        generation,
     )
     return None if row is None else JobRecord.from_row(row)
 
@@ -312,3 +320,40 @@ async def reconcile_candidates(
 
 async def touch(conn: Connection | Pool, job_ids: Sequence[str]) -> None:
     await conn.execute("UPDATE jobs SET updated_at = now() WHERE id = ANY($1::text[])", list(job_ids))
+
+
+CANCELLED_ERROR: dict[str, Any] = {"type": "JobCancelled", "message": "cancelled on request", "retryable": False}
+
+
+async def cancel(conn: Connection | Pool, job_id: str) -> tuple[JobRecord, str] | None:
+    """Cancel an unfinished job; returns the record and the status it had, or None if already finished."""
+    row = await conn.fetchrow(
+        """
+        UPDATE jobs SET status = 'cancelled', error = $2, finished_at = now(), updated_at = now()
+        FROM (SELECT id, status AS before FROM jobs WHERE id = $1 FOR UPDATE) AS prior
+        WHERE jobs.id = prior.id AND jobs.status IN ('queued', 'scheduled', 'running', 'retrying')
+        RETURNING jobs.*, prior.before
+        """,
+        job_id,
+        CANCELLED_ERROR,
+    )
+    if row is None:
+        return None
+    values = dict(row.items())
+    before = values.pop("before")
+    return JobRecord(**values), before
+
+
+async def reset_for_retry(conn: Connection | Pool, job_ids: Sequence[str]) -> list[JobRecord]:
+    """Put failed or cancelled jobs back to `queued` with their attempts from 0 (history kept)."""
+    rows = await conn.fetch(
+        """
+        UPDATE jobs SET status = 'queued', attempts = 0, generation = generation + 1, result = NULL, error = NULL,
+                        started_at = NULL,
+                        finished_at = NULL, expires_at = NULL, scheduled_for = now(), updated_at = now()
+        WHERE id = ANY($1::text[]) AND status IN ('failed', 'cancelled')
+        RETURNING *
+        """,
+        list(job_ids),
+    )
+    return [JobRecord.from_row(r) for r in rows]

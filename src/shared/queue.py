@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix
+from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
 from shared import json
@@ -67,6 +68,7 @@ def envelope(job: JobRecord) -> dict[str, Any]:
     """What a worker needs to run one attempt without reading the ledger first."""
     return {
         "id": job.id,
+        "generation": job.generation,
         "type": job.type,
         "owner": job.owner,
         "payload": job.payload,
@@ -86,7 +88,7 @@ async def enqueue(redis: ArqRedis, job: JobRecord) -> bool:
     handle = await redis.enqueue_job(
         RUN_FUNCTION,
         envelope(job),
-        _job_id=job.id,
+        _job_id=job.arq_id,
         _queue_name=queue_key(job.queue),
         _defer_until=defer_until,
         _job_try=job.attempts + 1 if job.attempts else None,
@@ -94,17 +96,54 @@ async def enqueue(redis: ArqRedis, job: JobRecord) -> bool:
     return handle is not None
 
 
-async def missing_from_redis(redis: ArqRedis, job_ids: Sequence[str]) -> list[str]:
-    """The ids among `job_ids` whose arq job record Redis no longer holds."""
-    if not job_ids:
+async def missing_from_redis(redis: ArqRedis, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+    """The jobs whose arq record Redis no longer holds."""
+    if not jobs:
         return []
     async with redis.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.exists(job_key_prefix + job_id)
+        for job in jobs:
+            pipe.exists(job_key_prefix + job.arq_id)
         found = await pipe.execute()
-    return [job_id for job_id, exists in zip(job_ids, found, strict=True) if not exists]
+    return [job for job, exists in zip(jobs, found, strict=True) if not exists]
 
 
-async def drop_result(redis: ArqRedis, job_id: str) -> None:
-    """Forget arq's stored outcome of `job_id`, so that arq accepts the id again."""
-    await redis.delete(result_key_prefix + job_id)
+async def drop_result(redis: ArqRedis, job: JobRecord) -> None:
+    """Forget arq's stored outcome of the job, so that arq accepts its id again."""
+    await redis.delete(result_key_prefix + job.arq_id)
+
+
+async def withdraw(redis: ArqRedis, job: JobRecord, *, running: bool) -> None:
+    """Take a cancelled job off its queue; if it was running, ask the worker running it to stop.
+
+    The abort marker is arq's own (`arq:abort`): a worker polling with aborts allowed cancels the
+    running task, which sees `asyncio.CancelledError`. A job not yet started gets no marker (arq would
+    keep it forever); a worker that claims it in the meantime finds it cancelled in the ledger.
+    """
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(queue_key(job.queue), job.arq_id)
+        if running:
+            pipe.zadd(abort_jobs_ss, {job.arq_id: timestamp_ms()})
+        else:
+            pipe.delete(job_key_prefix + job.arq_id)
+        await pipe.execute()
+
+
+def workers_key(queue: str) -> str:
+    return f"conveyor:workers:{queue}"
+
+
+async def heartbeat(redis: ArqRedis, queue: str, worker_id: str, *, ttl_s: float) -> None:
+    """Record that `worker_id` serves `queue` now; members silent for `ttl_s` are dropped."""
+    now = timestamp_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(workers_key(queue), {worker_id: now})
+        pipe.zremrangebyscore(workers_key(queue), "-inf", now - int(ttl_s * 1000))
+        await pipe.execute()
+
+
+async def leave(redis: ArqRedis, queue: str, worker_id: str) -> None:
+    await redis.zrem(workers_key(queue), worker_id)
+
+
+async def live_workers(redis: ArqRedis, queue: str, *, ttl_s: float) -> int:
+    return int(await redis.zcount(workers_key(queue), timestamp_ms() - int(ttl_s * 1000), "+inf"))

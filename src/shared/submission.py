@@ -138,3 +138,16 @@ async def submit(
         logger.warning("job.enqueue_deferred", extra={"job_id": record.id, "reason": type(exc).__name__})
         return record, True, False
     return record, True, True
+
+
+async def resubmit(redis: ArqRedis, records: list[ledger.JobRecord], *, enqueue_timeout_s: float) -> None:
+    """Hand jobs the ledger has just put back to `queued` (a new generation each) to Redis.
+
+    On a Redis failure the jobs stay queued in the ledger and the reconciler enqueues them.
+    """
+    try:
+        async with asyncio.timeout(enqueue_timeout_s * max(1, len(records) / 100)):
+            for record in records:
+                await queue.enqueue(redis, record)
+    except queue.REDIS_ERRORS as exc:
+        logger.warning("job.enqueue_deferred", extra={"count": len(records), "reason": type(exc).__name__})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -95,6 +94,7 @@ class WorkerProcess:
             queue_name=queue.queue_key(d.queue.value),
             redis_pool=ctx.jobs_redis,
             handle_signals=False,  # our entry point owns signals and calls stop()
+            allow_abort_jobs=True,  # POST /jobs/{id}/cancel interrupts a running job through arq's abort set
             job_completion_wait=s.worker.shutdown_grace_s,
             max_jobs=s.worker.max_jobs,
             poll_delay=s.worker.poll_delay_s,
@@ -113,10 +113,6 @@ class WorkerProcess:
         self._started.set()
         try:
             await worker.async_run()
-        except asyncio.CancelledError:
-            # arq cancels its main task on stop; a cancellation of this task itself propagates below.
-            if not worker.main_task or not worker.main_task.cancelled():
-                raise
         finally:
             self.metrics.worker_up.labels(d.queue.value).set(0)
             if background:
@@ -131,10 +127,32 @@ class WorkerProcess:
         await self._started.wait()
 
     def stop(self) -> None:
-        """Stop taking jobs; running ones get SHUTDOWN_GRACE_S to finish, then are cancelled and re-queued."""
-        self._stop_requested = True
-        if self._worker is not None and self._worker.main_task is not None:
-            self._worker.handle_sig_wait_for_completion(signal.SIGTERM)
+        """Stop taking jobs; running ones get SHUTDOWN_GRACE_S to finish, then are cancelled and re-queued.
+
+        arq's own signal path cancels its main task mid-poll, which can leave that task waiting forever
+        (seen on Python 3.11). Instead we turn the worker into a zero-job burst: arq's main loop then waits
+        for the running jobs and returns by itself, with no cancellation of the loop. (arq 0.28 attributes,
+        pinned in pyproject.)
+        """
+        again, self._stop_requested = self._stop_requested, True
+        worker = self._worker
+        if worker is None or worker.main_task is None:
+            return
+        if again:  # a second SIGTERM/SIGINT: no more grace
+            self._interrupt(worker)
+            return
+        worker.allow_pick_jobs = False
+        worker.burst, worker.max_burst_jobs = True, 0
+        grace = self.settings.worker.shutdown_grace_s
+        logger.info("worker.stopping", extra={"running": len(worker.tasks), "grace_s": grace})
+        asyncio.get_running_loop().call_later(grace, self._interrupt, worker)
+
+    @staticmethod
+    def _interrupt(worker: Worker) -> None:
+        """Past the grace period: cancel what still runs; each attempt is given back and re-queued."""
+        for task in worker.tasks.values():
+            if not task.done():
+                task.cancel()
 
     def _health(self) -> dict[str, object]:
         w = self._worker

@@ -15,14 +15,13 @@ logger = logging.getLogger(__name__)
 
 async def _put_back(ctx: WorkerContext, jobs: list[ledger.JobRecord]) -> list[str]:
     """Enqueue the jobs Redis lacks; returns their ids."""
-    missing = set(await queue.missing_from_redis(ctx.jobs_redis, [job.id for job in jobs]))
     put_back: list[str] = []
-    for job in (j for j in jobs if j.id in missing):
+    for job in await queue.missing_from_redis(ctx.jobs_redis, jobs):
         if not await queue.enqueue(ctx.jobs_redis, job):
             # arq still holds an outcome for this id while the ledger says unfinished: the ledger write
             # of that outcome was lost. The ledger wins; drop arq's record and run the job again.
             logger.warning("reconciler.stale_result", extra={"job_id": job.id, "status": job.status})
-            await queue.drop_result(ctx.jobs_redis, job.id)
+            await queue.drop_result(ctx.jobs_redis, job)
             if not await queue.enqueue(ctx.jobs_redis, job):
                 continue
         put_back.append(job.id)

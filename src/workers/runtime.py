@@ -106,7 +106,7 @@ class Runtime:
                 metrics.jobs.labels(type_name, "expired").inc()
                 logger.info("job.expired")
                 return {"status": "failed", "error": error}
-        record = await ledger.mark_running(self.ctx.pg, job_id)
+        record = await ledger.mark_running(self.ctx.pg, job_id, int(envelope.get("generation", 0)))
         if record is None:
             logger.info("job.skipped_duplicate")
             return {"status": "skipped"}

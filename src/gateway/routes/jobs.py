@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Mapping
 
@@ -11,9 +12,10 @@ from aiohttp import web
 from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SETTINGS
 from gateway.resources import job_resource, job_url
 from gateway.responses import json_response, read_json
-from shared import ledger, submission
-from shared.errors import BadRequest, InvalidInput, NotFound
+from shared import ledger, queue, submission
+from shared.errors import BadRequest, Conflict, InvalidInput, NotFound
 
+logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 LIST_PARAMS = frozenset({"status", "type", "queue", "batch_id", "limit", "cursor"})
@@ -59,15 +61,53 @@ async def create_job(request: web.Request) -> web.Response:
     return json_response(job_resource(record), status=202, headers=headers)
 
 
-@routes.get("/api/v1/jobs/{job_id}")
-async def get_job(request: web.Request) -> web.Response:
-    """GET /api/v1/jobs/{id}: the owner or an admin. Errors: 401, 404 (also for another user's job)."""
+async def _visible_job(request: web.Request) -> ledger.JobRecord:
+    """The job named in the path, if the caller may see it; another user's job is a 404, like a missing one."""
     job_id = request.match_info["job_id"]
     well_formed = len(job_id) <= 64 and "\x00" not in job_id
     record = await ledger.get_job(request.app[PG_POOL], job_id) if well_formed else None
     if record is None or not request[PRINCIPAL].can_see(record.owner):
         raise NotFound(f"no job {job_id!r}")
-    return json_response(job_resource(record))
+    return record
+
+
+@routes.get("/api/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    """GET /api/v1/jobs/{id}: the owner or an admin. Errors: 401, 404 (also for another user's job)."""
+    return json_response(job_resource(await _visible_job(request)))
+
+
+@routes.post("/api/v1/jobs/{job_id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    """POST /api/v1/jobs/{id}/cancel: the owner or an admin. A job not yet started never starts; a running
+    one is interrupted (its handler sees CancelledError). Errors: 401, 404, 409 when already finished."""
+    record = await _visible_job(request)
+    cancelled = await ledger.cancel(request.app[PG_POOL], record.id)
+    if cancelled is None:
+        raise Conflict(f"the job is already {record.status}", details={"status": record.status})
+    job, before = cancelled
+    try:
+        await queue.withdraw(request.app[JOBS_REDIS], job, running=before == "running")
+    except queue.REDIS_ERRORS as exc:
+        # The ledger already says cancelled: a worker that picks the job up skips it.
+        logger.warning("job.withdraw_failed", extra={"job_id": job.id, "reason": type(exc).__name__})
+    return json_response(job_resource(job))
+
+
+@routes.post("/api/v1/jobs/{job_id}/retry")
+async def retry_job(request: web.Request) -> web.Response:
+    """POST /api/v1/jobs/{id}/retry: the owner or an admin; only failed or cancelled jobs, attempts from 0.
+    Errors: 401, 404, 409 for any other status."""
+    record = await _visible_job(request)
+    app = request.app
+    reset = await ledger.reset_for_retry(app[PG_POOL], [record.id])
+    if not reset:
+        raise Conflict(
+            f"only failed or cancelled jobs can be retried; this one is {record.status}",
+            details={"status": record.status},
+        )
+    await submission.resubmit(app[JOBS_REDIS], reset, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s)
+    return json_response(job_resource(reset[0]), status=202, headers={"Location": job_url(record.id)})
 
 
 def _bad_query(name: str, msg: str) -> BadRequest:
