@@ -19,6 +19,8 @@ from shared.settings import RedisConfig
 RUN_FUNCTION: Final = "conveyor.run"
 QUEUE_PREFIX: Final = "conveyor:queue:"
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# A worker that has not beaten for this long no longer counts as live.
+WORKER_TTL_S: Final = 10.0
 
 
 def queue_key(queue: str) -> str:
@@ -147,3 +149,9 @@ async def leave(redis: ArqRedis, queue: str, worker_id: str) -> None:
 
 async def live_workers(redis: ArqRedis, queue: str, *, ttl_s: float) -> int:
     return int(await redis.zcount(workers_key(queue), timestamp_ms() - int(ttl_s * 1000), "+inf"))
+
+
+async def drop_results(redis: ArqRedis, jobs: Sequence[JobRecord]) -> None:
+    """Forget arq's stored outcomes of many jobs (after they are cleaned from the ledger)."""
+    for start in range(0, len(jobs), 500):
+        await redis.delete(*(result_key_prefix + job.arq_id for job in jobs[start : start + 500]))

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from arq.worker import Worker
 
-from shared import db, queue, redis
+from shared import db, queue, queues, redis
+from shared.db import POSTGRES_ERRORS
 from shared.jobs import EMAIL_SEND, SYSTEM_ECHO, Queue, Registry, builtin_registry
 from shared.mail import MailSender, SmtpMailSender
 from shared.metrics import Metrics
@@ -21,6 +25,9 @@ from workers.context import WorkerContext
 from workers.runtime import ARQ_MAX_TRIES, AnyHandler, Runtime, bind
 
 logger = logging.getLogger(__name__)
+
+# How often a worker reads its queue's pause flag and renews its liveness.
+CONTROL_INTERVAL_S: Final = 0.25
 
 
 def builtin_handlers() -> dict[str, AnyHandler]:
@@ -69,6 +76,8 @@ class WorkerProcess:
         self._worker: Worker | None = None
         self._started = asyncio.Event()
         self._stop_requested = False
+        self.paused = False
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     async def run(self) -> None:
         s, d = self.settings, self.definition
@@ -95,7 +104,6 @@ class WorkerProcess:
             redis_pool=ctx.jobs_redis,
             handle_signals=False,  # our entry point owns signals and calls stop()
             allow_abort_jobs=True,  # POST /jobs/{id}/cancel interrupts a running job through arq's abort set
-            job_completion_wait=s.worker.shutdown_grace_s,
             max_jobs=s.worker.max_jobs,
             poll_delay=s.worker.poll_delay_s,
             keep_result=s.jobs.result_ttl_s,
@@ -105,9 +113,12 @@ class WorkerProcess:
             job_deserializer=queue.deserialize,
             health_check_interval=10,
         )
+        await self._control_step(ctx, worker)  # a queue paused before start-up stays paused
         if self._stop_requested:  # stopped while still connecting: never take a job
             return
-        background = asyncio.create_task(reconciler.run_forever(ctx)) if d.runs_reconciler else None
+        background = [asyncio.create_task(self._control_loop(ctx, worker))]
+        if d.runs_reconciler:
+            background.append(asyncio.create_task(reconciler.run_forever(ctx)))
         self.metrics.worker_up.labels(d.queue.value).set(1)
         logger.info("worker.started", extra={"queue": d.queue.value, "types": sorted(self.handlers)})
         self._started.set()
@@ -115,13 +126,30 @@ class WorkerProcess:
             await worker.async_run()
         finally:
             self.metrics.worker_up.labels(d.queue.value).set(0)
-            if background:
-                background.cancel()
-                await asyncio.gather(background, return_exceptions=True)
-            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, *worker.tasks.values(), return_exceptions=True)
             with contextlib.suppress(*queue.REDIS_ERRORS):
                 await ctx.jobs_redis.delete(worker.health_check_key)
+                await queue.leave(ctx.jobs_redis, d.queue.value, self.worker_id)
             logger.info("worker.stopped", extra={"queue": d.queue.value, "completed": worker.jobs_complete})
+
+    async def _control_step(self, ctx: WorkerContext, worker: Worker) -> None:
+        """Follow the queue's pause flag (ledger) and record this worker as live (Redis)."""
+        paused = await queues.is_paused(ctx.pg, ctx.queue)
+        if not self._stop_requested and worker.allow_pick_jobs == paused:
+            worker.allow_pick_jobs = not paused  # running jobs finish either way
+            logger.info("worker.paused" if paused else "worker.resumed", extra={"queue": ctx.queue})
+        self.paused = paused
+        await queue.heartbeat(ctx.jobs_redis, ctx.queue, self.worker_id, ttl_s=queue.WORKER_TTL_S)
+
+    async def _control_loop(self, ctx: WorkerContext, worker: Worker) -> None:
+        while True:
+            await asyncio.sleep(CONTROL_INTERVAL_S)
+            try:
+                await self._control_step(ctx, worker)
+            except (*queue.REDIS_ERRORS, *POSTGRES_ERRORS) as exc:
+                logger.warning("worker.control_unavailable", extra={"reason": type(exc).__name__})
 
     async def started(self) -> None:
         await self._started.wait()
@@ -159,5 +187,6 @@ class WorkerProcess:
         return {
             "queue": self.definition.queue.value,
             "taking_jobs": bool(w and w.allow_pick_jobs),
+            "paused": self.paused,
             "running": len(w.tasks) if w else 0,
         }

@@ -51,7 +51,7 @@ async def test_each_worker_serves_its_own_health_and_metrics(api: Api, start_wor
         async with session.get(f"{base}/metrics") as resp:
             metrics = await resp.text()
 
-    assert health == {"status": "ok", "queue": "default", "taking_jobs": True, "running": 0}
+    assert health == {"status": "ok", "queue": "default", "taking_jobs": True, "paused": False, "running": 0}
     assert 'conveyor_worker_jobs_total{outcome="succeeded",type="system.echo"} 1.0' in metrics
     assert 'conveyor_worker_jobs_total{outcome="retried",type="system.echo"} 1.0' in metrics
     assert 'conveyor_worker_up{queue="default"} 1.0' in metrics

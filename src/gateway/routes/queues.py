@@ -1,0 +1,135 @@
+"""Queue administration (admin only): stats, pause/resume, clean, retry-failed, health alerts."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.keys import JOBS_REDIS, PG_POOL, PRINCIPAL, SETTINGS
+from gateway.responses import json_response, read_json
+from shared import ledger, queue, queues, submission
+from shared.errors import NotFound, PermissionDenied
+from shared.jobs import Queue
+
+routes = web.RouteTableDef()
+
+QUEUE_NAMES = tuple(q.value for q in Queue)
+Finished = Literal["succeeded", "failed", "cancelled"]
+FINISHED: tuple[Finished, ...] = ("succeeded", "failed", "cancelled")
+
+
+class CleanRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    older_than_s: float = Field(7 * 24 * 3600, ge=0)
+    statuses: list[Finished] = Field(default_factory=lambda: list(FINISHED), min_length=1)
+
+
+def _admin_only(request: web.Request) -> None:
+    if not request[PRINCIPAL].is_admin:
+        raise PermissionDenied("queue administration needs the admin role")
+
+
+def _queue_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if name not in QUEUE_NAMES:
+        raise NotFound(f"no queue {name!r}; queues: {', '.join(QUEUE_NAMES)}")
+    return name
+
+
+async def _resources(request: web.Request, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    app = request.app
+    found = await queues.counts(app[PG_POOL], names)
+    result = []
+    for entry in found:
+        try:
+            workers: int | None = await queue.live_workers(app[JOBS_REDIS], entry.name, ttl_s=queue.WORKER_TTL_S)
+        except queue.REDIS_ERRORS:
+            workers = None  # unknown while Redis is down; the ledger counts still stand
+        result.append(
+            {
+                "name": entry.name,
+                **entry.by_status,
+                "paused": entry.paused,
+                "workers": workers,
+                "oldest_queued_age_s": entry.oldest_queued_age_s,
+            }
+        )
+    return result
+
+
+@routes.get("/api/v1/queues")
+async def list_queues(request: web.Request) -> web.Response:
+    """GET /api/v1/queues: admin. Errors: 401, 403."""
+    _admin_only(request)
+    return json_response({"items": await _resources(request, QUEUE_NAMES)})
+
+
+@routes.get("/api/v1/queues/health")
+async def get_queues_health(request: web.Request) -> web.Response:
+    """GET /api/v1/queues/health: admin; alerts by the QUEUE_ALERT_* thresholds. Errors: 401, 403."""
+    _admin_only(request)
+    config = request.app[SETTINGS].gateway
+    alerts: list[dict[str, str]] = []
+    for item in await _resources(request, QUEUE_NAMES):
+        name = item["name"]
+        if item["workers"] == 0:
+            alerts.append({"queue": name, "severity": "critical", "message": "no live worker"})
+        if item["failed"] > config.alert_failed:
+            alerts.append({"queue": name, "severity": "warning", "message": f"{item['failed']} failed jobs"})
+        if item["queued"] > config.alert_queued:
+            alerts.append({"queue": name, "severity": "warning", "message": f"{item['queued']} jobs waiting"})
+    return json_response({"healthy": not alerts, "alerts": alerts})
+
+
+@routes.get("/api/v1/queues/{name}")
+async def get_queue(request: web.Request) -> web.Response:
+    """GET /api/v1/queues/{name}: admin. Errors: 401, 403, 404."""
+    _admin_only(request)
+    return json_response((await _resources(request, (_queue_name(request),)))[0])
+
+
+async def _set_paused(request: web.Request, paused: bool) -> web.Response:
+    _admin_only(request)
+    name = _queue_name(request)
+    await queues.set_paused(request.app[PG_POOL], name, paused)
+    return json_response((await _resources(request, (name,)))[0])
+
+
+@routes.post("/api/v1/queues/{name}/pause")
+async def pause_queue(request: web.Request) -> web.Response:
+    """POST /api/v1/queues/{name}/pause: admin; no new job of the queue starts, enqueueing still works."""
+    return await _set_paused(request, True)
+
+
+@routes.post("/api/v1/queues/{name}/resume")
+async def resume_queue(request: web.Request) -> web.Response:
+    """POST /api/v1/queues/{name}/resume: admin."""
+    return await _set_paused(request, False)
+
+
+@routes.post("/api/v1/queues/{name}/clean")
+async def clean_queue(request: web.Request) -> web.Response:
+    """POST /api/v1/queues/{name}/clean: admin; removes finished jobs from the ledger and Redis.
+    Errors: 400, 401, 403, 404, 415, 422."""
+    _admin_only(request)
+    name = _queue_name(request)
+    body = CleanRequest.model_validate(await read_json(request)) if request.can_read_body else CleanRequest()
+    removed = await queues.clean(request.app[PG_POOL], name, statuses=body.statuses, older_than_s=body.older_than_s)
+    with contextlib.suppress(*queue.REDIS_ERRORS):  # arq's copies expire with RESULT_TTL_S anyway
+        await queue.drop_results(request.app[JOBS_REDIS], removed)
+    return json_response({"removed": len(removed)})
+
+
+@routes.post("/api/v1/queues/{name}/retry-failed")
+async def retry_failed(request: web.Request) -> web.Response:
+    """POST /api/v1/queues/{name}/retry-failed: admin; every failed job of the queue, attempts from 0."""
+    _admin_only(request)
+    app = request.app
+    ids = await queues.failed_ids(app[PG_POOL], _queue_name(request))
+    reset = await ledger.reset_for_retry(app[PG_POOL], ids)
+    await submission.resubmit(app[JOBS_REDIS], reset, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s)
+    return json_response({"retried": len(reset)})
