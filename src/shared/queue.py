@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
@@ -155,3 +155,17 @@ async def drop_results(redis: ArqRedis, jobs: Sequence[JobRecord]) -> None:
     """Forget arq's stored outcomes of many jobs (after they are cleaned from the ledger)."""
     for start in range(0, len(jobs), 500):
         await redis.delete(*(result_key_prefix + job.arq_id for job in jobs[start : start + 500]))
+
+
+async def renew_leases(redis: ArqRedis, arq_ids: Sequence[str], *, lease_s: float) -> None:
+    """Extend the lease (arq's in-progress key) of every job this worker runs.
+
+    arq sets that key for the longest job timeout of the queue; a worker holding it short and renewing it
+    lets another worker take over a job within one lease when its worker dies (SIGKILL, OOM, lost host).
+    """
+    if not arq_ids:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for arq_id in arq_ids:
+            pipe.pexpire(in_progress_key_prefix + arq_id, int(lease_s * 1000))
+        await pipe.execute()

@@ -114,6 +114,7 @@ class WorkerConfig(BaseSettings):
     reconcile_interval_s: float = Field(5.0, gt=0, le=3600, validation_alias=_env("RECONCILE_INTERVAL_S"))
     reconcile_grace_s: float = Field(10.0, ge=0, validation_alias=_env("RECONCILE_GRACE_S"))
     reconcile_batch: int = Field(500, ge=1, le=10_000, validation_alias=_env("RECONCILE_BATCH"))
+    lease_s: float = Field(30.0, ge=1, le=3600, validation_alias=_env("JOB_LEASE_S"))
 
 
 class GatewaySettings(BaseSettings):

@@ -113,10 +113,15 @@ class WorkerProcess:
             job_deserializer=queue.deserialize,
             health_check_interval=10,
         )
+        # The in-progress key is the job's lease: short, and renewed below while the job runs.
+        worker.in_progress_timeout_s = s.worker.lease_s
         await self._control_step(ctx, worker)  # a queue paused before start-up stays paused
         if self._stop_requested:  # stopped while still connecting: never take a job
             return
-        background = [asyncio.create_task(self._control_loop(ctx, worker))]
+        background = [
+            asyncio.create_task(self._control_loop(ctx, worker)),
+            asyncio.create_task(self._lease_loop(ctx, worker)),
+        ]
         if d.runs_reconciler:
             background.append(asyncio.create_task(reconciler.run_forever(ctx)))
         self.metrics.worker_up.labels(d.queue.value).set(1)
@@ -142,6 +147,16 @@ class WorkerProcess:
             logger.info("worker.paused" if paused else "worker.resumed", extra={"queue": ctx.queue})
         self.paused = paused
         await queue.heartbeat(ctx.jobs_redis, ctx.queue, self.worker_id, ttl_s=queue.WORKER_TTL_S)
+
+    async def _lease_loop(self, ctx: WorkerContext, worker: Worker) -> None:
+        """Renew the lease of every running job three times per lease period."""
+        lease_s = self.settings.worker.lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                await queue.renew_leases(ctx.jobs_redis, list(worker.job_tasks), lease_s=lease_s)
+            except queue.REDIS_ERRORS as exc:
+                logger.warning("worker.lease_renewal_failed", extra={"reason": type(exc).__name__})
 
     async def _control_loop(self, ctx: WorkerContext, worker: Worker) -> None:
         while True:
