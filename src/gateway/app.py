@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SETTINGS
+from gateway.event_hub import EventHub
+from gateway.keys import CACHE, EVENT_HUB, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SETTINGS
 from gateway.middlewares import middlewares
 from gateway.routes import setup_routes
 from shared import db, queue, redis
@@ -29,6 +31,19 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _event_hub(app: web.Application) -> AsyncIterator[None]:
+    hub = app[EVENT_HUB] = EventHub(app[SETTINGS].redis)
+    task = asyncio.create_task(hub.run())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _end_streams(app: web.Application) -> None:
+    """On shutdown, end every event stream so the drain does not wait out its grace period on them."""
+    app[EVENT_HUB].close()
+
+
 def create_app(
     settings: GatewaySettings, *, registry: Registry | None = None, metrics: Metrics | None = None
 ) -> web.Application:
@@ -37,6 +52,7 @@ def create_app(
     app[SETTINGS] = settings
     app[REGISTRY] = registry or builtin_registry()
     app[METRICS] = metrics or Metrics()
-    app.cleanup_ctx.extend([_postgres, _redis])
+    app.cleanup_ctx.extend([_postgres, _redis, _event_hub])
+    app.on_shutdown.append(_end_streams)
     setup_routes(app)
     return app

@@ -6,6 +6,7 @@ from aiohttp import web
 from arq.connections import ArqRedis
 
 from gateway.auth import Principal
+from gateway.event_hub import EventHub
 from shared.db import Pool
 from shared.jobs import Registry
 from shared.metrics import Metrics
@@ -18,6 +19,7 @@ CACHE = web.AppKey("cache", CacheRedis)
 JOBS_REDIS = web.AppKey("jobs_redis", ArqRedis)
 REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", Metrics)
+EVENT_HUB = web.AppKey("event_hub", EventHub)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -42,7 +42,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     token = request_id_var.set(request_id)
     try:
         response = await handler(request)
-        response.headers["X-Request-ID"] = request_id
+        if not response.prepared:  # a stream sets it before its headers go out
+            response.headers["X-Request-ID"] = request_id
         return response
     finally:
         request_id_var.reset(token)

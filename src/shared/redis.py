@@ -14,12 +14,15 @@ from shared.settings import RedisConfig
 CacheRedis = Redis
 
 
-def cache_client(config: RedisConfig) -> CacheRedis:
-    """The db 0 client: disposable data only (progress, rate-limit windows, cached status)."""
+def cache_client(config: RedisConfig, *, subscriber: bool = False) -> CacheRedis:
+    """The db 0 client: disposable data only (progress, events, rate-limit windows, cached status).
+
+    A `subscriber` client has no read timeout: a subscription waits as long as it must for a message.
+    """
     client = Redis.from_url(
         config.cache_url,
         socket_connect_timeout=config.connect_timeout_s,
-        socket_timeout=config.connect_timeout_s * 2,
+        socket_timeout=None if subscriber else config.connect_timeout_s * 2,
         health_check_interval=15,
     )
     return cast(CacheRedis, client)

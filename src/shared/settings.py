@@ -98,6 +98,7 @@ class GatewayConfig(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, validation_alias=_env("MAX_BODY_BYTES"))
     enqueue_timeout_s: float = Field(1.0, gt=0, validation_alias=_env("ENQUEUE_TIMEOUT_S"))
     shutdown_grace_s: float = Field(30.0, ge=0, validation_alias=_env("SHUTDOWN_GRACE_S"))
+    sse_heartbeat_s: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_S"))
     alert_failed: int = Field(10, ge=0, validation_alias=_env("QUEUE_ALERT_FAILED"))
     alert_queued: int = Field(50, ge=0, validation_alias=_env("QUEUE_ALERT_QUEUED"))
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
+from shared import events
 from shared.db import Pool
 from shared.jobs import Registry
 from shared.mail import MailSender
 from shared.metrics import Metrics
+from shared.queue import REDIS_ERRORS
 from shared.redis import CacheRedis
 from shared.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +41,14 @@ class JobContext:
     attempt: int
     max_attempts: int
     worker: WorkerContext
+
+    async def progress(self, percent: float | None = None, step: str | None = None, message: str | None = None) -> None:
+        """Report progress: shown in `GET /api/v1/jobs/{id}` and pushed to its event stream.
+
+        Best effort: progress lives in the disposable cache, so a cache outage never fails the job.
+        """
+        update = events.Progress(percent=percent, step=step, message=message)
+        try:
+            await events.set_progress(self.worker.cache, self.job_id, update)
+        except REDIS_ERRORS as exc:
+            logger.warning("job.progress_unrecorded", extra={"reason": type(exc).__name__})

@@ -13,13 +13,13 @@ from typing import Any, Generic
 from arq.worker import Function, Retry, func
 from pydantic import BaseModel, ValidationError
 
-from shared import ledger
+from shared import events, ledger
 from shared.db import POSTGRES_ERRORS
 from shared.errors import DependencyUnavailable, JobError, PermanentJobError
 from shared.jobs import AnySpec, JobSpec, P, R
 from shared.json import utcnow
 from shared.logging import job_id_var, job_type_var, request_id_var
-from shared.queue import RUN_FUNCTION
+from shared.queue import REDIS_ERRORS, RUN_FUNCTION
 from workers.context import JobContext, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class Runtime:
         if expires_at and dt.datetime.fromisoformat(expires_at) < utcnow():
             error = {"type": "JobExpired", "message": "the job was not started before it expired", "retryable": False}
             if await ledger.mark_expired(self.ctx.pg, job_id, error):  # only if it never started
+                await self._announce(job_id, "failed")
                 metrics.jobs.labels(type_name, "expired").inc()
                 logger.info("job.expired")
                 return {"status": "failed", "error": error}
@@ -110,6 +111,7 @@ class Runtime:
         if record is None:
             logger.info("job.skipped_duplicate")
             return {"status": "skipped"}
+        await self._announce(job_id, "running")
         attempt = record.attempts
         metrics.jobs.labels(type_name, "started").inc()
         metrics.queue_wait.labels(type_name).observe(max((utcnow() - record.scheduled_for).total_seconds(), 0.0))
@@ -157,6 +159,13 @@ class Runtime:
             metrics.job_duration.labels(record.type).observe(time.perf_counter() - started)
         return await self._succeed(record, attempt, checked.model_dump(mode="json"))
 
+    async def _announce(self, job_id: str, status: str) -> None:
+        """Tell event-stream listeners (any gateway) that the ledger changed; best effort, never fails a job."""
+        try:
+            await events.publish_status(self.ctx.cache, job_id, status)
+        except REDIS_ERRORS as exc:
+            logger.warning("job.announce_failed", extra={"reason": type(exc).__name__})
+
     async def _requeue(self, record: ledger.JobRecord, attempt: int) -> None:
         """The attempt was interrupted: by a shutdown (back to the queue) or by a cancel (already recorded)."""
         try:
@@ -165,6 +174,7 @@ class Runtime:
             logger.warning("job.requeue_unrecorded", extra={"reason": type(exc).__name__})
             return
         if requeued:
+            await self._announce(record.id, "queued")
             self.ctx.metrics.jobs.labels(record.type, "requeued").inc()
             logger.info("job.requeued", extra={"attempt": attempt})
         else:
@@ -173,6 +183,7 @@ class Runtime:
 
     async def _succeed(self, record: ledger.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
         if await ledger.mark_succeeded(self.ctx.pg, record, result):
+            await self._announce(record.id, "succeeded")
             self.ctx.metrics.jobs.labels(record.type, "succeeded").inc()
             logger.info("job.succeeded", extra={"attempt": attempt})
         else:
@@ -181,7 +192,8 @@ class Runtime:
 
     async def _fail(self, record: ledger.JobRecord, attempt: int, exc: BaseException) -> dict[str, Any]:
         error = error_body(exc, retryable=False)
-        await ledger.mark_failed(self.ctx.pg, record, error)
+        if await ledger.mark_failed(self.ctx.pg, record, error):
+            await self._announce(record.id, "failed")
         self.ctx.metrics.jobs.labels(record.type, "failed").inc()
         logger.info("job.failed", extra={"attempt": attempt, "error_type": error["type"]})
         return {"status": "failed", "error": error}
@@ -199,7 +211,8 @@ class Runtime:
         defer_s = getattr(exc, "defer_s", None) or spec.backoff.delay_s(attempt)
         error = error_body(exc, retryable=True)
         next_at = utcnow() + dt.timedelta(seconds=defer_s)
-        await ledger.mark_retrying(self.ctx.pg, record, error, next_at)
+        if await ledger.mark_retrying(self.ctx.pg, record, error, next_at):
+            await self._announce(record.id, "retrying")
         self.ctx.metrics.jobs.labels(record.type, "retried").inc()
         logger.info(
             "job.retry_scheduled", extra={"attempt": attempt, "defer_s": round(defer_s, 3), "error_type": error["type"]}

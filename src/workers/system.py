@@ -9,10 +9,23 @@ from shared.jobs import EchoPayload, EchoResult
 from workers.context import JobContext
 
 
+async def _sleep_reporting(job: JobContext, sleep_s: float) -> None:
+    """Sleep, reporting progress about once a second (every tenth of the time for short sleeps)."""
+    step = min(1.0, sleep_s / 10)
+    slept = 0.0
+    while slept < sleep_s:
+        await job.progress(
+            percent=round(100 * slept / sleep_s, 1), step="sleeping", message=f"{slept:g}s of {sleep_s:g}s"
+        )
+        chunk = min(step, sleep_s - slept)
+        await asyncio.sleep(chunk)
+        slept += chunk
+
+
 async def handle_echo(job: JobContext, payload: EchoPayload) -> EchoResult:
     """Echo `data` back after `sleep_s`; the first `fail_times` attempts fail retryably. No external effect."""
     if payload.sleep_s:
-        await asyncio.sleep(payload.sleep_s)
+        await _sleep_reporting(job, payload.sleep_s)
     if job.attempt <= payload.fail_times:
         raise RetryableJobError(
             f"failing attempt {job.attempt} of the first {payload.fail_times}, as asked", type_name="EchoFailure"

@@ -9,11 +9,12 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SETTINGS
+from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SETTINGS
+from gateway.lookup import job_view, job_views, visible_job
 from gateway.resources import job_resource, job_url
 from gateway.responses import json_response, read_json
-from shared import ledger, queue, submission
-from shared.errors import BadRequest, Conflict, InvalidInput, NotFound
+from shared import events, ledger, queue, submission
+from shared.errors import BadRequest, Conflict, InvalidInput
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -61,27 +62,17 @@ async def create_job(request: web.Request) -> web.Response:
     return json_response(job_resource(record), status=202, headers=headers)
 
 
-async def _visible_job(request: web.Request) -> ledger.JobRecord:
-    """The job named in the path, if the caller may see it; another user's job is a 404, like a missing one."""
-    job_id = request.match_info["job_id"]
-    well_formed = len(job_id) <= 64 and "\x00" not in job_id
-    record = await ledger.get_job(request.app[PG_POOL], job_id) if well_formed else None
-    if record is None or not request[PRINCIPAL].can_see(record.owner):
-        raise NotFound(f"no job {job_id!r}")
-    return record
-
-
 @routes.get("/api/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     """GET /api/v1/jobs/{id}: the owner or an admin. Errors: 401, 404 (also for another user's job)."""
-    return json_response(job_resource(await _visible_job(request)))
+    return json_response(await job_view(request.app, await visible_job(request)))
 
 
 @routes.post("/api/v1/jobs/{job_id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     """POST /api/v1/jobs/{id}/cancel: the owner or an admin. A job not yet started never starts; a running
     one is interrupted (its handler sees CancelledError). Errors: 401, 404, 409 when already finished."""
-    record = await _visible_job(request)
+    record = await visible_job(request)
     cancelled = await ledger.cancel(request.app[PG_POOL], record.id)
     if cancelled is None:
         raise Conflict(f"the job is already {record.status}", details={"status": record.status})
@@ -91,6 +82,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     except queue.REDIS_ERRORS as exc:
         # The ledger already says cancelled: a worker that picks the job up skips it.
         logger.warning("job.withdraw_failed", extra={"job_id": job.id, "reason": type(exc).__name__})
+    await _announce(request, job.id, "cancelled")
     return json_response(job_resource(job))
 
 
@@ -98,7 +90,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def retry_job(request: web.Request) -> web.Response:
     """POST /api/v1/jobs/{id}/retry: the owner or an admin; only failed or cancelled jobs, attempts from 0.
     Errors: 401, 404, 409 for any other status."""
-    record = await _visible_job(request)
+    record = await visible_job(request)
     app = request.app
     reset = await ledger.reset_for_retry(app[PG_POOL], [record.id])
     if not reset:
@@ -107,7 +99,16 @@ async def retry_job(request: web.Request) -> web.Response:
             details={"status": record.status},
         )
     await submission.resubmit(app[JOBS_REDIS], reset, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s)
+    await _announce(request, record.id, "queued")
     return json_response(job_resource(reset[0]), status=202, headers={"Location": job_url(record.id)})
+
+
+async def _announce(request: web.Request, job_id: str, status: str) -> None:
+    """Tell event streams (on any gateway) that the job changed; best effort."""
+    try:
+        await events.publish_status(request.app[CACHE], job_id, status)
+    except queue.REDIS_ERRORS as exc:
+        logger.warning("job.announce_failed", extra={"job_id": job_id, "reason": type(exc).__name__})
 
 
 def _bad_query(name: str, msg: str) -> BadRequest:
@@ -144,4 +145,4 @@ async def list_jobs(request: web.Request) -> web.Response:
     if not principal.is_admin:
         where = dataclasses.replace(where, owner=principal.sub)
     page, next_cursor = await ledger.list_jobs(request.app[PG_POOL], where, limit=limit, cursor=cursor)
-    return json_response({"items": [job_resource(r) for r in page], "next_cursor": next_cursor})
+    return json_response({"items": await job_views(request.app, page), "next_cursor": next_cursor})

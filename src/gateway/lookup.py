@@ -1,0 +1,41 @@
+"""Load what a request names, with ownership applied (another owner's job is a 404), and render it whole."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway.keys import CACHE, PG_POOL, PRINCIPAL
+from gateway.resources import job_resource
+from shared import events, ledger
+from shared.errors import NotFound
+from shared.queue import REDIS_ERRORS
+
+logger = logging.getLogger(__name__)
+
+
+async def visible_job(request: web.Request) -> ledger.JobRecord:
+    """The job named in the path, if the caller may see it."""
+    job_id = request.match_info["job_id"]
+    well_formed = len(job_id) <= 64 and "\x00" not in job_id
+    record = await ledger.get_job(request.app[PG_POOL], job_id) if well_formed else None
+    if record is None or not request[PRINCIPAL].can_see(record.owner):
+        raise NotFound(f"no job {job_id!r}")
+    return record
+
+
+async def job_views(app: web.Application, records: list[ledger.JobRecord]) -> list[dict[str, Any]]:
+    """Job resources with the progress of running jobs (from the cache; left out while it is down)."""
+    running = [r.id for r in records if r.status == "running"]
+    try:
+        progress = await events.get_progresses(app[CACHE], running)
+    except REDIS_ERRORS as exc:
+        logger.warning("job.progress_unavailable", extra={"reason": type(exc).__name__})
+        progress = {}
+    return [job_resource(r, progress=progress.get(r.id)) for r in records]
+
+
+async def job_view(app: web.Application, record: ledger.JobRecord) -> dict[str, Any]:
+    return (await job_views(app, [record]))[0]
