@@ -29,6 +29,7 @@ def job_resource(job: JobRecord, *, progress: dict[str, Any] | None = None) -> d
         "progress": progress,
         "result": job.result if job.status == "succeeded" else None,
         "error": job.error if job.status in ("failed", "retrying", "cancelled") else None,
+        "errors": job.error_history,
         "batch_id": job.batch_id,
         "idempotency_key": job.idempotency_key,
         "created_at": rfc3339(job.created_at),

@@ -83,11 +83,12 @@ class SmtpConfig(BaseSettings):
 
 
 class JobStoreConfig(BaseSettings):
-    """How long job results are kept; read by both sides."""
+    """How long results (Redis) and finished jobs (ledger) are kept; read by both sides."""
 
     model_config = _config()
 
     result_ttl_s: int = Field(86400, ge=1, validation_alias=_env("RESULT_TTL_S"))
+    retention_days: float = Field(7, gt=0, validation_alias=_env("RETENTION_DAYS"))
 
 
 class GatewayConfig(BaseSettings):

@@ -20,7 +20,7 @@ from shared.jobs import EMAIL_SEND, SYSTEM_ECHO, Queue, Registry, builtin_regist
 from shared.mail import MailSender, SmtpMailSender
 from shared.metrics import Metrics
 from shared.settings import WorkerSettings
-from workers import email, health_server, reconciler, system
+from workers import email, health_server, reconciler, retention, system
 from workers.context import WorkerContext
 from workers.runtime import ARQ_MAX_TRIES, AnyHandler, Runtime, bind
 
@@ -41,13 +41,13 @@ class ProcessDef:
     name: str
     queue: Queue
     metrics_port: int
-    runs_reconciler: bool = False
+    maintains_ledger: bool = False
 
 
 PROCESSES: Final[Mapping[str, ProcessDef]] = {
     "default": ProcessDef("default", Queue.DEFAULT, 9101),
     "heavy": ProcessDef("heavy", Queue.HEAVY, 9102),
-    "scheduler": ProcessDef("scheduler", Queue.SCHEDULER, 9103, runs_reconciler=True),
+    "scheduler": ProcessDef("scheduler", Queue.SCHEDULER, 9103, maintains_ledger=True),
 }
 
 
@@ -122,8 +122,9 @@ class WorkerProcess:
             asyncio.create_task(self._control_loop(ctx, worker)),
             asyncio.create_task(self._lease_loop(ctx, worker)),
         ]
-        if d.runs_reconciler:
+        if d.maintains_ledger:
             background.append(asyncio.create_task(reconciler.run_forever(ctx)))
+            background.append(asyncio.create_task(retention.run_forever(ctx)))
         self.metrics.worker_up.labels(d.queue.value).set(1)
         logger.info("worker.started", extra={"queue": d.queue.value, "types": sorted(self.handlers)})
         self._started.set()

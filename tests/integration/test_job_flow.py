@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import json
 from support.stack import Api, Conn, StartWorker
 
 
@@ -69,10 +67,8 @@ async def test_exhausted_attempts_leave_the_job_failed_with_its_history(
     assert failed["attempts"] == 2
     assert failed["error"]["type"] == "EchoFailure"
     assert failed["result"] is None
-    history: list[dict[str, Any]] = json.loads(
-        await pg.fetchval("SELECT error_history FROM jobs WHERE id = $1", job["id"])
-    )
-    assert [e["attempt"] for e in history] == [1, 2]
+    assert [e["attempt"] for e in failed["errors"]] == [1, 2], "the dead letter keeps every attempt's error"
+    assert {e["type"] for e in failed["errors"]} == {"EchoFailure"}
 
 
 async def test_timeout_is_enforced(api: Api, start_worker: StartWorker) -> None:

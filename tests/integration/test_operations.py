@@ -90,3 +90,26 @@ async def test_a_connection_returned_mid_transaction_is_rolled_back(services: Se
             assert not conn.is_in_transaction()
 
     assert await pg.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_retention_purges_finished_jobs_past_retention_days(
+    api: Api, start_worker: StartWorker, pg: Conn
+) -> None:
+    old = await api.submit("system.echo", {})
+    recent = await api.submit("system.echo", {})
+    waiting = await api.submit("system.echo", {}, delay_s=3600)
+    await pg.execute(
+        "UPDATE jobs SET status = 'succeeded', finished_at = now() - interval '8 days' WHERE id = $1", old["id"]
+    )
+    await pg.execute(
+        "UPDATE jobs SET status = 'failed', finished_at = now() - interval '6 days' WHERE id = $1", recent["id"]
+    )
+    await pg.execute("UPDATE jobs SET created_at = now() - interval '30 days' WHERE id = $1", waiting["id"])
+
+    await start_worker("scheduler")
+
+    async def purged() -> bool | None:
+        return True if await pg.fetchval("SELECT count(*) FROM jobs WHERE id = $1", old["id"]) == 0 else None
+
+    await eventually(purged, within=5)
+    assert sorted(await pg.fetchval("SELECT array_agg(id) FROM jobs")) == sorted([recent["id"], waiting["id"]])
