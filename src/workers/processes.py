@@ -10,6 +10,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from arq.worker import Worker
@@ -21,6 +22,7 @@ from shared.mail import MailSender, SmtpMailSender
 from shared.metrics import Metrics
 from shared.settings import WorkerSettings
 from workers import email, health_server, reconciler, retention, system
+from workers.background import every
 from workers.context import WorkerContext
 from workers.runtime import ARQ_MAX_TRIES, AnyHandler, Runtime, bind
 
@@ -123,8 +125,13 @@ class WorkerProcess:
             asyncio.create_task(self._lease_loop(ctx, worker)),
         ]
         if d.maintains_ledger:
-            background.append(asyncio.create_task(reconciler.run_forever(ctx)))
-            background.append(asyncio.create_task(retention.run_forever(ctx)))
+            interval = s.worker.reconcile_interval_s
+            background.append(
+                asyncio.create_task(every(interval, partial(reconciler.reconcile_once, ctx), name="reconciler"))
+            )
+            background.append(
+                asyncio.create_task(every(retention.INTERVAL_S, partial(retention.purge_once, ctx), name="retention"))
+            )
         self.metrics.worker_up.labels(d.queue.value).set(1)
         logger.info("worker.started", extra={"queue": d.queue.value, "types": sorted(self.handlers)})
         self._started.set()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 
 from shared import ledger, queue
-from shared.db import UNAVAILABLE_ERRORS
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -47,16 +45,3 @@ async def reconcile_once(ctx: WorkerContext) -> int:
             logger.info("reconciler.requeued", extra={"count": len(put_back)})
             requeued += len(put_back)
         after = (page[-1].updated_at, page[-1].id)
-
-
-async def run_forever(ctx: WorkerContext) -> None:
-    """Reconcile every RECONCILE_INTERVAL_S until cancelled; no error ends the loop, each is logged."""
-    interval = ctx.settings.worker.reconcile_interval_s
-    while True:
-        try:
-            await reconcile_once(ctx)
-        except (*queue.REDIS_ERRORS, *UNAVAILABLE_ERRORS) as exc:
-            logger.warning("reconciler.unavailable", extra={"reason": type(exc).__name__})
-        except Exception:  # a background loop's boundary: log it in full and try again next tick
-            logger.exception("reconciler.failed")
-        await asyncio.sleep(interval)

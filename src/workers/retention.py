@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from shared import ledger, queue
-from shared.db import UNAVAILABLE_ERRORS
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -29,14 +27,3 @@ async def purge_once(ctx: WorkerContext) -> int:
     if removed:
         logger.info("retention.purged", extra={"count": removed})
     return removed
-
-
-async def run_forever(ctx: WorkerContext, *, interval_s: float = INTERVAL_S) -> None:
-    while True:
-        try:
-            await purge_once(ctx)
-        except (*queue.REDIS_ERRORS, *UNAVAILABLE_ERRORS) as exc:
-            logger.warning("retention.unavailable", extra={"reason": type(exc).__name__})
-        except Exception:  # a background loop's boundary: log it in full and try again next tick
-            logger.exception("retention.failed")
-        await asyncio.sleep(interval_s)
