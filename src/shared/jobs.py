@@ -22,6 +22,10 @@ class Payload(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    batch_id: str | None = Field(
+        None, max_length=64, description="Set by Conveyor on a batch's `on_complete` job: the batch it completes."
+    )
+
 
 class Result(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -44,6 +44,7 @@ class NewJob:
     request_hash: str | None
     request_id: str | None
     status: str = "queued"
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,8 @@ class JobRecord:
 
 _INSERT = """
 INSERT INTO jobs (id, type, queue, owner, status, priority, payload, max_attempts, timeout_s,
-                  scheduled_for, expires_at, idempotency_key, request_hash, request_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                  scheduled_for, expires_at, idempotency_key, request_hash, request_id, batch_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *
 """
@@ -109,6 +110,7 @@ async def insert_job(conn: Connection | Pool, job: NewJob) -> tuple[JobRecord, b
     args = (
         job.id, job.type, job.queue, job.owner, job.status, job.priority, job.payload, job.max_attempts,
         job.timeout_s, job.scheduled_for, job.expires_at, job.idempotency_key, job.request_hash, job.request_id,
+        job.batch_id,
     )  # fmt: skip
     for _ in range(3):
         row = await conn.fetchrow(_INSERT, *args)

@@ -71,6 +71,7 @@ def envelope(job: JobRecord) -> dict[str, Any]:
     return {
         "id": job.id,
         "generation": job.generation,
+        "batch_id": job.batch_id,
         "type": job.type,
         "owner": job.owner,
         "payload": job.payload,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from arq.connections import ArqRedis
 from pydantic import (
@@ -20,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared import json, ledger, queue
+from shared import batches, json, ledger, queue
 from shared.db import Pool
 from shared.errors import InvalidInput
 from shared.jobs import Registry
@@ -151,3 +152,96 @@ async def resubmit(redis: ArqRedis, records: list[ledger.JobRecord], *, enqueue_
                 await queue.enqueue(redis, record)
     except queue.REDIS_ERRORS as exc:
         logger.warning("job.enqueue_deferred", extra={"count": len(records), "reason": type(exc).__name__})
+
+
+MAX_BATCH = 1000
+
+
+class BatchRequest(BaseModel):
+    """The body of `POST /api/v1/batches`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    jobs: list[JobRequest] = Field(min_length=1, max_length=MAX_BATCH)
+    on_complete: JobRequest | None = None
+
+
+def _prefixed(exc: InvalidInput, *loc: str | int) -> InvalidInput:
+    errors = [{**e, "loc": [*loc, *e["loc"]]} for e in exc.errors or []]
+    return InvalidInput(exc.message, errors=errors)
+
+
+def _on_complete_request(on_complete: dict[str, Any], batch_id: str) -> JobRequest:
+    """The stored on_complete request, with `batch_id` merged into its payload."""
+    payload = {**on_complete.get("payload", {}), "batch_id": batch_id}
+    return JobRequest.model_validate({**on_complete, "payload": payload})
+
+
+def prepare_batch(
+    request: BatchRequest, registry: Registry, *, batch_id: str, owner: str, request_id: str | None
+) -> list[ledger.NewJob]:
+    """Check every member (and the on_complete job) before anything is recorded.
+
+    Raises:
+        InvalidInput: with `loc` starting at `["jobs", i]` or `["on_complete"]`.
+    """
+    members: list[ledger.NewJob] = []
+    for i, member in enumerate(request.jobs):
+        if member.idempotency_key is not None:
+            raise InvalidInput(
+                "batch members take no idempotency key",
+                errors=[
+                    {"loc": ["jobs", i, "idempotency_key"], "msg": "not allowed in a batch", "type": "value_error"}
+                ],
+            )
+        try:
+            new = prepare(member, registry, owner=owner, request_id=request_id)
+        except InvalidInput as exc:
+            raise _prefixed(exc, "jobs", i) from exc
+        members.append(dataclasses.replace(new, batch_id=batch_id))
+    if request.on_complete is not None:
+        try:
+            prepare(
+                _on_complete_request(request.on_complete.model_dump(mode="json"), batch_id),
+                registry,
+                owner=owner,
+                request_id=request_id,
+            )
+        except InvalidInput as exc:
+            raise _prefixed(exc, "on_complete") from exc
+    return members
+
+
+async def submit_batch(
+    pool: Pool, redis: ArqRedis, request: BatchRequest, members: list[ledger.NewJob], *, batch_id: str, owner: str,
+    request_id: str | None, enqueue_timeout_s: float,
+) -> list[ledger.JobRecord]:  # fmt: skip
+    """Record the batch and every member in one transaction (all or none), then hand the members to Redis."""
+    on_complete = request.on_complete.model_dump(mode="json") if request.on_complete else None
+    async with pool.acquire() as conn, conn.transaction():
+        records = await batches.create(conn, batch_id, owner, members, on_complete, request_id)
+    await resubmit(redis, records, enqueue_timeout_s=enqueue_timeout_s)
+    return records
+
+
+async def complete_batch(
+    pool: Pool, redis: ArqRedis, registry: Registry, batch_id: str, *, enqueue_timeout_s: float
+) -> ledger.JobRecord | None:
+    """If every member of the batch is finished and nobody completed it yet, complete it: record its
+    on_complete job (same transaction) and enqueue it. Safe to call from any number of finishers."""
+    async with pool.acquire() as conn, conn.transaction():
+        done = await batches.claim_completion(conn, batch_id)
+        if done is None or done.on_complete is None:
+            return None
+        try:
+            new = prepare(
+                _on_complete_request(done.on_complete, batch_id), registry, owner=done.owner, request_id=done.request_id
+            )
+        except (InvalidInput, ValidationError):
+            logger.exception("batch.on_complete_invalid", extra={"batch_id": batch_id})
+            return None
+        record, _ = await ledger.insert_job(conn, new)
+        await batches.set_on_complete_job(conn, batch_id, record.id)
+    logger.info("batch.completed", extra={"batch_id": batch_id, "on_complete_job_id": record.id})
+    await resubmit(redis, [record], enqueue_timeout_s=enqueue_timeout_s)
+    return record

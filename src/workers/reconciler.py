@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from shared import ledger, queue
+from shared import batches, ledger, queue, submission
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,20 @@ async def _put_back(ctx: WorkerContext, jobs: list[ledger.JobRecord]) -> list[st
     return put_back
 
 
+async def complete_orphaned_batches(ctx: WorkerContext) -> None:
+    """Batches whose last member finished without completing them (its worker died in between)."""
+    grace_s = ctx.settings.worker.reconcile_grace_s
+    for batch_id in await batches.open_without_pending(ctx.pg, older_than_s=grace_s, limit=100):
+        await submission.complete_batch(ctx.pg, ctx.jobs_redis, ctx.registry, batch_id, enqueue_timeout_s=2.0)
+
+
 async def reconcile_once(ctx: WorkerContext) -> int:
     """One pass over every candidate, page by page; returns how many jobs were put back on Redis."""
     config = ctx.settings.worker
     horizon_s = max(60.0, 2 * config.reconcile_interval_s)
     after: tuple[dt.datetime, str] | None = None
     requeued = 0
+    await complete_orphaned_batches(ctx)
     while True:
         page = await ledger.reconcile_candidates(
             ctx.pg, grace_s=config.reconcile_grace_s, horizon_s=horizon_s, after=after, limit=config.reconcile_batch

@@ -13,7 +13,7 @@ from typing import Any, Generic
 from arq.worker import Function, Retry, func
 from pydantic import BaseModel, ValidationError
 
-from shared import events, ledger
+from shared import events, ledger, submission
 from shared.db import POSTGRES_ERRORS
 from shared.errors import DependencyUnavailable, JobError, PermanentJobError
 from shared.jobs import AnySpec, JobSpec, P, R
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 ARQ_MAX_TRIES = 1000
 # A ledger write failed: arq keeps the job and runs it again after this long.
 LEDGER_RETRY_S = 2.0
+BATCH_ENQUEUE_TIMEOUT_S = 2.0
 # arq's per-function timeout is only a backstop behind the per-job asyncio.timeout below.
 ARQ_TIMEOUT_MARGIN_S = 30.0
 
@@ -104,6 +105,7 @@ class Runtime:
             error = {"type": "JobExpired", "message": "the job was not started before it expired", "retryable": False}
             if await ledger.mark_expired(self.ctx.pg, job_id, error):  # only if it never started
                 await self._announce(job_id, "failed")
+                await self._member_finished(envelope.get("batch_id"))
                 metrics.jobs.labels(type_name, "expired").inc()
                 logger.info("job.expired")
                 return {"status": "failed", "error": error}
@@ -166,6 +168,17 @@ class Runtime:
         except REDIS_ERRORS as exc:
             logger.warning("job.announce_failed", extra={"reason": type(exc).__name__})
 
+    async def _member_finished(self, batch_id: str | None) -> None:
+        """A batch member finished: complete the batch if it was the last (exactly once across workers)."""
+        if batch_id is None:
+            return
+        try:
+            await submission.complete_batch(
+                self.ctx.pg, self.ctx.jobs_redis, self.ctx.registry, batch_id, enqueue_timeout_s=BATCH_ENQUEUE_TIMEOUT_S
+            )
+        except (*POSTGRES_ERRORS, *REDIS_ERRORS) as exc:  # the reconciler completes it later
+            logger.warning("batch.completion_deferred", extra={"batch_id": batch_id, "reason": type(exc).__name__})
+
     async def _requeue(self, record: ledger.JobRecord, attempt: int) -> None:
         """The attempt was interrupted: by a shutdown (back to the queue) or by a cancel (already recorded)."""
         try:
@@ -184,6 +197,7 @@ class Runtime:
     async def _succeed(self, record: ledger.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
         if await ledger.mark_succeeded(self.ctx.pg, record, result):
             await self._announce(record.id, "succeeded")
+            await self._member_finished(record.batch_id)
             self.ctx.metrics.jobs.labels(record.type, "succeeded").inc()
             logger.info("job.succeeded", extra={"attempt": attempt})
         else:
@@ -194,6 +208,7 @@ class Runtime:
         error = error_body(exc, retryable=False)
         if await ledger.mark_failed(self.ctx.pg, record, error):
             await self._announce(record.id, "failed")
+            await self._member_finished(record.batch_id)
         self.ctx.metrics.jobs.labels(record.type, "failed").inc()
         logger.info("job.failed", extra={"attempt": attempt, "error_type": error["type"]})
         return {"status": "failed", "error": error}

@@ -83,6 +83,12 @@ async def cancel_job(request: web.Request) -> web.Response:
         # The ledger already says cancelled: a worker that picks the job up skips it.
         logger.warning("job.withdraw_failed", extra={"job_id": job.id, "reason": type(exc).__name__})
     await _announce(request, job.id, "cancelled")
+    if job.batch_id is not None:
+        app = request.app
+        await submission.complete_batch(
+            app[PG_POOL], app[JOBS_REDIS], app[REGISTRY], job.batch_id,
+            enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s,
+        )  # fmt: skip
     return json_response(job_resource(job))
 
 

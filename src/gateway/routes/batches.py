@@ -1,0 +1,45 @@
+"""Batches: POST /api/v1/batches (atomic, 1-1000 jobs), GET /api/v1/batches/{id}."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SETTINGS
+from gateway.responses import json_response, read_json
+from shared import batches, submission
+from shared.errors import NotFound
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/batches")
+async def create_batch(request: web.Request) -> web.Response:
+    """POST /api/v1/batches: any role. 202 once the batch and every member are committed (all or none).
+    Errors: 400, 401, 413, 415, 422 (locations start at `jobs[i]` or `on_complete`)."""
+    body = submission.BatchRequest.model_validate(await read_json(request))
+    app, owner = request.app, request[PRINCIPAL].sub
+    batch_id = batches.new_batch_id()
+    members = submission.prepare_batch(
+        body, app[REGISTRY], batch_id=batch_id, owner=owner, request_id=request[REQUEST_ID]
+    )
+    records = await submission.submit_batch(
+        app[PG_POOL], app[JOBS_REDIS], body, members, batch_id=batch_id, owner=owner,
+        request_id=request[REQUEST_ID], enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s,
+    )  # fmt: skip
+    for record in records:
+        app[METRICS].jobs_enqueued.labels(record.type).inc()
+    return json_response(
+        {"id": batch_id, "total": len(records), "job_ids": [r.id for r in records]},
+        status=202,
+        headers={"Location": f"/api/v1/batches/{batch_id}"},
+    )
+
+
+@routes.get("/api/v1/batches/{batch_id}")
+async def get_batch(request: web.Request) -> web.Response:
+    """GET /api/v1/batches/{id}: the owner or an admin. Errors: 401, 404 (also for another user's batch)."""
+    batch_id = request.match_info["batch_id"]
+    view = await batches.get(request.app[PG_POOL], batch_id) if len(batch_id) <= 64 and "\x00" not in batch_id else None
+    if view is None or not request[PRINCIPAL].can_see(view.owner):
+        raise NotFound(f"no batch {batch_id!r}")
+    return json_response(view.resource())
