@@ -52,8 +52,15 @@ async def get_progress(cache: CacheRedis, job_id: str) -> dict[str, Any] | None:
 
 
 async def publish_status(cache: CacheRedis, job_id: str, status: str) -> None:
-    """Tell listeners the job's status changed; the ledger holds the new state."""
-    await cache.publish(channel(job_id), json.dumps({"kind": "status", "status": status}))
+    """Tell listeners the job's status changed; the ledger holds the new state.
+
+    A run that starts (or a job sent back to the queue) clears the progress of the run before it.
+    """
+    async with cache.pipeline(transaction=False) as pipe:
+        if status in ("running", "queued"):
+            pipe.delete(PROGRESS_PREFIX + job_id)
+        pipe.publish(channel(job_id), json.dumps({"kind": "status", "status": status}))
+        await pipe.execute()
 
 
 async def get_progresses(cache: CacheRedis, job_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -222,7 +222,7 @@ async def mark_expired(conn: Connection | Pool, job_id: str, error: dict[str, An
     status = await conn.execute(
         """
         UPDATE jobs SET status = 'failed', error = $2, finished_at = now(), updated_at = now()
-        WHERE id = $1 AND attempts = 0 AND status IN ('queued', 'scheduled') AND expires_at < now()
+        WHERE id = $1 AND started_at IS NULL AND status IN ('queued', 'scheduled') AND expires_at < now()
         """,
         job_id,
         error,

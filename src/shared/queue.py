@@ -9,7 +9,11 @@ from typing import Any, Final
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.utils import timestamp_ms
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import json
 from shared.ledger import JobRecord
@@ -50,6 +54,9 @@ def jobs_redis(config: RedisConfig, *, queue: str = "default") -> ArqRedis:
         ssl=settings.ssl,
         socket_connect_timeout=config.connect_timeout_s,
         socket_timeout=config.connect_timeout_s * 2,
+        # A blip (failover, restart, dropped connection) is retried quickly instead of failing the caller.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=queue_key(queue),
@@ -122,6 +129,9 @@ async def withdraw(redis: ArqRedis, job: JobRecord, *, running: bool) -> None:
     running task, which sees `asyncio.CancelledError`. A job not yet started gets no marker (arq would
     keep it forever); a worker that claims it in the meantime finds it cancelled in the ledger.
     """
+    # A job the ledger calls running may have no live worker any more (SIGKILL): no marker then, or it
+    # would sit in arq's abort set for ever; arq only clears markers of tasks it finds.
+    running = running and bool(await redis.exists(in_progress_key_prefix + job.arq_id))
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zrem(queue_key(job.queue), job.arq_id)
         if running:
@@ -129,6 +139,11 @@ async def withdraw(redis: ArqRedis, job: JobRecord, *, running: bool) -> None:
         else:
             pipe.delete(job_key_prefix + job.arq_id)
         await pipe.execute()
+
+
+async def trim_abort_markers(redis: ArqRedis, *, older_than_s: float) -> int:
+    """Drop cancel markers no worker picked up (its task ended first); arq never ages them out itself."""
+    return int(await redis.zremrangebyscore(abort_jobs_ss, "-inf", timestamp_ms() - int(older_than_s * 1000)))
 
 
 def workers_key(queue: str) -> str:

@@ -17,6 +17,7 @@ class QueueCounts:
     by_status: dict[str, int]
     paused: bool
     oldest_queued_age_s: float | None
+    waiting: int = 0  # due and not started: queued, plus scheduled or retrying whose time has come
 
 
 async def set_paused(conn: Connection | Pool, name: str, paused: bool) -> None:
@@ -39,7 +40,9 @@ async def counts(conn: Connection | Pool, names: Sequence[str]) -> list[QueueCou
     rows = await conn.fetch(
         """
         SELECT q.name, j.status, count(j.id) AS n, coalesce(p.paused, false) AS paused,
-               extract(epoch FROM now() - min(j.scheduled_for) FILTER (WHERE j.status = 'queued')) AS oldest
+               count(j.id) FILTER (WHERE j.scheduled_for <= now()) AS due,
+               extract(epoch FROM now() - min(j.scheduled_for) FILTER (
+                   WHERE j.status IN ('queued', 'scheduled', 'retrying') AND j.scheduled_for <= now())) AS oldest
         FROM unnest($1::text[]) AS q(name)
         LEFT JOIN jobs j ON j.queue = q.name
         LEFT JOIN queues p ON p.name = q.name
@@ -50,10 +53,13 @@ async def counts(conn: Connection | Pool, names: Sequence[str]) -> list[QueueCou
     found: dict[str, QueueCounts] = {n: QueueCounts(n, dict.fromkeys(STATUSES, 0), False, None) for n in names}
     for row in rows:
         entry = found[row["name"]]
+        waiting = entry.waiting
         if row["status"] is not None:
             entry.by_status[row["status"]] = int(row["n"])
+            if row["status"] in ("queued", "scheduled", "retrying"):
+                waiting += int(row["due"])
         oldest = entry.oldest_queued_age_s if row["oldest"] is None else max(float(row["oldest"]), 0.0)
-        found[row["name"]] = QueueCounts(entry.name, entry.by_status, bool(row["paused"]), oldest)
+        found[row["name"]] = QueueCounts(entry.name, entry.by_status, bool(row["paused"]), oldest, waiting)
     return [found[n] for n in names]
 
 

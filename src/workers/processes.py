@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # How often a worker reads its queue's pause flag and renews its liveness.
 CONTROL_INTERVAL_S: Final = 0.25
+# After losing Redis, how long arq's polling loop waits before it starts again.
+RESTART_DELAY_S: Final = 1.0
 
 
 def builtin_handlers() -> dict[str, AnyHandler]:
@@ -136,16 +138,32 @@ class WorkerProcess:
         logger.info("worker.started", extra={"queue": d.queue.value, "types": sorted(self.handlers)})
         self._started.set()
         try:
-            await worker.async_run()
+            await self._poll_until_stopped(worker)
         finally:
             self.metrics.worker_up.labels(d.queue.value).set(0)
+            # Running jobs keep their leases (and their cancel checks) until they end.
+            if worker.tasks and not self._stop_requested:
+                self.stop()
+            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, *worker.tasks.values(), return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             with contextlib.suppress(*queue.REDIS_ERRORS):
                 await ctx.jobs_redis.delete(worker.health_check_key)
                 await queue.leave(ctx.jobs_redis, d.queue.value, self.worker_id)
             logger.info("worker.stopped", extra={"queue": d.queue.value, "completed": worker.jobs_complete})
+
+    async def _poll_until_stopped(self, worker: Worker) -> None:
+        """arq's loop ends on the first Redis error; a blip must not take the worker (and its leases) down."""
+        while True:
+            try:
+                await worker.async_run()
+                return
+            except queue.REDIS_ERRORS as exc:
+                if self._stop_requested:
+                    return
+                logger.warning("worker.redis_lost", extra={"reason": type(exc).__name__})
+                await asyncio.sleep(RESTART_DELAY_S)
 
     async def _control_step(self, ctx: WorkerContext, worker: Worker) -> None:
         """Follow the queue's pause flag (ledger) and record this worker as live (Redis)."""
@@ -170,6 +188,9 @@ class WorkerProcess:
         while True:
             await asyncio.sleep(CONTROL_INTERVAL_S)
             try:
+                if self._stop_requested:
+                    # arq checks cancels only while it takes jobs; keep honouring them during the grace period.
+                    await worker._cancel_aborted_jobs()  # arq 0.28 (pinned)
                 await self._control_step(ctx, worker)
             except (*queue.REDIS_ERRORS, *POSTGRES_ERRORS) as exc:
                 logger.warning("worker.control_unavailable", extra={"reason": type(exc).__name__})

@@ -40,6 +40,7 @@ async def reconcile_once(ctx: WorkerContext) -> int:
     after: tuple[dt.datetime, str] | None = None
     requeued = 0
     await complete_orphaned_batches(ctx)
+    await queue.trim_abort_markers(ctx.jobs_redis, older_than_s=config.lease_s + 60)
     while True:
         page = await ledger.reconcile_candidates(
             ctx.pg, grace_s=config.reconcile_grace_s, horizon_s=horizon_s, after=after, limit=config.reconcile_batch

@@ -29,6 +29,8 @@ ARQ_MAX_TRIES = 1000
 # A ledger write failed: arq keeps the job and runs it again after this long.
 LEDGER_RETRY_S = 2.0
 BATCH_ENQUEUE_TIMEOUT_S = 2.0
+# Retries of an outcome write through a ledger blip, about 8 s in all, before arq runs the job again.
+OUTCOME_WRITE_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 # arq's per-function timeout is only a backstop behind the per-job asyncio.timeout below.
 ARQ_TIMEOUT_MARGIN_S = 30.0
 
@@ -194,8 +196,19 @@ class Runtime:
             self.ctx.metrics.jobs.labels(record.type, "cancelled").inc()
             logger.info("job.interrupted", extra={"attempt": attempt})
 
+    async def _record(self, write: Callable[[], Awaitable[bool]]) -> bool:
+        """Write an attempt's outcome, retrying in place through a ledger blip: the outcome is known, so
+        re-running the handler (what arq's Retry does once this gives up) is the last resort."""
+        for delay in OUTCOME_WRITE_BACKOFF_S:
+            try:
+                return await write()
+            except POSTGRES_ERRORS as exc:
+                logger.warning("job.outcome_write_retry", extra={"reason": type(exc).__name__, "in_s": delay})
+            await asyncio.sleep(delay)
+        return await write()
+
     async def _succeed(self, record: ledger.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
-        if await ledger.mark_succeeded(self.ctx.pg, record, result):
+        if await self._record(lambda: ledger.mark_succeeded(self.ctx.pg, record, result)):
             await self._announce(record.id, "succeeded")
             await self._member_finished(record.batch_id)
             self.ctx.metrics.jobs.labels(record.type, "succeeded").inc()
@@ -206,7 +219,7 @@ class Runtime:
 
     async def _fail(self, record: ledger.JobRecord, attempt: int, exc: BaseException) -> dict[str, Any]:
         error = error_body(exc, retryable=False)
-        if await ledger.mark_failed(self.ctx.pg, record, error):
+        if await self._record(lambda: ledger.mark_failed(self.ctx.pg, record, error)):
             await self._announce(record.id, "failed")
             await self._member_finished(record.batch_id)
         self.ctx.metrics.jobs.labels(record.type, "failed").inc()
@@ -226,7 +239,7 @@ class Runtime:
         defer_s = getattr(exc, "defer_s", None) or spec.backoff.delay_s(attempt)
         error = error_body(exc, retryable=True)
         next_at = utcnow() + dt.timedelta(seconds=defer_s)
-        if await ledger.mark_retrying(self.ctx.pg, record, error, next_at):
+        if await self._record(lambda: ledger.mark_retrying(self.ctx.pg, record, error, next_at)):
             await self._announce(record.id, "retrying")
         self.ctx.metrics.jobs.labels(record.type, "retried").inc()
         logger.info(

@@ -7,7 +7,7 @@ import asyncio
 from redis.asyncio import Redis
 
 from support.helpers import eventually
-from support.stack import Api, StartWorker
+from support.stack import Api, Conn, StartWorker
 
 
 async def test_cancelled_queued_job_never_starts(api: Api, start_worker: StartWorker, jobs_redis: Redis) -> None:
@@ -113,3 +113,27 @@ async def test_retry_is_only_for_failed_or_cancelled_jobs(api: Api) -> None:
 
     assert status == 409
     assert "queued" in body["detail"]
+
+
+async def test_cancel_still_interrupts_during_a_workers_shutdown_grace(api: Api, start_worker: StartWorker) -> None:
+    worker = await start_worker("default", shutdown_grace_s=20)
+    job = await api.submit("system.echo", {"sleep_s": 10})
+    await api.wait_status(job["id"], "running")
+    worker.stop()
+
+    await api.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
+
+    async def interrupted() -> bool | None:
+        return True if b'outcome="cancelled",type="system.echo"} 1.0' in worker.metrics.render() else None
+
+    await eventually(interrupted, within=2.0)
+
+
+async def test_cancelling_a_job_whose_worker_is_gone_leaves_no_marker(api: Api, jobs_redis: Redis, pg: Conn) -> None:
+    job = await api.submit("system.echo", {})
+    await pg.execute("UPDATE jobs SET status = 'running', attempts = 1 WHERE id = $1", job["id"])  # its worker died
+
+    await api.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
+
+    assert await jobs_redis.zcard("arq:abort") == 0
+    assert not await jobs_redis.exists(f"arq:job:{job['id']}")

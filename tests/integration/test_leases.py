@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from support.stack import Api, Conn, Services, StartWorker
+from support.tcp_proxy import TcpProxy
 
 LEASE_S = 2.0
 
@@ -59,3 +60,21 @@ async def test_a_live_worker_keeps_its_lease_through_a_long_job(api: Api, start_
     done = await api.wait_status(job["id"], "succeeded", within=15)
 
     assert done["attempts"] == 1, "renewed leases: no second worker took the job over"
+
+
+async def test_a_redis_blip_neither_stops_the_worker_nor_doubles_its_job(
+    services: Services, api: Api, proxy: TcpProxy, start_worker: StartWorker
+) -> None:
+    worker = await start_worker("default", lease_s=1.0, jobs_url=proxy.url(services.jobs_db))
+    job = await api.submit("system.echo", {"sleep_s": 3})
+    await api.wait_status(job["id"], "running")
+
+    proxy.cut()
+    await asyncio.sleep(0.3)
+    proxy.restore()
+
+    done = await api.wait_status(job["id"], "succeeded", within=15)
+    assert done["attempts"] == 1
+    follow_up = await api.submit("system.echo", {"data": "still here"})
+    assert (await api.wait_status(follow_up["id"], "succeeded"))["result"]["data"] == "still here"
+    assert worker.metrics_port is not None

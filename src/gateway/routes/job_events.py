@@ -35,7 +35,7 @@ async def stream_job_events(request: web.Request) -> web.StreamResponse:
     Errors (before the stream starts): 401, 404."""
     app = request.app
     record = await visible_job(request)
-    with app[EVENT_HUB].listen(record.id) as inbox:  # listen first: no change between read and subscribe is lost
+    with app[EVENT_HUB].listen(record.id) as inbox:
         stream = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -46,7 +46,10 @@ async def stream_job_events(request: web.Request) -> web.StreamResponse:
         )
         await stream.prepare(request)
         try:
-            await _follow(app, stream, inbox, await job_view(app, record))
+            # Read the job again now that we listen: a change made since the check above is not missed.
+            view = await _current(app, record.id)
+            if view is not None:
+                await _follow(app, stream, inbox, view)
         except DISCONNECTED:
             logger.info("events.client_gone", extra={"job_id": record.id})
     return stream

@@ -24,7 +24,7 @@ FINISHED: tuple[Finished, ...] = ("succeeded", "failed", "cancelled")
 class CleanRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    older_than_s: float = Field(7 * 24 * 3600, ge=0)
+    older_than_s: float = Field(7 * 24 * 3600, ge=0, le=100 * 365 * 24 * 3600)
     statuses: list[Finished] = Field(default_factory=lambda: list(FINISHED), min_length=1)
 
 
@@ -53,6 +53,7 @@ async def _resources(request: web.Request, names: tuple[str, ...]) -> list[dict[
             {
                 "name": entry.name,
                 **entry.by_status,
+                "waiting": entry.waiting,
                 "paused": entry.paused,
                 "workers": workers,
                 "oldest_queued_age_s": entry.oldest_queued_age_s,
@@ -80,8 +81,8 @@ async def get_queues_health(request: web.Request) -> web.Response:
             alerts.append({"queue": name, "severity": "critical", "message": "no live worker"})
         if item["failed"] > config.alert_failed:
             alerts.append({"queue": name, "severity": "warning", "message": f"{item['failed']} failed jobs"})
-        if item["queued"] > config.alert_queued:
-            alerts.append({"queue": name, "severity": "warning", "message": f"{item['queued']} jobs waiting"})
+        if item["waiting"] > config.alert_queued:
+            alerts.append({"queue": name, "severity": "warning", "message": f"{item['waiting']} jobs waiting"})
     return json_response({"healthy": not alerts, "alerts": alerts})
 
 
