@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import ctypes
@@ -132,7 +133,7 @@ async def _run_quiet(argv: Sequence[str | Path], *, account: _Account | None, cw
     return proc.returncode if proc.returncode is not None else -9
 
 
-class _ServerProcess:
+class _ServerProcess(abc.ABC):
     """One long-running server child: started with its output in a log file, stopped by a signal, then SIGKILL."""
 
     kind: str = "server"
@@ -147,11 +148,11 @@ class _ServerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def url(self) -> str: ...
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def start(self) -> None: ...
 
     async def __aenter__(self) -> Self:
         try:
