@@ -46,11 +46,6 @@ async def set_progress(cache: CacheRedis, job_id: str, progress: Progress) -> No
         await pipe.execute()
 
 
-async def get_progress(cache: CacheRedis, job_id: str) -> dict[str, Any] | None:
-    raw = await cache.get(PROGRESS_PREFIX + job_id)
-    return None if raw is None else dict(json.loads(raw))
-
-
 async def publish_status(cache: CacheRedis, job_id: str, status: str) -> None:
     """Tell listeners the job's status changed; the ledger holds the new state.
 

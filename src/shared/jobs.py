@@ -122,9 +122,6 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._specs)
 
-    def for_queue(self, queue: Queue) -> list[AnySpec]:
-        return [s for s in self if s.queue is queue]
-
 
 # --- system.echo ---------------------------------------------------------------------------------
 
