@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -79,6 +80,7 @@ def envelope(job: JobRecord) -> dict[str, Any]:
         "id": job.id,
         "generation": job.generation,
         "batch_id": job.batch_id,
+        "priority": job.priority,
         "type": job.type,
         "owner": job.owner,
         "payload": job.payload,
@@ -89,21 +91,57 @@ def envelope(job: JobRecord) -> dict[str, Any]:
     }
 
 
+# Priorities live in arq's one sorted set per queue: a job's score is its due time (ms) minus its
+# priority's band. Bands are a century apart, far more than any due time can spread (delays are capped
+# at 366 days), so the due jobs of each priority sit in their own score window; the worker reads the
+# windows high first (see `due_job_ids`). Within a priority, jobs start in due-time order.
+BAND_MS: Final = 100 * 365 * 24 * 3600 * 1000
+PRIORITY_BANDS: Final = {"high": 2 * BAND_MS, "normal": BAND_MS, "low": 0}
+HORIZON_MS: Final = 400 * 24 * 3600 * 1000  # beyond the furthest due time a job may have
+JOB_KEY_EXTRA: Final = dt.timedelta(days=1)  # how long arq keeps a job's record past its due time
+
+
+def retry_defer_s(defer_s: float, priority: str) -> float:
+    """The `Retry(defer=...)` that puts a job back `defer_s` from now in its own priority band.
+
+    arq moves a retried job to `now + defer`; subtracting the band keeps it among its priority's jobs.
+    """
+    return defer_s - PRIORITY_BANDS.get(priority, BAND_MS) / 1000
+
+
 async def enqueue(redis: ArqRedis, job: JobRecord) -> bool:
     """Put a ledger record on its arq queue; False when arq already holds it (queued or with a result).
 
     A retrying or rescheduled job goes back at its `scheduled_for` time with its attempt count carried on.
     """
-    defer_until = job.scheduled_for if job.scheduled_for > json.utcnow() else None
+    now = json.utcnow()
+    due = max(job.scheduled_for, now)
+    banded = due - dt.timedelta(milliseconds=PRIORITY_BANDS[job.priority])
     handle = await redis.enqueue_job(
         RUN_FUNCTION,
         envelope(job),
         _job_id=job.arq_id,
         _queue_name=queue_key(job.queue),
-        _defer_until=defer_until,
+        _defer_until=banded,  # arq takes this as the score as it is: due time minus the band
+        _expires=due - now + JOB_KEY_EXTRA,  # arq would derive a negative expiry from a banded score
         _job_try=job.attempts + 1 if job.attempts else None,
     )
     return handle is not None
+
+
+async def due_job_ids(redis: ArqRedis, queue_name: str, *, limit: int) -> list[bytes]:
+    """Ids of due jobs, high priority first, then normal, then low; each in due-time order."""
+    now = timestamp_ms()
+    windows = [
+        (float("-inf"), now - PRIORITY_BANDS["high"]),
+        (now + HORIZON_MS - PRIORITY_BANDS["high"], now - PRIORITY_BANDS["normal"]),
+        (now + HORIZON_MS - PRIORITY_BANDS["normal"], now),
+    ]
+    async with redis.pipeline(transaction=False) as pipe:
+        for low, high in windows:
+            pipe.zrangebyscore(queue_name, low, high, start=0, num=limit)
+        found = await pipe.execute()
+    return [job_id for ids in found for job_id in ids][:limit]
 
 
 async def missing_from_redis(redis: ArqRedis, jobs: Sequence[JobRecord]) -> list[JobRecord]:

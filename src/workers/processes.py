@@ -24,7 +24,7 @@ from shared.settings import WorkerSettings
 from workers import email, health_server, reconciler, retention, system
 from workers.background import every
 from workers.context import WorkerContext
-from workers.runtime import ARQ_MAX_TRIES, AnyHandler, Runtime, bind
+from workers.runtime import ARQ_MAX_TRIES, AnyHandler, PriorityWorker, Runtime, bind
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class WorkerProcess:
     async def _run_worker(self, ctx: WorkerContext) -> None:
         s, d = self.settings, self.definition
         runtime = Runtime(ctx, self.handlers)
-        self._worker = worker = Worker(
+        self._worker = worker = PriorityWorker(
             functions=[runtime.arq_function()],
             queue_name=queue.queue_key(d.queue.value),
             redis_pool=ctx.jobs_redis,
