@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -16,16 +18,20 @@ from pydantic import BaseModel, ValidationError
 from shared import events, ledger, submission
 from shared.db import POSTGRES_ERRORS
 from shared.errors import DependencyUnavailable, JobError, PermanentJobError
-from shared.jobs import AnySpec, JobSpec, P, R
+from shared.jobs import AnySpec, JobSpec, Limits, P, R
 from shared.json import utcnow
+from shared.limits import release, try_start
 from shared.logging import job_id_var, job_type_var, request_id_var
 from shared.queue import REDIS_ERRORS, RUN_FUNCTION, due_job_ids, retry_defer_s
 from workers.context import JobContext, WorkerContext
 
 logger = logging.getLogger(__name__)
 
-# arq's own retry ceiling is set far above ours (max_attempts <= 25): the runtime decides when a job is dead.
-ARQ_MAX_TRIES = 1000
+# arq's own retry ceiling is set far above ours (max_attempts <= 25): the runtime decides when a job is dead,
+# and a job waiting on its type's limits goes through arq's retries without using an attempt.
+ARQ_MAX_TRIES = 10**9
+# How long a job held back by a limit waits before it asks again (jittered).
+LIMIT_WAIT_S = 0.2
 # A ledger write failed: arq keeps the job and runs it again after this long.
 LEDGER_RETRY_S = 2.0
 BATCH_ENQUEUE_TIMEOUT_S = 2.0
@@ -111,6 +117,37 @@ class Runtime:
                 metrics.jobs.labels(type_name, "expired").inc()
                 logger.info("job.expired")
                 return {"status": "failed", "error": error}
+        handler = self.handlers.get(type_name)
+        limits = handler.spec.limits if handler is not None else None
+        if limits is None or (limits.concurrency_per_owner is None and limits.per_second is None):
+            return await self._start(envelope)
+        await self._wait_for_limits(envelope, limits)
+        try:
+            return await self._start(envelope)
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await release(self.ctx.cache, limits, job_type=type_name, owner=envelope["owner"], job_id=job_id)
+
+    async def _wait_for_limits(self, envelope: dict[str, Any], limits: Limits) -> None:
+        """A job over its type's limits waits in the queue (arq Retry before the run is recorded): it uses no
+        attempt and never fails for it. The cache being down opens the limits rather than stopping work."""
+        hold_s = float(envelope["timeout_s"]) + self.ctx.settings.worker.lease_s
+        try:
+            allowed = await try_start(
+                self.ctx.cache, limits, job_type=envelope["type"], owner=envelope["owner"], job_id=envelope["id"],
+                hold_s=hold_s,
+            )  # fmt: skip
+        except REDIS_ERRORS as exc:
+            logger.warning("job.limits_unavailable", extra={"reason": type(exc).__name__})
+            return
+        if not allowed:
+            self.ctx.metrics.jobs.labels(envelope["type"], "held").inc()
+            wait_s = LIMIT_WAIT_S * random.uniform(0.5, 1.5)  # noqa: S311 - spreading retries, not cryptography
+            raise Retry(defer=retry_defer_s(wait_s, envelope.get("priority", "normal")))
+
+    async def _start(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        job_id, type_name = envelope["id"], envelope["type"]
+        metrics = self.ctx.metrics
         record = await ledger.mark_running(self.ctx.pg, job_id, int(envelope.get("generation", 0)))
         if record is None:
             logger.info("job.skipped_duplicate")

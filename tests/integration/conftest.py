@@ -109,8 +109,17 @@ async def start_worker(services: Services, pg: Conn, jobs_redis: Redis) -> Async
     """Start real worker process definitions in this event loop; each is stopped at teardown."""
     running: list[tuple[WorkerProcess, asyncio.Task[None]]] = []
 
-    async def start(name: str = "default", *, via: Services | None = None, **options: Any) -> WorkerProcess:
-        process = WorkerProcess(PROCESSES[name], worker_settings(via or services, **options))
+    async def start(
+        name: str = "default",
+        *,
+        via: Services | None = None,
+        handlers: Any = None,
+        registry: Any = None,
+        **options: Any,
+    ) -> WorkerProcess:
+        process = WorkerProcess(
+            PROCESSES[name], worker_settings(via or services, **options), handlers=handlers, registry=registry
+        )
         task = asyncio.create_task(process.run())
         running.append((process, task))
         waiter = asyncio.create_task(process.started())

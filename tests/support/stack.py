@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from shared import json
+from shared.jobs import Registry
 from shared.settings import (
     AuthConfig,
     GatewayConfig,
@@ -157,8 +158,8 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Api]:
-    app = create_app(settings)
+async def running_gateway(settings: GatewaySettings, *, registry: Registry | None = None) -> AsyncIterator[Api]:
+    app = create_app(settings, registry=registry)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
