@@ -21,7 +21,7 @@ from shared.jobs import EMAIL_SEND, SYSTEM_ECHO, Queue, Registry, builtin_regist
 from shared.mail import MailSender, SmtpMailSender
 from shared.metrics import Metrics
 from shared.settings import WorkerSettings
-from workers import email, health_server, reconciler, retention, system
+from workers import email, health_server, reconciler, retention, scheduling, system
 from workers.background import every
 from workers.context import WorkerContext
 from workers.runtime import ARQ_MAX_TRIES, AnyHandler, PriorityWorker, Runtime, bind
@@ -127,13 +127,12 @@ class WorkerProcess:
             asyncio.create_task(self._lease_loop(ctx, worker)),
         ]
         if d.maintains_ledger:
-            interval = s.worker.reconcile_interval_s
-            background.append(
-                asyncio.create_task(every(interval, partial(reconciler.reconcile_once, ctx), name="reconciler"))
-            )
-            background.append(
-                asyncio.create_task(every(retention.INTERVAL_S, partial(retention.purge_once, ctx), name="retention"))
-            )
+            loops = [
+                (s.worker.reconcile_interval_s, reconciler.reconcile_once, "reconciler"),
+                (retention.INTERVAL_S, retention.purge_once, "retention"),
+                (scheduling.INTERVAL_S, scheduling.fire_due, "schedules"),
+            ]
+            background += [asyncio.create_task(every(i, partial(step, ctx), name=name)) for i, step, name in loops]
         self.metrics.worker_up.labels(d.queue.value).set(1)
         logger.info("worker.started", extra={"queue": d.queue.value, "types": sorted(self.handlers)})
         self._started.set()

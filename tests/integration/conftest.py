@@ -75,7 +75,7 @@ async def _claim_redis_pair(locks: Redis) -> int:
 async def pg(services: Services) -> AsyncIterator[Conn]:
     """A direct connection to the test ledger, emptied before the test."""
     conn = await asyncpg.connect(services.database_url)
-    await conn.execute("TRUNCATE jobs, batches, queues")
+    await conn.execute("TRUNCATE jobs, batches, queues, schedules CASCADE")
     yield conn
     await conn.close()
 

@@ -1,0 +1,93 @@
+"""Recurring jobs: POST/GET /api/v1/schedules, GET/PATCH/DELETE /api/v1/schedules/{id}."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID
+from gateway.responses import json_response, read_json
+from shared import schedules, submission
+from shared.errors import BadRequest, InvalidInput, NotFound
+from shared.json import rfc3339
+
+routes = web.RouteTableDef()
+
+
+def _resource(s: schedules.Schedule) -> dict[str, Any]:
+    return {
+        "id": s.id, "name": s.name, "cron": s.cron, "timezone": s.timezone, "job": s.job,
+        "start_at": rfc3339(s.start_at), "end_at": rfc3339(s.end_at), "enabled": s.enabled, "overlap": s.overlap,
+        "next_run_at": rfc3339(s.next_run_at), "last_run_at": rfc3339(s.last_run_at), "last_job_id": s.last_job_id,
+        "created_at": rfc3339(s.created_at), "updated_at": rfc3339(s.updated_at),
+        "links": {"self": f"/api/v1/schedules/{s.id}"},
+    }  # fmt: skip
+
+
+def _check_job(request: web.Request, job: submission.JobRequest, owner: str) -> None:
+    """The scheduled job must be one that `POST /jobs` would accept now (type, payload, timeout)."""
+    try:
+        submission.prepare(job, request.app[REGISTRY], owner=owner, request_id=request[REQUEST_ID])
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, errors=[{**e, "loc": ["job", *e["loc"]]} for e in exc.errors or []]) from exc
+
+
+async def _visible(request: web.Request) -> schedules.Schedule:
+    schedule_id = request.match_info["schedule_id"]
+    found = (
+        await schedules.get(request.app[PG_POOL], schedule_id) if re.fullmatch(r"[\w-]{1,64}", schedule_id) else None
+    )
+    if found is None or not request[PRINCIPAL].can_see(found.owner):
+        raise NotFound(f"no schedule {schedule_id!r}")
+    return found
+
+
+@routes.post("/api/v1/schedules")
+async def create_schedule(request: web.Request) -> web.Response:
+    """POST /api/v1/schedules: any role. Errors: 400, 401, 409 (name taken by this owner), 415, 422."""
+    body = schedules.ScheduleRequest.model_validate(await read_json(request))
+    owner = request[PRINCIPAL].sub
+    _check_job(request, body.job, owner)
+    created = await schedules.create(request.app[PG_POOL], owner, body)
+    return json_response(_resource(created), status=201, headers={"Location": f"/api/v1/schedules/{created.id}"})
+
+
+@routes.get("/api/v1/schedules")
+async def list_schedules(request: web.Request) -> web.Response:
+    """GET /api/v1/schedules: a user's own (an admin's: all), newest first, at most `limit` (1-200)."""
+    raw = request.query.get("limit", "50")
+    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 200:
+        raise BadRequest(
+            "`limit` must be an integer from 1 to 200", errors=[{"loc": ["query", "limit"], "msg": "1-200"}]
+        )
+    principal = request[PRINCIPAL]
+    found = await schedules.list_for(
+        request.app[PG_POOL], None if principal.is_admin else principal.sub, limit=int(raw)
+    )
+    return json_response({"items": [_resource(s) for s in found], "next_cursor": None})
+
+
+@routes.get("/api/v1/schedules/{schedule_id}")
+async def get_schedule(request: web.Request) -> web.Response:
+    """GET /api/v1/schedules/{id}: owner or admin. Errors: 401, 404."""
+    return json_response(_resource(await _visible(request)))
+
+
+@routes.patch("/api/v1/schedules/{schedule_id}")
+async def update_schedule(request: web.Request) -> web.Response:
+    """PATCH /api/v1/schedules/{id}: `enabled`, `cron`, `timezone`, `job`, `end_at`. Errors: 400, 401, 404, 422."""
+    current = await _visible(request)
+    patch = schedules.SchedulePatch.model_validate(await read_json(request))
+    if patch.job is not None:
+        _check_job(request, patch.job, current.owner)
+    return json_response(_resource(await schedules.update(request.app[PG_POOL], current, patch)))
+
+
+@routes.delete("/api/v1/schedules/{schedule_id}")
+async def delete_schedule(request: web.Request) -> web.Response:
+    """DELETE /api/v1/schedules/{id}: owner or admin; 204. Errors: 401, 404."""
+    current = await _visible(request)
+    await schedules.delete(request.app[PG_POOL], current.id)
+    return web.Response(status=204)

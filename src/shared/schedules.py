@@ -1,0 +1,237 @@
+"""Recurring jobs: the request models, cron arithmetic in a time zone, and the ledger's schedule queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import zoneinfo
+from dataclasses import dataclass
+from typing import Any, Literal, Self
+
+import asyncpg
+from cronsim import CronSim, CronSimError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.db import Connection, Pool
+from shared.errors import Conflict
+from shared.submission import JobRequest
+
+Overlap = Literal["allow", "skip_if_running"]
+
+
+def next_fire(cron: str, timezone: str, after: dt.datetime) -> dt.datetime:
+    """The first fire time strictly after `after`, computed in the schedule's zone (DST-correct), in UTC."""
+    local = after.astimezone(zoneinfo.ZoneInfo(timezone)).replace(microsecond=0)
+    for candidate in CronSim(cron, local):
+        if candidate > after:
+            return candidate.astimezone(dt.UTC)
+    raise ValueError("the cron expression never fires")  # pragma: no cover - CronSim is infinite
+
+
+def _check_cron(value: str) -> str:
+    try:
+        CronSim(value, dt.datetime.now(dt.UTC))
+    except CronSimError as exc:
+        raise ValueError(f"not a valid cron expression: {exc}") from exc
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("not a known IANA time zone (e.g. `Europe/Paris`)") from exc
+    return value
+
+
+class ScheduleRequest(BaseModel):
+    """The body of `POST /api/v1/schedules`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    cron: str = Field(min_length=1, max_length=200, description="Five fields: minute hour day month weekday.")
+    timezone: str = Field("UTC", max_length=64)
+    job: JobRequest
+    start_at: AwareDatetime | None = None
+    end_at: AwareDatetime | None = None
+    enabled: bool = True
+    overlap: Overlap = "allow"
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return _check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise ValueError("`end_at` must come after `start_at`")
+        if self.job.idempotency_key is not None:
+            raise ValueError("a scheduled job takes no idempotency key (each fire is already unique)")
+        return self
+
+
+class SchedulePatch(BaseModel):
+    """The body of `PATCH /api/v1/schedules/{id}`: only the fields given change."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    cron: str | None = Field(None, min_length=1, max_length=200)
+    timezone: str | None = Field(None, max_length=64)
+    job: JobRequest | None = None
+    end_at: AwareDatetime | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        return None if value is None else _check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str | None) -> str | None:
+        return None if value is None else _check_timezone(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    id: str
+    owner: str
+    name: str
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    start_at: dt.datetime | None
+    end_at: dt.datetime | None
+    enabled: bool
+    overlap: str
+    next_run_at: dt.datetime | None
+    last_run_at: dt.datetime | None
+    last_job_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Schedule:
+        return cls(**dict(row.items()))
+
+
+def first_run(cron: str, timezone: str, start_at: dt.datetime | None, end_at: dt.datetime | None) -> dt.datetime | None:
+    now = dt.datetime.now(dt.UTC)
+    after = max(now, start_at - dt.timedelta(seconds=1)) if start_at else now
+    when = next_fire(cron, timezone, after)
+    return None if end_at is not None and when > end_at else when
+
+
+async def create(conn: Connection | Pool, owner: str, request: ScheduleRequest) -> Schedule:
+    """Raises Conflict when the owner already has a schedule of that name."""
+    try:
+        row = await conn.fetchrow(
+            """
+            INSERT INTO schedules
+                (id, owner, name, cron, timezone, job, start_at, end_at, enabled, overlap, next_run_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *
+            """,
+            "sch_" + secrets.token_urlsafe(18), owner, request.name, request.cron, request.timezone,
+            request.job.model_dump(mode="json"), request.start_at, request.end_at, request.enabled, request.overlap,
+            first_run(request.cron, request.timezone, request.start_at, request.end_at),
+        )  # fmt: skip
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(f"you already have a schedule named {request.name!r}") from exc
+    assert row is not None  # noqa: S101 - INSERT … RETURNING always returns the row
+    return Schedule.from_row(row)
+
+
+async def get(conn: Connection | Pool, schedule_id: str) -> Schedule | None:
+    row = await conn.fetchrow("SELECT * FROM schedules WHERE id = $1", schedule_id)
+    return None if row is None else Schedule.from_row(row)
+
+
+async def list_for(conn: Connection | Pool, owner: str | None, *, limit: int) -> list[Schedule]:
+    rows = await conn.fetch(
+        "SELECT * FROM schedules WHERE ($1::text IS NULL OR owner = $1) ORDER BY created_at DESC, id DESC LIMIT $2",
+        owner,
+        limit,
+    )
+    return [Schedule.from_row(r) for r in rows]
+
+
+async def update(conn: Connection | Pool, current: Schedule, patch: SchedulePatch) -> Schedule:
+    cron = patch.cron or current.cron
+    timezone = patch.timezone or current.timezone
+    end_at = patch.end_at if "end_at" in patch.model_fields_set else current.end_at
+    enabled = current.enabled if patch.enabled is None else patch.enabled
+    job = patch.job.model_dump(mode="json") if patch.job else current.job
+    row = await conn.fetchrow(
+        """
+        UPDATE schedules SET cron = $2, timezone = $3, end_at = $4, enabled = $5, job = $6, next_run_at = $7,
+                             updated_at = now()
+        WHERE id = $1 RETURNING *
+        """,
+        current.id, cron, timezone, end_at, enabled, job, first_run(cron, timezone, current.start_at, end_at),
+    )  # fmt: skip
+    if row is None:
+        raise Conflict("the schedule was deleted meanwhile")
+    return Schedule.from_row(row)
+
+
+async def delete(conn: Connection | Pool, schedule_id: str) -> None:
+    await conn.execute("DELETE FROM schedules WHERE id = $1", schedule_id)
+
+
+async def claim_due(conn: Connection, *, limit: int) -> list[Schedule]:
+    """Inside a transaction: lock due schedules; another scheduler skips the ones this one holds."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM schedules WHERE enabled AND next_run_at <= now()
+        ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    return [Schedule.from_row(r) for r in rows]
+
+
+async def record_run(conn: Connection, schedule_id: str, fire_time: dt.datetime) -> bool:
+    """Claim one fire time; False if it was already fired (the unique key, not timing, decides)."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO schedule_runs (schedule_id, fire_time) VALUES ($1, $2)
+        ON CONFLICT DO NOTHING RETURNING schedule_id
+        """,
+        schedule_id,
+        fire_time,
+    )
+    return row is not None
+
+
+async def advance(
+    conn: Connection, schedule: Schedule, *, fired_at: dt.datetime, job_id: str | None, next_run_at: dt.datetime | None
+) -> None:
+    await conn.execute(
+        """
+        UPDATE schedules SET next_run_at = $2, last_run_at = $3, last_job_id = coalesce($4, last_job_id),
+                             updated_at = now()
+        WHERE id = $1
+        """,
+        schedule.id, next_run_at, fired_at, job_id,
+    )  # fmt: skip
+    if job_id is not None:
+        await conn.execute(
+            "UPDATE schedule_runs SET job_id = $3 WHERE schedule_id = $1 AND fire_time = $2",
+            schedule.id,
+            fired_at,
+            job_id,
+        )
+
+
+async def is_running(conn: Connection, job_id: str | None) -> bool:
+    if job_id is None:
+        return False
+    status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+    return status in ("queued", "scheduled", "running", "retrying")

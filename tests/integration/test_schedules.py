@@ -1,0 +1,125 @@
+"""Schedules: CRUD and validation, and each due fire time becomes exactly one job however many schedulers run."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import zoneinfo
+from typing import Any
+
+from support.helpers import eventually
+from support.stack import Api, Conn, StartWorker
+
+ECHO = {"type": "system.echo", "payload": {"data": "tick"}}
+
+
+async def _create(api: Api, **body: Any) -> tuple[int, dict[str, Any]]:
+    status, schedule, _ = await api.request(
+        "POST", "/api/v1/schedules", json={"name": "nightly", "cron": "0 2 * * *", "job": ECHO, **body}
+    )
+    return status, schedule
+
+
+async def test_create_computes_the_next_run_in_its_time_zone(api: Api) -> None:
+    status, schedule = await _create(api, timezone="Europe/Paris")
+
+    assert status == 201
+    next_run = dt.datetime.fromisoformat(schedule["next_run_at"]).astimezone(zoneinfo.ZoneInfo("Europe/Paris"))
+    assert (next_run.hour, next_run.minute) == (2, 0)
+    assert next_run > dt.datetime.now(dt.UTC)
+    _, fetched, _ = await api.request("GET", f"/api/v1/schedules/{schedule['id']}")
+    assert fetched == schedule
+
+
+async def test_bad_cron_and_unknown_time_zone_are_422(api: Api) -> None:
+    status, body = await _create(api, cron="61 * * * *")
+    assert status == 422
+    assert body["errors"][0]["loc"] == ["cron"]
+
+    status, body = await _create(api, timezone="Mars/Olympus")
+    assert status == 422
+    assert body["errors"][0]["loc"] == ["timezone"]
+
+    status, body = await _create(api, job={"type": "email.send", "payload": {}})
+    assert status == 422
+    assert body["errors"][0]["loc"][:2] == ["job", "payload"]
+
+
+async def test_names_are_unique_per_owner(api: Api) -> None:
+    assert (await _create(api))[0] == 201
+    assert (await _create(api))[0] == 409
+    status, _, _ = await api.request(
+        "POST", "/api/v1/schedules", json={"name": "nightly", "cron": "0 2 * * *", "job": ECHO}, as_="bob"
+    )
+    assert status == 201
+
+
+async def test_patch_delete_and_ownership(api: Api) -> None:
+    _, schedule = await _create(api)
+    path = f"/api/v1/schedules/{schedule['id']}"
+
+    assert (await api.request("GET", path, as_="mallory"))[0] == 404
+    status, patched, _ = await api.request("PATCH", path, json={"enabled": False, "cron": "30 3 * * *"})
+    assert status == 200
+    assert (patched["enabled"], patched["cron"]) == (False, "30 3 * * *")
+    assert dt.datetime.fromisoformat(patched["next_run_at"]).minute == 30
+    _, listing, _ = await api.request("GET", "/api/v1/schedules")
+    assert [s["id"] for s in listing["items"]] == [schedule["id"]]
+
+    assert (await api.request("DELETE", path, as_="mallory"))[0] == 404
+    assert (await api.request("DELETE", path))[0] == 204
+    assert (await api.request("GET", path))[0] == 404
+
+
+async def test_a_due_fire_makes_exactly_one_job_across_three_schedulers(
+    api: Api, start_worker: StartWorker, pg: Conn
+) -> None:
+    _, schedule = await _create(api, cron="* * * * *")
+    for _ in range(3):
+        await start_worker("scheduler")
+    await start_worker("default")
+    await pg.execute("UPDATE schedules SET next_run_at = now() - interval '1 second'")
+
+    async def fired() -> str | None:
+        _, current, _ = await api.request("GET", f"/api/v1/schedules/{schedule['id']}")
+        job_id: str | None = current["last_job_id"]
+        return job_id
+
+    job_id = await eventually(fired, within=10)
+    await api.wait_status(job_id, "succeeded")
+    await asyncio.sleep(1.5)  # every scheduler has had its turn at the same fire time
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 1
+    assert await pg.fetchval("SELECT count(*) FROM schedule_runs") == 1
+
+
+async def test_runs_missed_while_down_fire_once_on_start(api: Api, start_worker: StartWorker, pg: Conn) -> None:
+    _, schedule = await _create(api, cron="*/5 * * * *")
+    await pg.execute("UPDATE schedules SET next_run_at = now() - interval '3 hours'")  # 36 fires missed
+
+    await start_worker("scheduler")
+
+    async def fired() -> dict[str, Any] | None:
+        _, current, _ = await api.request("GET", f"/api/v1/schedules/{schedule['id']}")
+        return current if current["last_job_id"] else None
+
+    current = await eventually(fired, within=10)
+    await asyncio.sleep(1.5)
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 1
+    assert dt.datetime.fromisoformat(current["next_run_at"]) > dt.datetime.now(dt.UTC)
+
+
+async def test_skip_if_running_does_not_pile_up(api: Api, start_worker: StartWorker, pg: Conn) -> None:
+    _, schedule = await _create(api, cron="* * * * *", overlap="skip_if_running")
+    await start_worker("scheduler")  # no worker for the default queue: the first job stays queued
+    await pg.execute("UPDATE schedules SET next_run_at = now() - interval '1 second'")
+
+    async def fired() -> bool | None:
+        return True if await pg.fetchval("SELECT count(*) FROM jobs") == 1 else None
+
+    await eventually(fired, within=10)
+    await pg.execute("UPDATE schedules SET next_run_at = now() - interval '1 second'")
+    await asyncio.sleep(1.5)
+
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 1
+    _, current, _ = await api.request("GET", f"/api/v1/schedules/{schedule['id']}")
+    assert dt.datetime.fromisoformat(current["next_run_at"]) > dt.datetime.now(dt.UTC)
