@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from shared import json
 from support.helpers import TEST_JWT_SECRET, eventually, make_token
 from support.stack import Conn, Services, SmtpSink, free_port
 
@@ -71,11 +72,16 @@ async def test_conveyor_run_serves_jobs_end_to_end_and_stops_cleanly(
                 assert resp.status == 202
                 job_id = (await resp.json())["id"]
 
-            async def succeeded() -> bool | None:
-                async with http.get(f"{base}/api/v1/jobs/{job_id}", headers=headers) as resp:
-                    return True if (await resp.json())["status"] == "succeeded" else None
-
-            await eventually(succeeded, within=30)
+            # The event stream (gateway process) follows the job the worker process runs, to its end.
+            statuses: list[str] = []
+            async with http.get(f"{base}/api/v1/jobs/{job_id}/events", headers=headers) as stream:
+                async for raw in stream.content:
+                    line = raw.decode()
+                    if line.startswith("data: ") and '"status"' in line:
+                        statuses.append(json.loads(line.removeprefix("data: "))["status"])
+                    if line.startswith("event: end"):
+                        break
+            assert statuses[-1] == "succeeded"
         assert len(smtp.messages) == 1
         children = _children(proc.pid)
         assert len(children) >= 4, "gateway + default, heavy and scheduler workers"
