@@ -67,10 +67,14 @@ async def test_stats_count_jobs_by_status_and_live_workers(api: Api, start_worke
 
 
 async def test_paused_queue_starts_nothing_but_still_accepts(api: Api, start_worker: StartWorker) -> None:
-    await start_worker("default")
+    worker = await start_worker("default")
     status, paused, _ = await api.request("POST", "/api/v1/queues/default/pause", **ADMIN)
     assert (status, paused["paused"]) == (200, True)
-    await asyncio.sleep(0.5)  # workers follow the flag within their control interval
+
+    async def followed() -> bool | None:  # workers follow the flag within their control interval
+        return True if worker.paused else None
+
+    await eventually(followed, within=5)
 
     job = await api.submit("system.echo", {})
     await asyncio.sleep(1.0)
