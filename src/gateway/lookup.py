@@ -16,11 +16,15 @@ from shared.queue import REDIS_ERRORS
 logger = logging.getLogger(__name__)
 
 
+def well_formed_id(value: str) -> bool:
+    """Whether a path id can name anything (ids are URL-safe, at most 64 chars); others are a plain 404."""
+    return len(value) <= 64 and "\x00" not in value
+
+
 async def visible_job(request: web.Request) -> ledger.JobRecord:
     """The job named in the path, if the caller may see it."""
     job_id = request.match_info["job_id"]
-    well_formed = len(job_id) <= 64 and "\x00" not in job_id
-    record = await ledger.get_job(request.app[PG_POOL], job_id) if well_formed else None
+    record = await ledger.get_job(request.app[PG_POOL], job_id) if well_formed_id(job_id) else None
     if record is None or not request[PRINCIPAL].can_see(record.owner):
         raise NotFound(f"no job {job_id!r}")
     return record

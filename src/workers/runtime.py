@@ -120,10 +120,10 @@ class Runtime:
         handler = self.handlers.get(type_name)
         limits = handler.spec.limits if handler is not None else None
         if limits is None or (limits.concurrency_per_owner is None and limits.per_second is None):
-            return await self._start(envelope)
+            return await self._start(envelope, handler)
         await self._wait_for_limits(envelope, limits)
         try:
-            return await self._start(envelope)
+            return await self._start(envelope, handler)
         finally:
             with contextlib.suppress(*REDIS_ERRORS):
                 await release(self.ctx.cache, limits, job_type=type_name, owner=envelope["owner"], job_id=job_id)
@@ -145,7 +145,7 @@ class Runtime:
             wait_s = LIMIT_WAIT_S * random.uniform(0.5, 1.5)  # noqa: S311 - spreading retries, not cryptography
             raise Retry(defer=retry_defer_s(wait_s, envelope.get("priority", "normal")))
 
-    async def _start(self, envelope: dict[str, Any]) -> dict[str, Any]:
+    async def _start(self, envelope: dict[str, Any], handler: AnyHandler | None) -> dict[str, Any]:
         job_id, type_name = envelope["id"], envelope["type"]
         metrics = self.ctx.metrics
         record = await ledger.mark_running(self.ctx.pg, job_id, int(envelope.get("generation", 0)))
@@ -156,7 +156,6 @@ class Runtime:
         attempt = record.attempts
         metrics.jobs.labels(type_name, "started").inc()
         metrics.queue_wait.labels(type_name).observe(max((utcnow() - record.scheduled_for).total_seconds(), 0.0))
-        handler = self.handlers.get(type_name)
         if handler is None:
             return await self._fail(record, attempt, PermanentJobError(f"no handler for job type {type_name!r}"))
         if attempt > record.max_attempts:

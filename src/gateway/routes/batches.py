@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SETTINGS
+from gateway.lookup import well_formed_id
 from gateway.responses import json_response, read_json
 from shared import batches, submission
 from shared.errors import NotFound
@@ -39,7 +40,7 @@ async def create_batch(request: web.Request) -> web.Response:
 async def get_batch(request: web.Request) -> web.Response:
     """GET /api/v1/batches/{id}: the owner or an admin. Errors: 401, 404 (also for another user's batch)."""
     batch_id = request.match_info["batch_id"]
-    view = await batches.get(request.app[PG_POOL], batch_id) if len(batch_id) <= 64 and "\x00" not in batch_id else None
+    view = await batches.get(request.app[PG_POOL], batch_id) if well_formed_id(batch_id) else None
     if view is None or not request[PRINCIPAL].can_see(view.owner):
         raise NotFound(f"no batch {batch_id!r}")
     return json_response(view.resource())

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID
+from gateway.lookup import well_formed_id
 from gateway.responses import json_response, read_json
 from shared import schedules, submission
 from shared.errors import BadRequest, InvalidInput, NotFound
@@ -36,9 +37,7 @@ def _check_job(request: web.Request, job: submission.JobRequest, owner: str) -> 
 
 async def _visible(request: web.Request) -> schedules.Schedule:
     schedule_id = request.match_info["schedule_id"]
-    found = (
-        await schedules.get(request.app[PG_POOL], schedule_id) if re.fullmatch(r"[\w-]{1,64}", schedule_id) else None
-    )
+    found = await schedules.get(request.app[PG_POOL], schedule_id) if well_formed_id(schedule_id) else None
     if found is None or not request[PRINCIPAL].can_see(found.owner):
         raise NotFound(f"no schedule {schedule_id!r}")
     return found
