@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
+import dataset_bench
 import jwt
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
@@ -903,6 +904,8 @@ def bench(cfg: Config) -> None:
     print_rounds(stock, tuned, conv)
     if logs:
         print(*logs, sep="\n")
+    print()
+    dataset_bench.main()  # dataset.analyze against a bare polars scan (BENCH_DATASET_MB, default 1024)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,11 @@ from gateway.app import create_app
 from shared.logging import configure_logging
 from shared.settings import GatewaySettings, describe_errors
 
+# The HTTP parser's limits, stated rather than inherited: a longer request line or header is refused with a
+# 400 before any handler runs (aiohttp's defaults today, pinned here so an upgrade cannot loosen them).
+MAX_LINE_BYTES = MAX_FIELD_BYTES = 8190
+MAX_HEADERS = 128
+
 
 def main() -> int:
     try:
@@ -38,6 +43,9 @@ def main() -> int:
         print=None,
         handle_signals=True,
         loop=loop_factory() if loop_factory else None,
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_FIELD_BYTES,
+        max_headers=MAX_HEADERS,
     )
     return 0
 

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.event_hub import EventHub
-from gateway.keys import CACHE, EVENT_HUB, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SETTINGS
+from gateway.keys import CACHE, EVENT_HUB, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
 from gateway.middlewares import middlewares
 from gateway.routes import setup_routes
+from gateway.routes.openapi import build_on_startup
 from shared import db, queue, redis
-from shared.jobs import Registry, builtin_registry
+from shared.jobs import Registry
+from shared.jobtypes import builtin_registry
 from shared.metrics import Metrics
+from shared.sealing import Sealer
 from shared.settings import GatewaySettings
 
 
@@ -51,8 +54,10 @@ def create_app(
     app = web.Application(middlewares=middlewares(), client_max_size=settings.gateway.max_body_bytes)
     app[SETTINGS] = settings
     app[REGISTRY] = registry or builtin_registry()
+    app[SEALER] = Sealer.from_config(settings.crypto)
     app[METRICS] = metrics or Metrics()
     app.cleanup_ctx.extend([_postgres, _redis, _event_hub])
     app.on_shutdown.append(_end_streams)
     setup_routes(app)
+    app.on_startup.append(build_on_startup)  # the OpenAPI document, built once from the finished router
     return app

@@ -1,4 +1,4 @@
-"""Authenticate a request's bearer token and return a Principal; no global state."""
+"""Authenticate a request's bearer token (a JWT or an API key) and return a Principal; no global state."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from enum import StrEnum
 
 import jwt
 
+from shared import api_keys
+from shared.db import Pool
 from shared.errors import Unauthenticated
 from shared.settings import AuthConfig
 
@@ -38,13 +40,29 @@ def bearer_token(header: str | None) -> str:
     return token.strip()
 
 
-def authenticate(header: str | None, config: AuthConfig) -> Principal:
-    """Verify an HS256 JWT (`sub` and `exp` required; `iss`/`aud` when configured).
+async def authenticate(header: str | None, config: AuthConfig, pool: Pool) -> Principal:
+    """The Principal behind `Authorization: Bearer <token>`: an API key (`cvk_…`) or an HS256 JWT.
+
+    An API key is checked against PostgreSQL on every call, so a revocation holds at once on every gateway.
 
     Raises:
-        Unauthenticated: missing, malformed, expired or wrongly signed token (the reason stays generic).
+        Unauthenticated: no token, or one that is malformed, expired, revoked or wrongly signed.
     """
     token = bearer_token(header)
+    if api_keys.is_api_key(token):
+        key = await api_keys.verify(pool, token)
+        if key is None:
+            raise Unauthenticated("the API key is not valid (unknown, revoked or mistyped)")
+        return Principal(sub=key.sub, role=Role(key.role))
+    return verify_jwt(token, config)
+
+
+def verify_jwt(token: str, config: AuthConfig) -> Principal:
+    """Verify an HS256 JWT (`sub` and `exp` required; `iss`/`aud` only when configured; `exp` with leeway).
+
+    Raises:
+        Unauthenticated: malformed, expired or wrongly signed token (the reason stays generic).
+    """
     try:
         claims = jwt.decode(
             token,

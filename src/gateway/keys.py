@@ -11,6 +11,7 @@ from shared.db import Pool
 from shared.jobs import Registry
 from shared.metrics import Metrics
 from shared.redis import CacheRedis
+from shared.sealing import Sealer
 from shared.settings import GatewaySettings
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
@@ -18,6 +19,7 @@ PG_POOL = web.AppKey("pg_pool", Pool)
 CACHE = web.AppKey("cache", CacheRedis)
 JOBS_REDIS = web.AppKey("jobs_redis", ArqRedis)
 REGISTRY = web.AppKey("registry", Registry)
+SEALER = web.AppKey("sealer", Sealer)
 METRICS = web.AppKey("metrics", Metrics)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
 

@@ -11,20 +11,20 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from pydantic import ValidationError
 
+from gateway import access, params, ratelimit
 from gateway import errors as http_errors
+from gateway.access import Access
 from gateway.auth import authenticate
-from gateway.keys import METRICS, PRINCIPAL, REQUEST_ID, SETTINGS
+from gateway.keys import METRICS, PG_POOL, PRINCIPAL, REQUEST_ID, SETTINGS
 from gateway.responses import problem_response
 from shared.db import UNAVAILABLE_ERRORS
-from shared.errors import DependencyUnavailable, RateLimited, ServiceError
+from shared.errors import DependencyUnavailable, PermissionDenied, RateLimited, ServiceError
 from shared.logging import request_id_var
 
 logger = logging.getLogger("gateway.access")
 error_logger = logging.getLogger("gateway.errors")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-API_PREFIX = "/api/v1/"
-PUBLIC_API_PATHS = frozenset({"/api/v1/openapi.json"})
 
 
 def _route_template(request: web.Request) -> str:
@@ -106,12 +106,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every `/api/v1` route needs a bearer token; the Principal is stored on the request."""
-    if request.path.startswith(API_PREFIX) and request.path not in PUBLIC_API_PATHS:
-        request[PRINCIPAL] = authenticate(request.headers.get("Authorization"), request.app[SETTINGS].auth)
+    """Apply the matched route's rule from gateway.access: authenticate (JWT or API key) unless it is
+    public, store the Principal on the request, and refuse a user on an admin route (403)."""
+    required = access.for_request(request)
+    if required is not Access.PUBLIC:
+        app = request.app
+        principal = await authenticate(request.headers.get("Authorization"), app[SETTINGS].auth, app[PG_POOL])
+        request[PRINCIPAL] = principal
+        if required is Access.ADMIN and not principal.is_admin:
+            raise PermissionDenied("this route needs the admin role")
     return await handler(request)
 
 
 def middlewares() -> list[Middleware]:
     """In order, outermost first."""
-    return [request_id_middleware, access_middleware, error_middleware, auth_middleware]
+    limits = [ratelimit.auth_failure_middleware(), auth_middleware, ratelimit.principal_rate_middleware()]
+    return [request_id_middleware, access_middleware, error_middleware, *limits, params.query_middleware]

@@ -20,33 +20,47 @@ def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] 
     return web.Response(body=json.dumps(body), status=status, content_type=PROBLEM_JSON, headers=headers)
 
 
-def _has_nul(value: Any) -> bool:
-    """Whether any string (key or value) holds U+0000, which PostgreSQL cannot store."""
-    stack = [value]
+MAX_DEPTH = 32  # nesting of a request body; orjson alone stops at 1024 (255 in older releases)
+
+
+def _check_strings_and_depth(value: Any) -> None:
+    """Refuse U+0000 in any string (key or value; PostgreSQL cannot store it) and nesting past MAX_DEPTH."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+                raise BadRequest("the body contains a NUL character (\\u0000), which is not accepted in any string")
+        elif isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                raise _too_deep()
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+def _too_deep() -> InvalidInput:
+    return InvalidInput(
+        f"the body is nested deeper than {MAX_DEPTH} levels",
+        errors=[{"loc": ["body"], "msg": f"at most {MAX_DEPTH} levels of nesting", "type": "too_deep"}],
+    )
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object: 415 for another content type, 400 for malformed JSON, 413 past the limit."""
+    """The request body as a JSON object: 415 for another content type, 400 for malformed JSON, 413 past the
+    size limit, 422 past MAX_DEPTH levels of nesting."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as `application/json`")
     raw = await request.read()  # bounded by the app's client_max_size (MAX_BODY_BYTES): larger is a 413
     try:
         body = json.loads(raw)
     except json.JSONDecodeError as exc:
+        if "depth" in exc.msg or "recursion" in exc.msg.lower():  # orjson's own depth limit, far past ours
+            raise _too_deep() from exc
         raise BadRequest(f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-    if _has_nul(body):
-        raise BadRequest("the body contains a NUL character (\\u0000), which is not accepted in any string")
+    _check_strings_and_depth(body)
     if not isinstance(body, dict):
         raise InvalidInput(
             "the body must be a JSON object",

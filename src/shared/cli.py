@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print a signed JWT for the gateway (uses JWT_SECRET)")
     token.add_argument("--sub", required=True, help="the principal's name (the `sub` claim)")
     token.add_argument("--role", choices=("user", "admin"), default="user")
-    token.add_argument("--ttl-s", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument(
+        "--ttl-s", "--ttl", dest="ttl_s", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)"
+    )
     commands.add_parser("migrate", help="apply pending database migrations to DATABASE_URL")
     return parser
 

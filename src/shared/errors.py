@@ -113,3 +113,12 @@ class PermanentJobError(JobError):
     @property
     def type_name(self) -> str:
         return self._type_name or type(self).__name__
+
+
+class JobDeferred(Exception):
+    """Not a failure: the job cannot run yet (e.g. its webhook host's circuit is open). It goes back to the
+    queue for `wait_s` and the attempt is given back, as for a job held by its type's limits."""
+
+    def __init__(self, message: str, *, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s

@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX: Final = "conveyor:events:"
 PATTERN: Final = CHANNEL_PREFIX + "*"
+# One channel per principal for its notifications (see shared.notifications), on the same subscription.
+NOTIFICATION_PREFIX: Final = "conveyor:notifications:"
+NOTIFICATION_PATTERN: Final = NOTIFICATION_PREFIX + "*"
 PROGRESS_PREFIX: Final = "conveyor:progress:"
 # Progress only matters while a job runs; a day outlives any job timeout.
 PROGRESS_TTL_S: Final = 24 * 3600
@@ -35,6 +38,10 @@ def channel(job_id: str) -> str:
 
 def job_id_of(channel_name: str) -> str:
     return channel_name.removeprefix(CHANNEL_PREFIX)
+
+
+def notification_channel(user: str) -> str:
+    return NOTIFICATION_PREFIX + user
 
 
 async def set_progress(cache: CacheRedis, job_id: str, progress: Progress) -> None:

@@ -1,4 +1,6 @@
-"""Typed job registry: JobSpec (payload/result models, queue, policy) and the built-in models; pure data."""
+"""Typed job registry: JobSpec (payload/result models, queue, policy), Registry; pure data.
+
+The built-in types live one per module in `shared.jobtypes`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 
 class Queue(StrEnum):
@@ -17,10 +19,23 @@ class Queue(StrEnum):
     SCHEDULER = "scheduler"
 
 
+# Marks a payload field secret: `Field(..., json_schema_extra=SECRET)`. It is encrypted at rest (Redis and
+# PostgreSQL, see shared.sealing), shown as "[redacted]", and flagged `x-secret` in the published schema.
+SECRET: dict[str, JsonValue] = {"x-secret": True}
+
+
 class Payload(BaseModel):
     """Base of job payloads: frozen, unknown fields refused."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def secret_paths(self) -> list[tuple[str, ...]]:
+        """Where the secret values of this payload are: the fields marked SECRET (override to add more)."""
+        return [
+            (field.alias or name,)
+            for name, field in type(self).model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("x-secret")
+        ]
 
     batch_id: str | None = Field(
         None, max_length=64, description="Set by Conveyor on a batch's `on_complete` job: the batch it completes."
@@ -71,6 +86,9 @@ class JobSpec(Generic[P, R]):
     timeout_s: float = 60.0
     max_timeout_s: float = 600.0
     limits: Limits = field(default_factory=Limits)
+    # A payload field naming the principal the job acts for (e.g. a notification's `user`): a `user` may
+    # only name itself there; an admin may name anyone.
+    on_behalf_of: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The `/api/v1/job-types` item for this type."""
@@ -121,77 +139,3 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
-
-
-# --- system.echo ---------------------------------------------------------------------------------
-
-
-class EchoPayload(Payload):
-    data: JsonValue = None
-    sleep_s: float = Field(0.0, ge=0, le=60)
-    fail_times: int = Field(0, ge=0, le=25, description="Fail the first n attempts, retryably.")
-
-
-class EchoResult(Result):
-    data: JsonValue = None
-    attempt: int
-
-
-SYSTEM_ECHO: JobSpec[EchoPayload, EchoResult] = JobSpec(
-    name="system.echo",
-    description="Echo `data` back after `sleep_s`; fails the first `fail_times` attempts (for tests and drills).",
-    queue=Queue.DEFAULT,
-    payload_model=EchoPayload,
-    result_model=EchoResult,
-    max_attempts=5,
-    backoff=Backoff(kind="exponential", base_s=0.5, max_s=30.0, jitter=True),
-    timeout_s=90.0,
-    max_timeout_s=300.0,
-)
-
-
-# --- email.send ----------------------------------------------------------------------------------
-
-
-class EmailPayload(Payload):
-    to: list[EmailStr] = Field(min_length=1, max_length=50)
-    cc: list[EmailStr] = Field(default_factory=list, max_length=50)
-    bcc: list[EmailStr] = Field(default_factory=list, max_length=50)
-    subject: str = Field(min_length=1, max_length=998)
-    text: str | None = Field(None, max_length=512 * 1024)
-    html: str | None = Field(None, max_length=512 * 1024)
-    reply_to: EmailStr | None = None
-
-    @model_validator(mode="after")
-    def _has_a_body(self) -> EmailPayload:
-        if self.text is None and self.html is None:
-            raise ValueError("give `text`, `html` or both")
-        if any(c in self.subject for c in "\r\n"):
-            raise ValueError("subject must be a single line")
-        return self
-
-
-class EmailResult(Result):
-    message_id: str
-    accepted: list[str]
-    refused: dict[str, str]
-
-
-EMAIL_SEND: JobSpec[EmailPayload, EmailResult] = JobSpec(
-    name="email.send",
-    description="Send a transactional email over SMTP; a refused recipient fails the job, transient errors retry.",
-    queue=Queue.DEFAULT,
-    payload_model=EmailPayload,
-    result_model=EmailResult,
-    max_attempts=8,
-    backoff=Backoff(kind="exponential", base_s=5.0, max_s=900.0, jitter=True),
-    timeout_s=60.0,
-    max_timeout_s=300.0,
-)
-
-
-BUILTIN_SPECS: tuple[AnySpec, ...] = (SYSTEM_ECHO, EMAIL_SEND)
-
-
-def builtin_registry() -> Registry:
-    return Registry(BUILTIN_SPECS)

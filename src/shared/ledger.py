@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import secrets
 from collections.abc import Sequence
@@ -12,16 +10,13 @@ from typing import Any
 
 import asyncpg
 
-from shared import json
+from shared import json, pages
 from shared.db import Connection, Pool
-from shared.errors import BadRequest, Conflict
+from shared.errors import Conflict
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 UNFINISHED = ("queued", "scheduled", "running", "retrying")
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
-# Times the ledger accepts from outside (cursors, run_at); anything else is a client error, not a 500.
-MIN_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-MAX_TIME = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 def new_job_id() -> str:
@@ -150,47 +145,12 @@ class JobFilter:
     batch_id: str | None = None
 
 
-def encode_cursor(record: JobRecord) -> str:
-    raw = json.dumps([record.created_at.isoformat(), record.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
-    try:
-        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        when = dt.datetime.fromisoformat(created)
-        if when.tzinfo is None or not MIN_TIME <= when <= MAX_TIME:
-            raise ValueError("cursor time out of range")
-        return when, str(job_id)
-    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
-        raise BadRequest(
-            "`cursor` is not a cursor this API returned", errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
-        ) from exc
-
-
 async def list_jobs(
     conn: Connection | Pool, where: JobFilter, *, limit: int, cursor: str | None
 ) -> tuple[list[JobRecord], str | None]:
     """Newest first, keyset-paginated on (created_at, id)."""
-    clauses: list[str] = []
-    args: list[Any] = []
-    for column in ("owner", "status", "type", "queue", "batch_id"):
-        value = getattr(where, column)
-        if value is not None:
-            args.append(value)
-            clauses.append(f"{column} = ${len(args)}")
-    if cursor:
-        created, last_id = decode_cursor(cursor)
-        args += [created, last_id]
-        clauses.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
-    sql = "SELECT * FROM jobs"
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
-    args.append(limit + 1)
-    sql += f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
-    rows = [JobRecord.from_row(r) for r in await conn.fetch(sql, *args)]
-    page, more = rows[:limit], len(rows) > limit
-    return page, encode_cursor(page[-1]) if more and page else None
+    equal = {c: getattr(where, c) for c in ("owner", "status", "type", "queue", "batch_id")}
+    return await pages.newest_first(conn, "jobs", JobRecord.from_row, equal=equal, limit=limit, cursor=cursor)
 
 
 # --- worker-side transitions -----------------------------------------------------------------------

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.message import EmailMessage, Message
+from email.utils import collapse_rfc2231_value, formatdate, parseaddr
 from typing import Protocol
 
 import aiosmtplib
 
 from shared.settings import SmtpConfig
+
+
+@dataclass(frozen=True, slots=True)
+class MailAttachment:
+    filename: str
+    content_type: str  # e.g. "text/csv; charset=utf-8"
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +29,7 @@ class OutgoingMail:
     cc: Sequence[str] = ()
     bcc: Sequence[str] = ()
     reply_to: str | None = None
+    attachments: Sequence[MailAttachment] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +66,21 @@ def build_message(mail: OutgoingMail, *, mail_from: str, message_id: str) -> Ema
             msg.add_alternative(mail.html, subtype="html")
     elif mail.html is not None:
         msg.set_content(mail.html, subtype="html")
+    for attachment in mail.attachments:
+        _attach(msg, attachment)
     return msg
+
+
+def _attach(msg: EmailMessage, attachment: MailAttachment) -> None:
+    """Add a file part (base64), keeping the type's parameters (a CSV's charset); unknown types go as octets."""
+    header = Message()
+    header["Content-Type"] = attachment.content_type
+    maintype, subtype = header.get_content_maintype(), header.get_content_subtype()
+    params = {k: collapse_rfc2231_value(v) for k, v in header.get_params(failobj=[])[1:]}
+    declared = attachment.content_type.partition(";")[0].strip().lower()
+    if maintype == "multipart" or declared != f"{maintype}/{subtype}":  # malformed, or a container type
+        maintype, subtype, params = "application", "octet-stream", {}
+    msg.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename, params=params)
 
 
 class SmtpMailSender:

@@ -60,5 +60,36 @@ class Metrics:
             ["outcome"], namespace=NAMESPACE, subsystem="worker", registry=r,
         )  # fmt: skip
 
+        self.webhooks = Counter(
+            "webhook_deliveries_total", "Webhook attempts by outcome (delivered, retry, rejected, refused, "
+            "circuit_open).", ["outcome"], namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        self.circuit_state = Gauge(
+            "circuit_breaker_state", "Webhook circuit per host as last seen here: 0 closed, 1 half-open, 2 open.",
+            ["host"], namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        self.notifications = Counter(
+            "notifications_total", "Notifications stored by notification.push.",
+            namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        self.uploads = Counter(
+            "uploads_total", "Uploads by outcome (stored, too_large, aborted).",
+            ["outcome"], namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+        self.upload_bytes = Counter(
+            "upload_bytes_total", "Bytes stored by uploads.", namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+        self.rate_limited = Counter(
+            "rate_limited_total", "Requests refused with 429, by reason (principal, auth_failures, queue_cap, sse).",
+            ["reason"], namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+        self.rate_limit_unchecked = Counter(
+            "rate_limit_unchecked_total", "Requests let through unchecked while Redis db 0 failed (fail open), "
+            "by limiter (principal, auth_failures).", ["limiter"], namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+        self.sse_streams = Gauge(
+            "sse_streams", "Open event streams.", namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,6 +12,7 @@ import asyncpg
 from cronsim import CronSim, CronSimError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared import pages
 from shared.db import Connection, Pool
 from shared.errors import Conflict
 from shared.submission import JobRequest
@@ -153,13 +154,13 @@ async def get(conn: Connection | Pool, schedule_id: str) -> Schedule | None:
     return None if row is None else Schedule.from_row(row)
 
 
-async def list_for(conn: Connection | Pool, owner: str | None, *, limit: int) -> list[Schedule]:
-    rows = await conn.fetch(
-        "SELECT * FROM schedules WHERE ($1::text IS NULL OR owner = $1) ORDER BY created_at DESC, id DESC LIMIT $2",
-        owner,
-        limit,
+async def list_for(
+    conn: Connection | Pool, owner: str | None, *, limit: int, cursor: str | None
+) -> tuple[list[Schedule], str | None]:
+    """Newest first, keyset-paginated like every list; `owner=None` lists everyone's (admin)."""
+    return await pages.newest_first(
+        conn, "schedules", Schedule.from_row, equal={"owner": owner}, limit=limit, cursor=cursor
     )
-    return [Schedule.from_row(r) for r in rows]
 
 
 async def update(conn: Connection | Pool, current: Schedule, patch: SchedulePatch) -> Schedule:

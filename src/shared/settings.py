@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
@@ -80,6 +81,55 @@ class SmtpConfig(BaseSettings):
     tls: Literal["none", "starttls", "tls"] = Field("none", validation_alias=_env("SMTP_TLS"))
     mail_from: str = Field("Conveyor <conveyor@localhost>", validation_alias=_env("MAIL_FROM"))
     timeout_s: float = Field(30.0, gt=0, validation_alias=_env("SMTP_TIMEOUT_S"))
+    # Searched before the built-in templates, so a user's file of the same name wins.
+    templates_dir: Path | None = Field(None, validation_alias=_env("EMAIL_TEMPLATES_DIR"))
+
+
+class StorageConfig(BaseSettings):
+    """Uploads and artifacts on disk (shared by the gateway and workers: one volume in production)."""
+
+    model_config = _config()
+
+    dir: Path = Field(Path("var/storage"), validation_alias=_env("STORAGE_DIR"))
+    max_upload_bytes: int = Field(1024**3, ge=1, validation_alias=_env("MAX_UPLOAD_BYTES"))
+
+
+class WebhookConfig(BaseSettings):
+    model_config = _config()
+
+    secret: SecretStr | None = Field(None, validation_alias=_env("WEBHOOK_SECRET"))
+    allow_private: bool = Field(False, validation_alias=_env("WEBHOOK_ALLOW_PRIVATE"))
+    timeout_s: float = Field(10.0, gt=0, le=300, validation_alias=_env("WEBHOOK_TIMEOUT_S"))
+    breaker_failures: int = Field(5, ge=1, validation_alias=_env("WEBHOOK_BREAKER_FAILURES"))
+    breaker_open_s: float = Field(30.0, gt=0, validation_alias=_env("WEBHOOK_BREAKER_OPEN_S"))
+
+
+class SecurityConfig(BaseSettings):
+    """Rate limits and caps on what one principal may hold (gateway)."""
+
+    model_config = _config()
+
+    rate_limit_per_minute: int = Field(600, ge=1, validation_alias=_env("RATE_LIMIT_PER_MINUTE"))
+    auth_failures_per_minute: int = Field(30, ge=1, validation_alias=_env("AUTH_FAILURES_PER_MINUTE"))
+    max_queued_per_owner: int = Field(10_000, ge=1, validation_alias=_env("MAX_QUEUED_PER_OWNER"))
+    sse_per_principal: int = Field(20, ge=1, validation_alias=_env("SSE_MAX_PER_PRINCIPAL"))
+    trust_forwarded_for: bool = Field(False, validation_alias=_env("TRUST_X_FORWARDED_FOR"))
+
+
+class CryptoConfig(BaseSettings):
+    """Keys for payload fields a job type marks secret (encrypted at rest in Redis and PostgreSQL)."""
+
+    model_config = _config()
+
+    environment: Environment = Field(Environment.DEVELOPMENT, validation_alias=_env("ENVIRONMENT"))
+    # Comma-separated Fernet keys, newest first: the first encrypts, every one decrypts (rotation).
+    keys: SecretStr | None = Field(None, validation_alias=_env("ENCRYPTION_KEYS"))
+
+    @model_validator(mode="after")
+    def _keys_in_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION and self.keys is None:
+            raise ValueError("ENCRYPTION_KEYS must be set when ENVIRONMENT=production")
+        return self
 
 
 class JobStoreConfig(BaseSettings):
@@ -117,6 +167,7 @@ class WorkerConfig(BaseSettings):
     reconcile_grace_s: float = Field(10.0, ge=0, validation_alias=_env("RECONCILE_GRACE_S"))
     reconcile_batch: int = Field(500, ge=1, le=10_000, validation_alias=_env("RECONCILE_BATCH"))
     lease_s: float = Field(30.0, ge=1, le=3600, validation_alias=_env("JOB_LEASE_S"))
+    cpu_workers: int = Field(1, ge=1, le=64, validation_alias=_env("WORKER_CPU_PROCESSES"))
 
 
 class GatewaySettings(BaseSettings):
@@ -128,6 +179,9 @@ class GatewaySettings(BaseSettings):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    crypto: CryptoConfig = Field(default_factory=CryptoConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     jobs: JobStoreConfig = Field(default_factory=JobStoreConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -141,6 +195,9 @@ class WorkerSettings(BaseSettings):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+    crypto: CryptoConfig = Field(default_factory=CryptoConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     jobs: JobStoreConfig = Field(default_factory=JobStoreConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -17,18 +17,29 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from shared import batches, json, ledger, queue
+from shared import batches, json, ledger, pages, queue
 from shared.db import Pool
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, PermanentJobError, PermissionDenied
 from shared.jobs import Registry
+from shared.sealing import SEALED, Sealer, contains_sealed
 
 logger = logging.getLogger(__name__)
 
 MAX_DELAY_S = 366 * 24 * 3600.0
+# A job's payload as JSON, whatever MAX_BODY_BYTES allows (raised for big batches); bigger inputs go through
+# uploads. The largest built-in field (email `text`/`html`, 512 KiB each) fits.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+# Validation context of a request Conveyor stored itself (a schedule's job, a batch's on_complete): its
+# sealed values are its own.
+STORED_KEY = "stored"
+STORED: dict[str, Any] = {STORED_KEY: True}
 
 
 class JobRequest(BaseModel):
@@ -52,6 +63,22 @@ class JobRequest(BaseModel):
             raise ValueError("give `delay_s` or `run_at`, not both")
         return self
 
+    @field_validator("payload")
+    @classmethod
+    def _no_sealed_values(cls, value: dict[str, JsonValue], info: ValidationInfo) -> dict[str, JsonValue]:
+        # Only Conveyor seals. A client sending a sealed value (from a leaked dump, say) would otherwise get
+        # it opened into a field it can read back; stored requests are validated with STORED.
+        if not (info.context or {}).get(STORED_KEY) and contains_sealed(value):
+            raise ValueError(f"`{SEALED}` values are Conveyor's own and may not be sent")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_size(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        if len(json.dumps(value)) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"at most {MAX_PAYLOAD_BYTES // 1024} KiB as JSON; pass bigger inputs as an upload")
+        return value
+
     @field_validator("run_at")
     @classmethod
     def _run_at_in_range(cls, value: dt.datetime | None) -> dt.datetime | None:
@@ -62,8 +89,8 @@ class JobRequest(BaseModel):
         except OverflowError as exc:
             raise ValueError("out of range") from exc
         latest = json.utcnow() + dt.timedelta(seconds=MAX_DELAY_S)
-        if not ledger.MIN_TIME <= utc <= latest:
-            raise ValueError(f"must be between {ledger.MIN_TIME.year} and {MAX_DELAY_S / 86400:g} days from now")
+        if not pages.MIN_TIME <= utc <= latest:
+            raise ValueError(f"must be between {pages.MIN_TIME.year} and {MAX_DELAY_S / 86400:g} days from now")
         return utc
 
 
@@ -72,18 +99,28 @@ def _invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> Inval
 
 
 def prepare(
-    request: JobRequest, registry: Registry, *, owner: str, request_id: str | None, job_id: str | None = None
+    request: JobRequest,
+    registry: Registry,
+    *,
+    sealer: Sealer,
+    owner: str,
+    request_id: str | None,
+    job_id: str | None = None,
+    for_anyone: bool = False,
 ) -> ledger.NewJob:
-    """Check a request against its type (payload schema, timeout cap) and build the ledger row.
+    """Check a request against its type (payload schema, timeout cap) and build the ledger row, whose
+    payload has its secret fields sealed (a request whose payload is already sealed is opened to check it).
 
     Raises:
         InvalidInput: unknown type, payload not matching the type's model, timeout over the type's cap.
+        PermissionDenied: the job would act for another principal (`JobSpec.on_behalf_of`) and the caller
+            may not (`for_anyone`: an admin, or a request already checked when it was accepted).
     """
     spec = registry.get(request.type)
     if spec is None:
         raise _invalid(["type"], f"unknown job type; known types: {', '.join(registry.names())}", "unknown_type")
     try:
-        payload = spec.payload_model.model_validate(request.payload)
+        payload = spec.payload_model.model_validate(sealer.open(request.payload))
     except ValidationError as exc:
         raise InvalidInput(
             f"the payload does not match the schema of `{spec.name}`",
@@ -92,6 +129,8 @@ def prepare(
                 for e in exc.errors(include_input=False)
             ],
         ) from exc
+    if spec.on_behalf_of and not for_anyone and getattr(payload, spec.on_behalf_of) != owner:
+        raise PermissionDenied(f"`payload.{spec.on_behalf_of}` of a `{spec.name}` job must be you (`{owner}`)")
     timeout_s = request.timeout_s if request.timeout_s is not None else spec.timeout_s
     if timeout_s > spec.max_timeout_s:
         raise _invalid(["timeout_s"], f"at most {spec.max_timeout_s:g} for `{spec.name}`", "less_than_equal")
@@ -107,7 +146,7 @@ def prepare(
         queue=spec.queue.value,
         owner=owner,
         priority=request.priority,
-        payload=payload.model_dump(mode="json"),
+        payload=sealer.seal(payload.model_dump(mode="json"), payload.secret_paths()),
         max_attempts=request.max_attempts or spec.max_attempts,
         timeout_s=timeout_s,
         scheduled_for=scheduled_for,
@@ -174,11 +213,33 @@ def _prefixed(exc: InvalidInput, *loc: str | int) -> InvalidInput:
 def _on_complete_request(on_complete: dict[str, Any], batch_id: str) -> JobRequest:
     """The stored on_complete request, with `batch_id` merged into its payload."""
     payload = {**on_complete.get("payload", {}), "batch_id": batch_id}
-    return JobRequest.model_validate({**on_complete, "payload": payload})
+    return JobRequest.model_validate({**on_complete, "payload": payload}, context=STORED)
+
+
+def sealed_request(request: JobRequest, registry: Registry, *, sealer: Sealer) -> JobRequest:
+    """The request to store for later (a schedule's job, a batch's on_complete): its secret fields sealed.
+
+    Call it after `prepare` accepted the request (an unknown type or a bad payload is returned as is).
+    """
+    spec = registry.get(request.type)
+    if spec is None:
+        return request
+    try:
+        payload = spec.payload_model.model_validate(sealer.open(request.payload))
+    except ValidationError:
+        return request
+    return request.model_copy(update={"payload": sealer.seal(request.payload, payload.secret_paths())})
 
 
 def prepare_batch(
-    request: BatchRequest, registry: Registry, *, batch_id: str, owner: str, request_id: str | None
+    request: BatchRequest,
+    registry: Registry,
+    *,
+    sealer: Sealer,
+    batch_id: str,
+    owner: str,
+    request_id: str | None,
+    for_anyone: bool = False,
 ) -> list[ledger.NewJob]:
     """Check every member (and the on_complete job) before anything is recorded.
 
@@ -195,7 +256,7 @@ def prepare_batch(
                 ],
             )
         try:
-            new = prepare(member, registry, owner=owner, request_id=request_id)
+            new = prepare(member, registry, sealer=sealer, owner=owner, request_id=request_id, for_anyone=for_anyone)
         except InvalidInput as exc:
             raise _prefixed(exc, "jobs", i) from exc
         members.append(dataclasses.replace(new, batch_id=batch_id))
@@ -204,8 +265,10 @@ def prepare_batch(
             prepare(
                 _on_complete_request(request.on_complete.model_dump(mode="json"), batch_id),
                 registry,
+                sealer=sealer,
                 owner=owner,
                 request_id=request_id,
+                for_anyone=for_anyone,
             )
         except InvalidInput as exc:
             raise _prefixed(exc, "on_complete") from exc
@@ -225,7 +288,7 @@ async def submit_batch(
 
 
 async def complete_batch(
-    pool: Pool, redis: ArqRedis, registry: Registry, batch_id: str, *, enqueue_timeout_s: float
+    pool: Pool, redis: ArqRedis, registry: Registry, batch_id: str, *, sealer: Sealer, enqueue_timeout_s: float
 ) -> ledger.JobRecord | None:
     """If every member of the batch is finished and nobody completed it yet, complete it: record its
     on_complete job (same transaction) and enqueue it. Safe to call from any number of finishers."""
@@ -235,9 +298,14 @@ async def complete_batch(
             return None
         try:
             new = prepare(
-                _on_complete_request(done.on_complete, batch_id), registry, owner=done.owner, request_id=done.request_id
+                _on_complete_request(done.on_complete, batch_id),
+                registry,
+                sealer=sealer,
+                owner=done.owner,
+                request_id=done.request_id,
+                for_anyone=True,  # checked when the batch was accepted
             )
-        except (InvalidInput, ValidationError):
+        except (InvalidInput, ValidationError, PermanentJobError):  # e.g. sealed with a key since removed
             logger.exception("batch.on_complete_invalid", extra={"batch_id": batch_id})
             return None
         record, _ = await ledger.insert_job(conn, new)

@@ -21,7 +21,7 @@ import jwt
 
 from shared.embedded import HOST, EmbeddedPostgres, EmbeddedRedis, die_with_parent
 from shared.mailcatcher import catch_mail
-from shared.settings import AuthConfig, GatewayConfig, WorkerConfig
+from shared.settings import AuthConfig, CryptoConfig, GatewayConfig, WorkerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +274,7 @@ async def run(options: RunOptions) -> int:
         shared.embedded.EmbeddedServerError: an embedded server could not start.
     """
     gateway, auth, worker = GatewayConfig(), AuthConfig(), WorkerConfig()  # fail before anything starts
+    CryptoConfig()  # ENCRYPTION_KEYS is required in production, like a real JWT_SECRET
     env = dict(os.environ)
     loop = asyncio.get_running_loop()
     stop = _StopRequest()

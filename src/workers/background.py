@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -12,8 +13,19 @@ from shared.queue import REDIS_ERRORS
 logger = logging.getLogger(__name__)
 
 
-async def every(interval_s: float, step: Callable[[], Awaitable[object]], *, name: str) -> None:
-    """Run `step` now and then every `interval_s` until cancelled; outages are logged and waited out."""
+async def pause(seconds: float, until: asyncio.Event) -> bool:
+    """Sleep `seconds`, or less if `until` is set; True once it is (the loop should end)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(until.wait(), seconds)
+    return until.is_set()
+
+
+async def every(interval_s: float, step: Callable[[], Awaitable[object]], *, name: str, until: asyncio.Event) -> None:
+    """Run `step` now and then every `interval_s` until `until` is set; outages are logged and waited out.
+
+    A loop ends between steps, never in the middle of one: cancelling a driver call half-way (an asyncpg
+    query, a Redis reply) can take long on a loaded server and leave a connection behind.
+    """
     while True:
         try:
             await step()
@@ -21,4 +33,5 @@ async def every(interval_s: float, step: Callable[[], Awaitable[object]], *, nam
             logger.warning(f"{name}.unavailable", extra={"reason": type(exc).__name__})
         except Exception:  # a background loop's boundary: log it in full and try again next tick
             logger.exception(f"{name}.failed")
-        await asyncio.sleep(interval_s)
+        if await pause(interval_s, until):
+            return

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import aiohttp
 from arq.connections import ArqRedis
 
 from shared import events
@@ -14,6 +16,7 @@ from shared.mail import MailSender
 from shared.metrics import Metrics
 from shared.queue import REDIS_ERRORS
 from shared.redis import CacheRedis
+from shared.sealing import Sealer
 from shared.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,9 @@ class WorkerContext:
     mailer: MailSender
     metrics: Metrics
     registry: Registry
+    http: aiohttp.ClientSession  # outbound calls (webhooks), see workers.outbound
+    cpu: Executor  # CPU-heavy work off the event loop, see workers.cpu
+    sealer: Sealer  # opens the secret payload fields of a job about to run
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,17 @@ from arq.worker import Worker
 
 from shared import db, queue, queues, redis
 from shared.db import POSTGRES_ERRORS
-from shared.jobs import EMAIL_SEND, SYSTEM_ECHO, Queue, Registry, builtin_registry
+from shared.jobs import Queue, Registry
+from shared.jobtypes import builtin_registry
 from shared.mail import MailSender, SmtpMailSender
 from shared.metrics import Metrics
+from shared.sealing import Sealer
 from shared.settings import WorkerSettings
-from workers import email, health_server, reconciler, retention, scheduling, system
-from workers.background import every
+from workers import cpu, health_server, outbound, reconciler, retention, scheduling
+from workers.background import every, pause
 from workers.context import WorkerContext
-from workers.runtime import ARQ_MAX_TRIES, AnyHandler, PriorityWorker, Runtime, bind
+from workers.families import builtin_handlers
+from workers.runtime import ARQ_MAX_TRIES, AnyHandler, PriorityWorker, Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +35,8 @@ logger = logging.getLogger(__name__)
 CONTROL_INTERVAL_S: Final = 0.25
 # After losing Redis, how long arq's polling loop waits before it starts again.
 RESTART_DELAY_S: Final = 1.0
-
-
-def builtin_handlers() -> dict[str, AnyHandler]:
-    """Every built-in job type's handler, by type name."""
-    bound: list[AnyHandler] = [bind(SYSTEM_ECHO, system.handle_echo), bind(EMAIL_SEND, email.handle_send)]
-    return {h.spec.name: h for h in bound}
+# At stop, how long the background loops (control, leases, ledger upkeep) get to end their current step.
+BACKGROUND_STOP_S: Final = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +79,7 @@ class WorkerProcess:
         self._worker: Worker | None = None
         self._started = asyncio.Event()
         self._stop_requested = False
+        self._loops_end = asyncio.Event()  # set once arq's loop is over: the background loops end too
         self.paused = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -91,13 +91,16 @@ class WorkerProcess:
             redis.open_cache(s.redis) as cache,
             queue.open_jobs_redis(s.redis, queue=d.queue.value) as jobs_redis,
             health_server.serve(self.metrics, s.worker.metrics_host, port, self._health) as bound_port,
+            outbound.open_http(s.webhook) as http,
         ):
             self.metrics_port = bound_port
-            ctx = WorkerContext(
-                settings=s, queue=d.queue.value, pg=pg, cache=cache, jobs_redis=jobs_redis,
-                mailer=self.mailer, metrics=self.metrics, registry=self.registry,
-            )  # fmt: skip
-            await self._run_worker(ctx)
+            with cpu.open_cpu_pool(s.worker.cpu_workers) as cpu_pool:
+                ctx = WorkerContext(
+                    settings=s, queue=d.queue.value, pg=pg, cache=cache, jobs_redis=jobs_redis,
+                    mailer=self.mailer, metrics=self.metrics, registry=self.registry, http=http, cpu=cpu_pool,
+                    sealer=Sealer.from_config(s.crypto),
+                )  # fmt: skip
+                await self._run_worker(ctx)
 
     async def _run_worker(self, ctx: WorkerContext) -> None:
         s, d = self.settings, self.definition
@@ -123,8 +126,8 @@ class WorkerProcess:
         if self._stop_requested:  # stopped while still connecting: never take a job
             return
         background = [
-            asyncio.create_task(self._control_loop(ctx, worker)),
-            asyncio.create_task(self._lease_loop(ctx, worker)),
+            asyncio.create_task(self._control_loop(ctx, worker), name="control"),
+            asyncio.create_task(self._lease_loop(ctx, worker), name="leases"),
         ]
         if d.maintains_ledger:
             loops = [
@@ -132,7 +135,10 @@ class WorkerProcess:
                 (retention.INTERVAL_S, retention.purge_once, "retention"),
                 (scheduling.INTERVAL_S, scheduling.fire_due, "schedules"),
             ]
-            background += [asyncio.create_task(every(i, partial(step, ctx), name=name)) for i, step, name in loops]
+            background += [
+                asyncio.create_task(every(i, partial(step, ctx), name=name, until=self._loops_end), name=name)
+                for i, step, name in loops
+            ]
         self.metrics.worker_up.labels(d.queue.value).set(1)
         logger.info("worker.started", extra={"queue": d.queue.value, "types": sorted(self.handlers)})
         self._started.set()
@@ -144,9 +150,13 @@ class WorkerProcess:
             if worker.tasks and not self._stop_requested:
                 self.stop()
             await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            self._loops_end.set()  # each loop ends after its current step, never inside a driver call
+            _, stuck = await asyncio.wait(background, timeout=BACKGROUND_STOP_S)
+            if stuck:
+                logger.warning("worker.background_stuck", extra={"tasks": sorted(t.get_name() for t in stuck)})
+                for task in stuck:
+                    task.cancel()
+                await asyncio.wait(stuck, timeout=BACKGROUND_STOP_S)
             with contextlib.suppress(*queue.REDIS_ERRORS):
                 await ctx.jobs_redis.delete(worker.health_check_key)
                 await queue.leave(ctx.jobs_redis, d.queue.value, self.worker_id)
@@ -176,16 +186,14 @@ class WorkerProcess:
     async def _lease_loop(self, ctx: WorkerContext, worker: Worker) -> None:
         """Renew the lease of every running job three times per lease period."""
         lease_s = self.settings.worker.lease_s
-        while True:
-            await asyncio.sleep(lease_s / 3)
+        while not await pause(lease_s / 3, self._loops_end):
             try:
                 await queue.renew_leases(ctx.jobs_redis, list(worker.job_tasks), lease_s=lease_s)
             except queue.REDIS_ERRORS as exc:
                 logger.warning("worker.lease_renewal_failed", extra={"reason": type(exc).__name__})
 
     async def _control_loop(self, ctx: WorkerContext, worker: Worker) -> None:
-        while True:
-            await asyncio.sleep(CONTROL_INTERVAL_S)
+        while not await pause(CONTROL_INTERVAL_S, self._loops_end):
             try:
                 if self._stop_requested:
                     # arq checks cancels only while it takes jobs; keep honouring them during the grace period.

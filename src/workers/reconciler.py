@@ -30,7 +30,9 @@ async def complete_orphaned_batches(ctx: WorkerContext) -> None:
     """Batches whose last member finished without completing them (its worker died in between)."""
     grace_s = ctx.settings.worker.reconcile_grace_s
     for batch_id in await batches.open_without_pending(ctx.pg, older_than_s=grace_s, limit=100):
-        await submission.complete_batch(ctx.pg, ctx.jobs_redis, ctx.registry, batch_id, enqueue_timeout_s=2.0)
+        await submission.complete_batch(
+            ctx.pg, ctx.jobs_redis, ctx.registry, batch_id, sealer=ctx.sealer, enqueue_timeout_s=2.0
+        )
 
 
 async def reconcile_once(ctx: WorkerContext) -> int:

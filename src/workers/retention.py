@@ -1,10 +1,11 @@
-"""Retention: the scheduler deletes finished jobs from the ledger RETENTION_DAYS after they finished."""
+"""Retention: the scheduler deletes finished jobs from the ledger RETENTION_DAYS after they finished, and
+sweeps the temp files a killed process left in storage."""
 
 from __future__ import annotations
 
 import logging
 
-from shared import ledger, queue
+from shared import ledger, queue, storage
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -26,4 +27,7 @@ async def purge_once(ctx: WorkerContext) -> int:
             break
     if removed:
         logger.info("retention.purged", extra={"count": removed})
+    swept = await storage.remove_stale_temp_files(ctx.settings.storage)
+    if swept:
+        logger.info("retention.temp_files_removed", extra={"count": swept})
     return removed

@@ -17,12 +17,12 @@ from pydantic import BaseModel, ValidationError
 
 from shared import events, ledger, submission
 from shared.db import POSTGRES_ERRORS
-from shared.errors import DependencyUnavailable, JobError, PermanentJobError
+from shared.errors import DependencyUnavailable, JobDeferred, JobError, PermanentJobError
 from shared.jobs import AnySpec, JobSpec, Limits, P, R
 from shared.json import utcnow
 from shared.limits import release, try_start
 from shared.logging import job_id_var, job_type_var, request_id_var
-from shared.queue import REDIS_ERRORS, RUN_FUNCTION, due_job_ids, retry_defer_s
+from shared.queue import HORIZON_MS, PRIORITY_BANDS, REDIS_ERRORS, RUN_FUNCTION, due_job_ids, retry_defer_s
 from workers.context import JobContext, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,11 @@ class Runtime:
         again shortly, so a ledger hiccup never strands a job (its effect may run twice: at-least-once).
         """
         envelope: dict[str, Any] = args[0]
+        early_s = _early_s(ctx.get("score"))
+        if early_s > 0:
+            # A poll read the id while the job ran, and took it again just after a retry had moved it: arq
+            # cannot tell a banded score is not due yet. Back to where the retry put it, untouched.
+            raise Retry(defer=retry_defer_s(early_s, envelope.get("priority", "normal")))
         tokens = (
             job_id_var.set(envelope["id"]),
             job_type_var.set(envelope["type"]),
@@ -174,7 +179,7 @@ class Runtime:
         started = time.perf_counter()
         metrics.jobs_running.inc()
         try:
-            payload = handler.spec.payload_model.model_validate(record.payload)
+            payload = handler.spec.payload_model.model_validate(self.ctx.sealer.open(record.payload))
             async with asyncio.timeout(record.timeout_s):
                 result = await handler.handle(job, payload)
             checked = handler.spec.result_model.model_validate(
@@ -184,6 +189,8 @@ class Runtime:
             # Shutdown: the attempt did not finish; arq keeps the job and another worker runs it.
             await self._requeue(record, attempt)
             raise
+        except JobDeferred as exc:
+            return await self._defer(record, attempt, exc)
         except (PermanentJobError, ValidationError) as exc:
             return await self._fail(record, attempt, exc)
         except TimeoutError as exc:
@@ -212,8 +219,9 @@ class Runtime:
             return
         try:
             await submission.complete_batch(
-                self.ctx.pg, self.ctx.jobs_redis, self.ctx.registry, batch_id, enqueue_timeout_s=BATCH_ENQUEUE_TIMEOUT_S
-            )
+                self.ctx.pg, self.ctx.jobs_redis, self.ctx.registry, batch_id,
+                sealer=self.ctx.sealer, enqueue_timeout_s=BATCH_ENQUEUE_TIMEOUT_S,
+            )  # fmt: skip
         except (*POSTGRES_ERRORS, *REDIS_ERRORS) as exc:  # the reconciler completes it later
             logger.warning("batch.completion_deferred", extra={"batch_id": batch_id, "reason": type(exc).__name__})
 
@@ -231,6 +239,15 @@ class Runtime:
         else:
             self.ctx.metrics.jobs.labels(record.type, "cancelled").inc()
             logger.info("job.interrupted", extra={"attempt": attempt})
+
+    async def _defer(self, record: ledger.JobRecord, attempt: int, exc: JobDeferred) -> dict[str, Any]:
+        """The handler cannot run the job yet: it waits in the queue and the attempt is given back, as for a
+        job held by its type's limits."""
+        if await self._record(lambda: ledger.mark_requeued(self.ctx.pg, record)):
+            await self._announce(record.id, "queued")
+        self.ctx.metrics.jobs.labels(record.type, "held").inc()
+        logger.info("job.deferred", extra={"attempt": attempt, "wait_s": round(exc.wait_s, 3), "reason": str(exc)})
+        raise Retry(defer=retry_defer_s(exc.wait_s, record.priority)) from exc
 
     async def _record(self, write: Callable[[], Awaitable[bool]]) -> bool:
         """Write an attempt's outcome, retrying in place through a ledger blip: the outcome is known, so
@@ -282,6 +299,18 @@ class Runtime:
             "job.retry_scheduled", extra={"attempt": attempt, "defer_s": round(defer_s, 3), "error_type": error["type"]}
         )
         raise Retry(defer=retry_defer_s(defer_s, record.priority)) from (cause or exc)
+
+
+def _early_s(score: int | None) -> float:
+    """How long before its due time arq started a job, from its banded score (see `shared.queue`)."""
+    if score is None:
+        return 0.0
+    now = int(time.time() * 1000)
+    due = next(
+        (score + band for band in sorted(PRIORITY_BANDS.values(), reverse=True) if score + band <= now + HORIZON_MS),
+        now,
+    )
+    return max(due - now, 0) / 1000
 
 
 class JobTimeout(JobError):

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from shared import ledger, schedules, submission
 from shared.db import Connection
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, PermanentJobError
 from shared.json import utcnow
 from workers.context import WorkerContext
 
@@ -57,10 +57,14 @@ async def _fire(conn: Connection, ctx: WorkerContext, schedule: schedules.Schedu
 
 async def _create_job(conn: Connection, ctx: WorkerContext, schedule: schedules.Schedule) -> ledger.JobRecord | None:
     try:
-        request = submission.JobRequest.model_validate(schedule.job)
-        new = submission.prepare(request, ctx.registry, owner=schedule.owner, request_id=None)
-    except (InvalidInput, ValidationError):
-        # The type or its schema changed since the schedule was written: skip this fire, keep the schedule.
+        request = submission.JobRequest.model_validate(schedule.job, context=submission.STORED)
+        new = submission.prepare(
+            request, ctx.registry, sealer=ctx.sealer, owner=schedule.owner, request_id=None,
+            for_anyone=True,  # checked when the schedule was written
+        )  # fmt: skip
+    except (InvalidInput, ValidationError, PermanentJobError):
+        # The type or its schema changed since the schedule was written, or its secrets were sealed with a
+        # key since removed: skip this fire (one schedule never holds up the others), keep the schedule.
         logger.exception("schedules.job_invalid", extra={"schedule_id": schedule.id})
         return None
     record, _ = await ledger.insert_job(conn, new)

@@ -31,7 +31,7 @@ from workers.processes import PROCESSES, WorkerProcess
 
 
 @pytest.fixture(scope="session")
-async def services() -> AsyncIterator[Services]:
+async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
     """A throwaway database for this session, migrated once, dropped at the end; Redis checked up front."""
     admin_url = postgres_admin_url()
     try:
@@ -52,7 +52,10 @@ async def services() -> AsyncIterator[Services]:
     finally:
         await conn.close()
     try:
-        yield Services(redis_base=redis_base_url(), database_url=url, cache_db=cache_db, jobs_db=cache_db + 1)
+        storage = str(tmp_path_factory.mktemp("storage"))
+        yield Services(
+            redis_base=redis_base_url(), database_url=url, cache_db=cache_db, jobs_db=cache_db + 1, storage_dir=storage
+        )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -75,7 +78,11 @@ async def _claim_redis_pair(locks: Redis) -> int:
 async def pg(services: Services) -> AsyncIterator[Conn]:
     """A direct connection to the test ledger, emptied before the test."""
     conn = await asyncpg.connect(services.database_url)
-    await conn.execute("TRUNCATE jobs, batches, queues, schedules CASCADE")
+    tables = await conn.fetch(
+        "SELECT quote_ident(tablename) AS t FROM pg_tables"
+        " WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
+    )
+    await conn.execute(f"TRUNCATE {', '.join(r['t'] for r in tables)} CASCADE")
     yield conn
     await conn.close()
 

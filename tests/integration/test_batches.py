@@ -8,8 +8,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import db, json, queue, submission
-from shared.jobs import builtin_registry
+from shared.jobtypes import builtin_registry
+from shared.sealing import Sealer
 from support.helpers import eventually
+from support.stack import TEST_ENCRYPTION_KEY as _KEY
 from support.stack import Api, Conn, Services, StartWorker, postgres_config, redis_config
 
 
@@ -88,7 +90,9 @@ async def test_concurrent_last_finishers_complete_the_batch_exactly_once(
     async with db.open_pool(postgres_config(services), migrate=False) as pool:
         created = await asyncio.gather(
             *(
-                submission.complete_batch(pool, redis, builtin_registry(), batch["id"], enqueue_timeout_s=1)
+                submission.complete_batch(
+                    pool, redis, builtin_registry(), batch["id"], sealer=Sealer([_KEY]), enqueue_timeout_s=1
+                )
                 for _ in range(10)
             )
         )

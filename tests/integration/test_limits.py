@@ -11,10 +11,11 @@ from collections import Counter, defaultdict
 
 from pydantic import Field
 
-from shared.jobs import BUILTIN_SPECS, JobSpec, Limits, Payload, Queue, Registry, Result
+from shared.jobs import JobSpec, Limits, Payload, Queue, Registry, Result
+from shared.jobtypes import builtin_specs
 from support.stack import Conn, Services, StartWorker, gateway_settings, running_gateway
 from workers.context import JobContext
-from workers.processes import builtin_handlers
+from workers.families import builtin_handlers
 from workers.runtime import bind
 
 
@@ -44,7 +45,7 @@ def _nap_type(name: str, limits: Limits) -> tuple[Registry, dict[str, object]]:
         limits=limits,
     )  # fmt: skip
     handlers = {**builtin_handlers(), name: bind(spec, handle_nap)}
-    return Registry([*BUILTIN_SPECS, spec]), {"handlers": handlers, "peaks": peaks}
+    return Registry([*builtin_specs(), spec]), {"handlers": handlers, "peaks": peaks}
 
 
 async def test_concurrency_per_owner_holds_across_two_workers(

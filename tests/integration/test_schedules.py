@@ -54,6 +54,18 @@ async def test_names_are_unique_per_owner(api: Api) -> None:
     assert status == 201
 
 
+async def test_the_list_is_paginated_newest_first(api: Api) -> None:
+    for name in ("a", "b", "c"):
+        assert (await _create(api, name=name))[0] == 201
+
+    _, first, _ = await api.request("GET", "/api/v1/schedules?limit=2")
+    _, rest, _ = await api.request("GET", f"/api/v1/schedules?limit=2&cursor={first['next_cursor']}")
+
+    assert [s["name"] for s in first["items"]] == ["c", "b"]
+    assert [s["name"] for s in rest["items"]] == ["a"]
+    assert rest["next_cursor"] is None
+
+
 async def test_patch_delete_and_ownership(api: Api) -> None:
     _, schedule = await _create(api)
     path = f"/api/v1/schedules/{schedule['id']}"

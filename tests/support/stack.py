@@ -21,13 +21,17 @@ from shared import json
 from shared.jobs import Registry
 from shared.settings import (
     AuthConfig,
+    CryptoConfig,
     GatewayConfig,
     GatewaySettings,
     JobStoreConfig,
     LogConfig,
     PostgresConfig,
     RedisConfig,
+    SecurityConfig,
     SmtpConfig,
+    StorageConfig,
+    WebhookConfig,
     WorkerConfig,
     WorkerSettings,
 )
@@ -50,6 +54,7 @@ class Services:
     database_url: str
     cache_db: int = 14
     jobs_db: int = 15
+    storage_dir: str = "var/test-storage"
 
     @property
     def cache_url(self) -> str:
@@ -86,20 +91,48 @@ def postgres_config(services: Services) -> PostgresConfig:
     return PostgresConfig(url=SecretStr(services.database_url), pool_min=1, pool_max=5)
 
 
-def gateway_settings(services: Services, *, jobs_url: str | None = None, **gateway: Any) -> GatewaySettings:
+# A fixed test key (Fernet: 32 url-safe base64 bytes), so gateway and workers of one test agree.
+TEST_ENCRYPTION_KEY = "q3J0fQ0xr3yqgH5wN0pW9o7b1c2d3e4f5g6h7i8j9k0="
+
+
+def storage_config(services: Services, **options: Any) -> StorageConfig:
+    return StorageConfig(dir=services.storage_dir, **options)
+
+
+def gateway_settings(
+    services: Services,
+    *,
+    jobs_url: str | None = None,
+    security: SecurityConfig | None = None,
+    storage: StorageConfig | None = None,
+    auth: AuthConfig | None = None,
+    **gateway: Any,
+) -> GatewaySettings:
+    """Settings for a test gateway; `**gateway` goes to GatewayConfig, the named sections replace defaults."""
     return GatewaySettings(
         gateway=GatewayConfig(host="127.0.0.1", port=0, **gateway),
         redis=redis_config(services, jobs_url=jobs_url),
         postgres=postgres_config(services),
-        auth=AuthConfig(jwt_secret=SecretStr(TEST_JWT_SECRET)),
+        auth=auth or AuthConfig(jwt_secret=SecretStr(TEST_JWT_SECRET)),
+        security=security or SecurityConfig(),
+        crypto=CryptoConfig(keys=SecretStr(TEST_ENCRYPTION_KEY)),
+        storage=storage or storage_config(services),
         jobs=JobStoreConfig(),
         log=LogConfig(format="json"),
     )
 
 
 def worker_settings(
-    services: Services, *, smtp_port: int = 1, jobs_url: str | None = None, **worker: Any
+    services: Services,
+    *,
+    smtp_port: int = 1,
+    jobs_url: str | None = None,
+    webhook: WebhookConfig | None = None,
+    storage: StorageConfig | None = None,
+    smtp: SmtpConfig | None = None,
+    **worker: Any,
 ) -> WorkerSettings:
+    """Settings for a test worker; `**worker` goes to WorkerConfig, the named sections replace defaults."""
     options: dict[str, Any] = {
         "metrics_port": 0, "poll_delay_s": 0.01, "shutdown_grace_s": 2,
         "reconcile_interval_s": 0.2, "reconcile_grace_s": 0.5, **worker,
@@ -108,7 +141,10 @@ def worker_settings(
         worker=WorkerConfig(**options),
         redis=redis_config(services, jobs_url=jobs_url),
         postgres=postgres_config(services),
-        smtp=SmtpConfig(host="127.0.0.1", port=smtp_port, timeout_s=2),
+        smtp=smtp or SmtpConfig(host="127.0.0.1", port=smtp_port, timeout_s=2),
+        webhook=webhook or WebhookConfig(allow_private=True, timeout_s=2),
+        crypto=CryptoConfig(keys=SecretStr(TEST_ENCRYPTION_KEY)),
+        storage=storage or storage_config(services),
         jobs=JobStoreConfig(),
         log=LogConfig(),
     )

@@ -6,8 +6,11 @@ import random
 
 import pytest
 
-from shared.jobs import BUILTIN_SPECS, EMAIL_SEND, Backoff, Registry, builtin_registry
-from workers.processes import PROCESSES, builtin_handlers
+from shared.jobs import Backoff, Registry
+from shared.jobtypes import builtin_registry, builtin_specs
+from shared.jobtypes.email import EMAIL_SEND
+from workers.families import builtin_handlers
+from workers.processes import PROCESSES
 
 
 def test_exponential_backoff_doubles_up_to_the_cap() -> None:
@@ -39,7 +42,7 @@ def test_every_builtin_type_has_exactly_one_handler_on_a_running_queue() -> None
     handlers = builtin_handlers()
     queues = {p.queue for p in PROCESSES.values()}
 
-    assert set(handlers) == {s.name for s in BUILTIN_SPECS}
+    assert set(handlers) == {s.name for s in builtin_specs()}
     for name, handler in handlers.items():
         assert handler.spec is builtin_registry().get(name)
         assert handler.spec.queue in queues

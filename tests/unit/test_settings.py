@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -48,13 +52,15 @@ def test_gateway_settings_hold_no_smtp_section() -> None:
 def test_readme_documents_every_setting() -> None:
     from pathlib import Path
 
+    from pydantic_settings import BaseSettings
+
     from shared import settings as s
 
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    sections = (s.GatewayConfig, s.WorkerConfig, s.RedisConfig, s.PostgresConfig, s.AuthConfig, s.SmtpConfig)
+    sections = [v for v in vars(s).values() if isinstance(v, type) and issubclass(v, BaseSettings)]
     names = [
         choice
-        for section in (*sections, s.JobStoreConfig, s.LogConfig)
+        for section in sections
         for field in section.model_fields.values()
         for choice in getattr(field.validation_alias, "choices", [])[:1]
     ]
@@ -75,3 +81,72 @@ def test_configuration_errors_never_echo_the_value() -> None:
     assert lines[0].startswith("gateway: configuration error at settings: ")
     assert "JWT_SECRET must be at least 32 characters" in lines[0]
     assert "too-short-but-secret" not in "".join(lines)
+
+
+# ENVIRONMENT=production refuses the development defaults, from the environment as the processes read it.
+
+PRODUCTION_JWT = "prod-jwt-" + "9d8c7b6a5f4e3d2c1b0a" * 2
+SECRET_VARS = ("JWT_SECRET", "ENCRYPTION_KEYS", "SMTP_PASSWORD", "WEBHOOK_SECRET", "DATABASE_URL")
+
+
+@pytest.fixture
+def production(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    for name in SECRET_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+def test_production_gateway_without_jwt_secret_fails(production: pytest.MonkeyPatch) -> None:
+    production.setenv("ENCRYPTION_KEYS", "q3J0fQ0xr3yqgH5wN0pW9o7b1c2d3e4f5g6h7i8j9k0=")
+
+    with pytest.raises(ValidationError, match="JWT_SECRET must be set"):
+        GatewaySettings()
+
+
+@pytest.mark.parametrize("settings", [GatewaySettings, WorkerSettings])
+def test_production_without_encryption_keys_fails(
+    production: pytest.MonkeyPatch, settings: type[GatewaySettings | WorkerSettings]
+) -> None:
+    production.setenv("JWT_SECRET", PRODUCTION_JWT)
+
+    with pytest.raises(ValidationError, match="ENCRYPTION_KEYS must be set"):
+        settings()
+
+
+def test_production_with_real_secrets_starts(production: pytest.MonkeyPatch) -> None:
+    production.setenv("JWT_SECRET", PRODUCTION_JWT)
+    production.setenv("ENCRYPTION_KEYS", "q3J0fQ0xr3yqgH5wN0pW9o7b1c2d3e4f5g6h7i8j9k0=")
+
+    assert GatewaySettings().auth.environment == "production"
+    assert WorkerSettings().crypto.keys is not None
+
+
+def _run(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k.upper() not in SECRET_VARS and k.upper() != "ENVIRONMENT"}
+    return subprocess.run(
+        [sys.executable, *argv], env={**clean, **env}, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["-m", "gateway"], {}, "JWT_SECRET must be set"),
+        (["-m", "gateway"], {"JWT_SECRET": PRODUCTION_JWT}, "ENCRYPTION_KEYS must be set"),
+        (["-m", "workers", "default"], {"JWT_SECRET": PRODUCTION_JWT}, "ENCRYPTION_KEYS must be set"),
+        (["-m", "shared.cli", "run"], {}, "JWT_SECRET must be set"),
+        (["-m", "shared.cli", "token", "--sub", "alice"], {}, "JWT_SECRET must be set"),
+    ],
+)
+def test_entry_points_refuse_to_start_in_production_with_dev_defaults(
+    argv: list[str], env: dict[str, str], expected: str
+) -> None:
+    done = _run(*argv, env={"ENVIRONMENT": "production", **env})
+
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert PRODUCTION_JWT not in done.stderr + done.stdout
+    assert DEV_JWT_SECRET not in done.stderr + done.stdout

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.routes import batches, health, job_events, job_types, jobs, queues, schedules
+from gateway.routes import (
+    api_keys,
+    artifacts,
+    batches,
+    health,
+    job_events,
+    job_types,
+    jobs,
+    notifications,
+    openapi,
+    queues,
+    schedules,
+    uploads,
+)
 
 
 def setup_routes(app: web.Application) -> None:
-    for module in (health, jobs, job_events, job_types, batches, queues, schedules):
+    modules = (health, openapi, jobs, job_events, job_types, batches, queues, schedules)
+    for module in (*modules, uploads, artifacts, notifications, api_keys):
         app.router.add_routes(module.routes)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SETTINGS
+from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
 from gateway.lookup import well_formed_id
+from gateway.ratelimit import guard_queue
 from gateway.responses import json_response, read_json
 from shared import batches, submission
 from shared.errors import NotFound
@@ -16,13 +17,19 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/batches")
 async def create_batch(request: web.Request) -> web.Response:
     """POST /api/v1/batches: any role. 202 once the batch and every member are committed (all or none).
-    Errors: 400, 401, 413, 415, 422 (locations start at `jobs[i]` or `on_complete`)."""
+    Errors: 400, 401, 413, 415, 422 (locations start at `jobs[i]` or `on_complete`), 429 past
+    MAX_QUEUED_PER_OWNER waiting jobs (the whole batch counts)."""
     body = submission.BatchRequest.model_validate(await read_json(request))
     app, owner = request.app, request[PRINCIPAL].sub
     batch_id = batches.new_batch_id()
     members = submission.prepare_batch(
-        body, app[REGISTRY], batch_id=batch_id, owner=owner, request_id=request[REQUEST_ID]
-    )
+        body, app[REGISTRY], sealer=app[SEALER], batch_id=batch_id, owner=owner, request_id=request[REQUEST_ID],
+        for_anyone=request[PRINCIPAL].is_admin,
+    )  # fmt: skip
+    if body.on_complete is not None:  # stored until the batch completes: its secrets sealed like any job's
+        on_complete = submission.sealed_request(body.on_complete, app[REGISTRY], sealer=app[SEALER])
+        body = body.model_copy(update={"on_complete": on_complete})
+    await guard_queue(request, len(members))
     records = await submission.submit_batch(
         app[PG_POOL], app[JOBS_REDIS], body, members, batch_id=batch_id, owner=owner,
         request_id=request[REQUEST_ID], enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s,

@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SETTINGS
+from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
 from gateway.lookup import job_view, job_views, visible_job
+from gateway.params import bad_query, page
+from gateway.ratelimit import guard_queue
 from gateway.resources import job_resource, job_url
 from gateway.responses import json_response, read_json
 from shared import events, ledger, queue, submission
-from shared.errors import BadRequest, Conflict, InvalidInput
+from shared.errors import Conflict, InvalidInput
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
-LIST_PARAMS = frozenset({"status", "type", "queue", "batch_id", "limit", "cursor"})
 STATUSES = frozenset({"queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"})
-DEFAULT_LIMIT, MAX_LIMIT = 50, 200
-MAX_PARAM_CHARS = 512
 
 
 @routes.post("/api/v1/jobs")
 async def create_job(request: web.Request) -> web.Response:
     """POST /api/v1/jobs: any role. 202 once the job is committed to the ledger; 200 on an idempotent replay.
 
-    Errors: 400 malformed JSON, 401, 409 idempotency key reused for another request, 413, 415, 422.
+    Errors: 400 malformed JSON, 401, 409 idempotency key reused for another request, 413, 415, 422,
+    429 past MAX_QUEUED_PER_OWNER waiting jobs.
     """
     body = await read_json(request)
     header_key = request.headers.get("Idempotency-Key")
@@ -48,7 +47,11 @@ async def create_job(request: web.Request) -> web.Response:
         )
     job_request = submission.JobRequest.model_validate(body)
     app, principal = request.app, request[PRINCIPAL]
-    new = submission.prepare(job_request, app[REGISTRY], owner=principal.sub, request_id=request[REQUEST_ID])
+    new = submission.prepare(
+        job_request, app[REGISTRY], sealer=app[SEALER], owner=principal.sub, request_id=request[REQUEST_ID],
+        for_anyone=principal.is_admin,
+    )  # fmt: skip
+    await guard_queue(request, 1, idempotency_key=new.idempotency_key)
     record, created, enqueued = await submission.submit(
         app[PG_POOL], app[JOBS_REDIS], new, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s
     )
@@ -86,7 +89,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     if job.batch_id is not None:
         app = request.app
         await submission.complete_batch(
-            app[PG_POOL], app[JOBS_REDIS], app[REGISTRY], job.batch_id,
+            app[PG_POOL], app[JOBS_REDIS], app[REGISTRY], job.batch_id, sealer=app[SEALER],
             enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s,
         )  # fmt: skip
     return json_response(job_resource(job))
@@ -117,30 +120,15 @@ async def _announce(request: web.Request, job_id: str, status: str) -> None:
         logger.warning("job.announce_failed", extra={"job_id": job_id, "reason": type(exc).__name__})
 
 
-def _bad_query(name: str, msg: str) -> BadRequest:
-    return BadRequest(f"query parameter `{name}`: {msg}", errors=[{"loc": ["query", name], "msg": msg}])
-
-
 def _query(params: Mapping[str, str]) -> tuple[ledger.JobFilter, int, str | None]:
-    unknown = sorted(set(params) - LIST_PARAMS)
-    if unknown:
-        raise BadRequest(
-            f"unknown query parameter(s): {', '.join(unknown)}",
-            errors=[{"loc": ["query", name], "msg": "unknown parameter"} for name in unknown],
-        )
-    for name, value in params.items():
-        if len(value) > MAX_PARAM_CHARS or "\x00" in value:
-            raise _bad_query(name, f"at most {MAX_PARAM_CHARS} characters, no NUL")
-    raw_limit = params.get("limit", str(DEFAULT_LIMIT))
-    if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise _bad_query("limit", f"an integer from 1 to {MAX_LIMIT}")
+    """The list's filters; unknown, repeated and oversized parameters were refused by `gateway.params`."""
     status = params.get("status")
     if status is not None and status not in STATUSES:
-        raise _bad_query("status", f"one of {', '.join(sorted(STATUSES))}")
+        raise bad_query("status", f"one of {', '.join(sorted(STATUSES))}")
     where = ledger.JobFilter(
         status=status, type=params.get("type"), queue=params.get("queue"), batch_id=params.get("batch_id")
     )
-    return where, int(raw_limit), params.get("cursor") or None
+    return where, *page(params)
 
 
 @routes.get("/api/v1/jobs")

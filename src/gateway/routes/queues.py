@@ -1,4 +1,4 @@
-"""Queue administration (admin only): stats, pause/resume, clean, retry-failed, health alerts."""
+"""Queue administration (admin only, by gateway.access): stats, pause/resume, clean, retry-failed, health alerts."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.keys import JOBS_REDIS, PG_POOL, PRINCIPAL, SETTINGS
+from gateway.keys import JOBS_REDIS, PG_POOL, SETTINGS
 from gateway.responses import json_response, read_json
 from shared import ledger, queue, queues, submission
-from shared.errors import NotFound, PermissionDenied
+from shared.errors import NotFound
 from shared.jobs import Queue
 
 routes = web.RouteTableDef()
@@ -26,11 +26,6 @@ class CleanRequest(BaseModel):
 
     older_than_s: float = Field(7 * 24 * 3600, ge=0, le=100 * 365 * 24 * 3600)
     statuses: list[Finished] = Field(default_factory=lambda: list(FINISHED), min_length=1)
-
-
-def _admin_only(request: web.Request) -> None:
-    if not request[PRINCIPAL].is_admin:
-        raise PermissionDenied("queue administration needs the admin role")
 
 
 def _queue_name(request: web.Request) -> str:
@@ -65,14 +60,12 @@ async def _resources(request: web.Request, names: tuple[str, ...]) -> list[dict[
 @routes.get("/api/v1/queues")
 async def list_queues(request: web.Request) -> web.Response:
     """GET /api/v1/queues: admin. Errors: 401, 403."""
-    _admin_only(request)
     return json_response({"items": await _resources(request, QUEUE_NAMES)})
 
 
 @routes.get("/api/v1/queues/health")
 async def get_queues_health(request: web.Request) -> web.Response:
     """GET /api/v1/queues/health: admin; alerts by the QUEUE_ALERT_* thresholds. Errors: 401, 403."""
-    _admin_only(request)
     config = request.app[SETTINGS].gateway
     alerts: list[dict[str, str]] = []
     for item in await _resources(request, QUEUE_NAMES):
@@ -89,12 +82,10 @@ async def get_queues_health(request: web.Request) -> web.Response:
 @routes.get("/api/v1/queues/{name}")
 async def get_queue(request: web.Request) -> web.Response:
     """GET /api/v1/queues/{name}: admin. Errors: 401, 403, 404."""
-    _admin_only(request)
     return json_response((await _resources(request, (_queue_name(request),)))[0])
 
 
 async def _set_paused(request: web.Request, paused: bool) -> web.Response:
-    _admin_only(request)
     name = _queue_name(request)
     await queues.set_paused(request.app[PG_POOL], name, paused)
     return json_response((await _resources(request, (name,)))[0])
@@ -116,7 +107,6 @@ async def resume_queue(request: web.Request) -> web.Response:
 async def clean_queue(request: web.Request) -> web.Response:
     """POST /api/v1/queues/{name}/clean: admin; removes finished jobs from the ledger and Redis.
     Errors: 400, 401, 403, 404, 415, 422."""
-    _admin_only(request)
     name = _queue_name(request)
     body = CleanRequest.model_validate(await read_json(request)) if request.can_read_body else CleanRequest()
     removed = await queues.clean(request.app[PG_POOL], name, statuses=body.statuses, older_than_s=body.older_than_s)
@@ -128,7 +118,6 @@ async def clean_queue(request: web.Request) -> web.Response:
 @routes.post("/api/v1/queues/{name}/retry-failed")
 async def retry_failed(request: web.Request) -> web.Response:
     """POST /api/v1/queues/{name}/retry-failed: admin; every failed job of the queue, attempts from 0."""
-    _admin_only(request)
     app = request.app
     ids = await queues.failed_ids(app[PG_POOL], _queue_name(request))
     reset = await ledger.reset_for_retry(app[PG_POOL], ids)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID
+from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER
 from gateway.lookup import well_formed_id
+from gateway.params import page
 from gateway.responses import json_response, read_json
 from shared import schedules, submission
-from shared.errors import BadRequest, InvalidInput, NotFound
+from shared.errors import InvalidInput, NotFound
 from shared.json import rfc3339
+from shared.sealing import redact
 
 routes = web.RouteTableDef()
 
 
 def _resource(s: schedules.Schedule) -> dict[str, Any]:
     return {
-        "id": s.id, "name": s.name, "cron": s.cron, "timezone": s.timezone, "job": s.job,
+        "id": s.id, "name": s.name, "cron": s.cron, "timezone": s.timezone,
+        "job": {**s.job, "payload": redact(s.job.get("payload") or {})},
         "start_at": rfc3339(s.start_at), "end_at": rfc3339(s.end_at), "enabled": s.enabled, "overlap": s.overlap,
         "next_run_at": rfc3339(s.next_run_at), "last_run_at": rfc3339(s.last_run_at), "last_job_id": s.last_job_id,
         "created_at": rfc3339(s.created_at), "updated_at": rfc3339(s.updated_at),
@@ -27,12 +29,18 @@ def _resource(s: schedules.Schedule) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _check_job(request: web.Request, job: submission.JobRequest, owner: str) -> None:
-    """The scheduled job must be one that `POST /jobs` would accept now (type, payload, timeout)."""
+def _checked_job(request: web.Request, job: submission.JobRequest, owner: str) -> submission.JobRequest:
+    """The scheduled job must be one that `POST /jobs` would accept now (type, payload, timeout); it is
+    stored with its secret fields sealed."""
+    app = request.app
     try:
-        submission.prepare(job, request.app[REGISTRY], owner=owner, request_id=request[REQUEST_ID])
+        submission.prepare(
+            job, app[REGISTRY], sealer=app[SEALER], owner=owner, request_id=request[REQUEST_ID],
+            for_anyone=request[PRINCIPAL].is_admin,
+        )  # fmt: skip
     except InvalidInput as exc:
         raise InvalidInput(exc.message, errors=[{**e, "loc": ["job", *e["loc"]]} for e in exc.errors or []]) from exc
+    return submission.sealed_request(job, app[REGISTRY], sealer=app[SEALER])
 
 
 async def _visible(request: web.Request) -> schedules.Schedule:
@@ -48,24 +56,20 @@ async def create_schedule(request: web.Request) -> web.Response:
     """POST /api/v1/schedules: any role. Errors: 400, 401, 409 (name taken by this owner), 415, 422."""
     body = schedules.ScheduleRequest.model_validate(await read_json(request))
     owner = request[PRINCIPAL].sub
-    _check_job(request, body.job, owner)
+    body = body.model_copy(update={"job": _checked_job(request, body.job, owner)})
     created = await schedules.create(request.app[PG_POOL], owner, body)
     return json_response(_resource(created), status=201, headers={"Location": f"/api/v1/schedules/{created.id}"})
 
 
 @routes.get("/api/v1/schedules")
 async def list_schedules(request: web.Request) -> web.Response:
-    """GET /api/v1/schedules: a user's own (an admin's: all), newest first, at most `limit` (1-200)."""
-    raw = request.query.get("limit", "50")
-    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 200:
-        raise BadRequest(
-            "`limit` must be an integer from 1 to 200", errors=[{"loc": ["query", "limit"], "msg": "1-200"}]
-        )
+    """GET /api/v1/schedules: a user's own (an admin's: all), newest first, paginated. Errors: 400, 401."""
+    limit, cursor = page(request.query)
     principal = request[PRINCIPAL]
-    found = await schedules.list_for(
-        request.app[PG_POOL], None if principal.is_admin else principal.sub, limit=int(raw)
+    found, next_cursor = await schedules.list_for(
+        request.app[PG_POOL], None if principal.is_admin else principal.sub, limit=limit, cursor=cursor
     )
-    return json_response({"items": [_resource(s) for s in found], "next_cursor": None})
+    return json_response({"items": [_resource(s) for s in found], "next_cursor": next_cursor})
 
 
 @routes.get("/api/v1/schedules/{schedule_id}")
@@ -80,7 +84,7 @@ async def update_schedule(request: web.Request) -> web.Response:
     current = await _visible(request)
     patch = schedules.SchedulePatch.model_validate(await read_json(request))
     if patch.job is not None:
-        _check_job(request, patch.job, current.owner)
+        patch = patch.model_copy(update={"job": _checked_job(request, patch.job, current.owner)})
     return json_response(_resource(await schedules.update(request.app[PG_POOL], current, patch)))
 
 

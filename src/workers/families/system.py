@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from shared.errors import RetryableJobError
-from shared.jobs import EchoPayload, EchoResult
+from shared.jobtypes.system import SYSTEM_ECHO, EchoPayload, EchoResult
 from workers.context import JobContext
+from workers.runtime import AnyHandler, bind
 
 
 async def _sleep_reporting(job: JobContext, sleep_s: float) -> None:
@@ -31,3 +32,6 @@ async def handle_echo(job: JobContext, payload: EchoPayload) -> EchoResult:
             f"failing attempt {job.attempt} of the first {payload.fail_times}, as asked", type_name="EchoFailure"
         )
     return EchoResult(data=payload.data, attempt=job.attempt)
+
+
+HANDLERS: list[AnyHandler] = [bind(SYSTEM_ECHO, handle_echo)]

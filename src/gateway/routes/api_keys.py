@@ -1,0 +1,68 @@
+"""API keys (admin, by gateway.access): POST/GET /api/v1/api-keys, DELETE /api/v1/api-keys/{id}."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from gateway.keys import PG_POOL, PRINCIPAL
+from gateway.lookup import well_formed_id
+from gateway.params import page
+from gateway.responses import json_response, read_json
+from shared import api_keys
+from shared.errors import NotFound
+from shared.json import rfc3339
+
+routes = web.RouteTableDef()
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    sub: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    role: api_keys.Role = "user"
+
+
+def _resource(key: api_keys.ApiKey) -> dict[str, Any]:
+    """Never the token nor its hash: neither exists anywhere after creation but in the caller's hands."""
+    return {
+        "id": key.id, "name": key.name, "sub": key.sub, "role": key.role, "prefix": key.prefix,
+        "created_at": rfc3339(key.created_at), "created_by": key.created_by,
+        "last_used_at": rfc3339(key.last_used_at), "revoked_at": rfc3339(key.revoked_at),
+    }  # fmt: skip
+
+
+@routes.post("/api/v1/api-keys")
+async def create_key(request: web.Request) -> web.Response:
+    """POST /api/v1/api-keys: admin. 201 with `token`, shown this once. Errors: 400, 401, 403, 415, 422."""
+    body = KeyRequest.model_validate(await read_json(request))
+    created = await api_keys.create(
+        request.app[PG_POOL], name=body.name, sub=body.sub, role=body.role, created_by=request[PRINCIPAL].sub
+    )
+    return json_response(
+        {**_resource(created.key), "token": created.token},
+        status=201,
+        headers={"Location": f"/api/v1/api-keys/{created.key.id}"},
+    )
+
+
+@routes.get("/api/v1/api-keys")
+async def list_keys(request: web.Request) -> web.Response:
+    """GET /api/v1/api-keys: admin; newest first, revoked ones too (with `revoked_at`). Errors: 400, 401, 403."""
+    limit, cursor = page(request.query)
+    found, next_cursor = await api_keys.list_keys(request.app[PG_POOL], limit=limit, cursor=cursor)
+    return json_response({"items": [_resource(k) for k in found], "next_cursor": next_cursor})
+
+
+@routes.delete("/api/v1/api-keys/{key_id}")
+async def revoke_key(request: web.Request) -> web.Response:
+    """DELETE /api/v1/api-keys/{id}: admin; 204, and the key is refused from the next request on, on every
+    gateway (keys are checked against PostgreSQL on each use). Revoking a revoked key is a 204 again.
+    Errors: 401, 403, 404."""
+    key_id = request.match_info["key_id"]
+    if not well_formed_id(key_id) or await api_keys.revoke(request.app[PG_POOL], key_id) is None:
+        raise NotFound(f"no API key {key_id!r}")
+    return web.Response(status=204)

@@ -1,0 +1,69 @@
+"""`/api/v1/artifacts` routes: stream a job's file to its owner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from typing import BinaryIO
+from urllib.parse import quote
+
+from aiohttp import web
+
+from gateway.keys import PG_POOL, PRINCIPAL, SETTINGS
+from shared import storage
+from shared.errors import NotFound
+
+routes = web.RouteTableDef()
+
+CHUNK_BYTES = 256 * 1024
+_NOT_PLAIN_ASCII = re.compile(r'[^\x20-\x7e]|["\\%]')
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: a plain-ASCII fallback for old clients, the exact name in `filename*` (RFC 8187)."""
+    fallback = _NOT_PLAIN_ASCII.sub("_", filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if header is None:
+        return False
+    return any(tag.strip().removeprefix("W/") in (etag, "*") for tag in header.split(","))
+
+
+async def _open(request: web.Request, artifact_id: str) -> tuple[storage.StoredFile, BinaryIO]:
+    """The artifact and its file opened: the path names one version, so a re-run's replacement is looked up again."""
+    principal = request[PRINCIPAL]
+    for _ in range(3):
+        found = await storage.find_file(
+            request.app[PG_POOL], request.app[SETTINGS].storage, "artifact", artifact_id,
+            owner=None if principal.is_admin else principal.sub,
+        )  # fmt: skip
+        if found is None:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            return found, await asyncio.to_thread(found.path.open, "rb")
+    raise NotFound(f"no artifact {artifact_id!r}")
+
+
+@routes.get("/api/v1/artifacts/{artifact_id}")
+async def get_artifact(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/artifacts/{id}: the owner or an admin; the file as stored, ETag = its sha256.
+    Errors: 401, 404 (also for another user's artifact)."""
+    found, file = await _open(request, request.match_info["artifact_id"])
+    try:
+        etag = f'"{found.sha256}"'
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"}
+        if _etag_matches(request.headers.get("If-None-Match"), etag):
+            return web.Response(status=304, headers=headers)
+        headers |= {"Content-Type": found.content_type, "Content-Disposition": content_disposition(found.filename)}
+        response = web.StreamResponse(headers=headers)
+        response.content_length = found.size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(file.read, CHUNK_BYTES):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        await asyncio.to_thread(file.close)

@@ -1,0 +1,169 @@
+"""`/api/v1/uploads` routes: a file streamed to storage (raw body or one multipart file), then read and deleted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+
+from gateway.keys import METRICS, PG_POOL, PRINCIPAL, SETTINGS
+from gateway.params import page
+from gateway.responses import json_response
+from shared import storage
+from shared.errors import BadRequest, NotFound
+from shared.json import rfc3339
+
+routes = web.RouteTableDef()
+
+API = "/api/v1/uploads"
+CHUNK_BYTES = 64 * 1024
+MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and part headers around the file in a multipart body
+# What a broken or abandoned body looks like to the handler (the client went away, a bad chunk, a short body).
+BODY_ERRORS = (ConnectionError, HttpProcessingError)
+# A malformed multipart head: aiohttp raises these (its parser even asserts on some bodies, and a bad part
+# header is an InvalidHeader).
+MALFORMED_MULTIPART = (ValueError, AssertionError, HttpProcessingError)
+
+
+class BodyCut(BadRequest):
+    """The body broke off or was malformed mid-stream (often: the client went away)."""
+
+    def __init__(self) -> None:
+        super().__init__("the body ended before it was complete; nothing was kept")
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    filename: str | None
+    content_type: str | None
+    chunks: AsyncIterator[bytes]
+
+
+def _resource(f: storage.StoredFile) -> dict[str, Any]:
+    return {
+        "id": f.id, "size": f.size, "sha256": f.sha256, "content_type": f.content_type, "filename": f.filename,
+        "created_at": rfc3339(f.created_at), "links": {"self": f"{API}/{f.id}"},
+    }  # fmt: skip
+
+
+def _too_large(limit: int, actual: int) -> web.HTTPRequestEntityTooLarge:
+    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=actual)
+
+
+def _raw_filename(request: web.Request) -> str | None:
+    if "filename" in request.query:
+        return request.query["filename"]
+    header = request.headers.get(hdrs.CONTENT_DISPOSITION)
+    if header is None:
+        return None
+    _, params = parse_content_disposition(header)
+    return content_disposition_filename(params, "filename")
+
+
+async def _raw_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+            yield chunk
+    except BODY_ERRORS as exc:
+        raise BodyCut from exc
+
+
+async def _part_chunks(part: BodyPartReader, reader: MultipartReader) -> AsyncIterator[bytes]:
+    """The file part's bytes; then the body must end (exactly one part)."""
+    try:
+        while chunk := await part.read_chunk(CHUNK_BYTES):
+            yield chunk
+        more = await reader.next()
+    except BODY_ERRORS as exc:
+        raise BodyCut from exc
+    except MALFORMED_MULTIPART as exc:
+        raise BadRequest(f"the multipart body is malformed: {exc}") from exc
+    if more is not None:
+        raise BadRequest("a multipart upload must hold exactly one part, a file field")
+
+
+async def _source(request: web.Request) -> _Source:
+    """Where the file's bytes come from; nothing of the body is read yet beyond a multipart file's headers."""
+    if request.content_type != "multipart/form-data":
+        content_type = request.headers.get(hdrs.CONTENT_TYPE)
+        return _Source(_raw_filename(request), content_type, _raw_chunks(request))
+    try:
+        reader = await request.multipart()
+        part = await reader.next()
+    except MALFORMED_MULTIPART as exc:
+        raise BadRequest(f"the multipart body is malformed: {exc}") from exc
+    if not isinstance(part, BodyPartReader) or part.filename is None:
+        raise BadRequest("a multipart upload must hold exactly one part, a file field (with a filename)")
+    return _Source(part.filename, part.headers.get(hdrs.CONTENT_TYPE), _part_chunks(part, reader))
+
+
+@routes.post(API)
+async def create_upload(request: web.Request) -> web.Response:
+    """POST /api/v1/uploads: any role; a raw body (its Content-Type; `?filename=` or Content-Disposition) or
+    multipart/form-data with one file field. Streamed to disk while hashed, never held whole in memory.
+    Errors: 400 malformed or cut-short body, 401, 413 past MAX_UPLOAD_BYTES (nothing is kept)."""
+    config, metrics = request.app[SETTINGS].storage, request.app[METRICS]
+    limit = config.max_upload_bytes
+    slack = MULTIPART_SLACK_BYTES if request.content_type == "multipart/form-data" else 0
+    if request.content_length is not None and request.content_length > limit + slack:
+        metrics.uploads.labels("too_large").inc()
+        raise _too_large(limit, request.content_length)
+    source = await _source(request)
+    try:
+        async with storage.write_upload(
+            request.app[PG_POOL], config, owner=request[PRINCIPAL].sub,
+            filename=source.filename, content_type=source.content_type,
+        ) as writer:  # fmt: skip
+            async for chunk in source.chunks:
+                await writer.write(chunk)
+    except storage.FileTooLarge as exc:
+        metrics.uploads.labels("too_large").inc()
+        raise _too_large(limit, limit + 1) from exc
+    except BodyCut:
+        metrics.uploads.labels("aborted").inc()
+        raise
+    stored = writer.stored
+    metrics.uploads.labels("stored").inc()
+    metrics.upload_bytes.inc(stored.size)
+    return json_response(_resource(stored), status=201, headers={"Location": f"{API}/{stored.id}"})
+
+
+async def _visible(request: web.Request) -> storage.StoredFile:
+    principal, upload_id = request[PRINCIPAL], request.match_info["upload_id"]
+    found = await storage.find_file(
+        request.app[PG_POOL], request.app[SETTINGS].storage, "upload", upload_id,
+        owner=None if principal.is_admin else principal.sub,
+    )  # fmt: skip
+    if found is None:
+        raise NotFound(f"no upload {upload_id!r}")
+    return found
+
+
+@routes.get(f"{API}/{{upload_id}}")
+async def get_upload(request: web.Request) -> web.Response:
+    """GET /api/v1/uploads/{id}: the metadata, for the owner or an admin. Errors: 401, 404."""
+    return json_response(_resource(await _visible(request)))
+
+
+@routes.delete(f"{API}/{{upload_id}}")
+async def delete_upload(request: web.Request) -> web.Response:
+    """DELETE /api/v1/uploads/{id}: the owner or an admin; the file and its record go. Errors: 401, 404."""
+    found = await _visible(request)
+    await storage.delete_file(request.app[PG_POOL], request.app[SETTINGS].storage, found)
+    return web.Response(status=204)
+
+
+@routes.get(API)
+async def list_uploads(request: web.Request) -> web.Response:
+    """GET /api/v1/uploads: newest first; a user's own, an admin's everyone's. Errors: 400, 401."""
+    limit, cursor = page(request.query)
+    principal = request[PRINCIPAL]
+    found, next_cursor = await storage.list_files(
+        request.app[PG_POOL], request.app[SETTINGS].storage, "upload",
+        owner=None if principal.is_admin else principal.sub, limit=limit, cursor=cursor,
+    )  # fmt: skip
+    return json_response({"items": [_resource(f) for f in found], "next_cursor": next_cursor})

@@ -1,0 +1,111 @@
+"""API keys: create (the token is returned once), list, revoke and verify; only a salted hash is stored.
+
+A token is `cvk_<16 hex>_<43 url-safe chars>`: the hex part names the row (`key_<hex>`), so verifying is
+one primary-key read and a constant-time comparison. The secret is 32 random bytes, so a salted SHA-256
+HMAC is enough: nobody can brute-force 256 bits however fast the hash, and a slow KDF (scrypt, PBKDF2)
+would only add its cost to every request. The per-key salt keeps equal inputs from giving equal hashes
+and makes a leaked table useless for precomputed lookups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import asyncpg
+
+from shared import pages
+from shared.db import Connection, Pool
+
+KEY_PREFIX = "cvk_"
+_TOKEN = re.compile(r"cvk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+Role = Literal["user", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    sub: str
+    role: Role
+    prefix: str
+    created_at: dt.datetime
+    created_by: str
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ApiKey:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    key: ApiKey
+    token: str  # the only time the secret exists outside the caller
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hmac.new(salt, secret.encode(), hashlib.sha256).digest()
+
+
+def is_api_key(token: str) -> bool:
+    """Whether a bearer token claims to be an API key (JWTs never start with `cvk_`)."""
+    return token.startswith(KEY_PREFIX)
+
+
+async def create(conn: Connection | Pool, *, name: str, sub: str, role: Role, created_by: str) -> CreatedKey:
+    hex_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), secrets.token_bytes(16)
+    row = await conn.fetchrow(
+        "INSERT INTO api_keys (id, name, sub, role, prefix, salt, hash, created_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
+        f"key_{hex_id}", name, sub, role, f"{KEY_PREFIX}{hex_id}", salt, _digest(salt, secret), created_by,
+    )  # fmt: skip
+    assert row is not None  # noqa: S101 - INSERT … RETURNING always returns the row
+    return CreatedKey(key=ApiKey.from_row(row), token=f"{KEY_PREFIX}{hex_id}_{secret}")
+
+
+async def list_keys(conn: Connection | Pool, *, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
+    """Newest first (revoked ones included, with `revoked_at`), keyset-paginated on (created_at, id)."""
+    return await pages.newest_first(conn, "api_keys", ApiKey.from_row, equal={}, limit=limit, cursor=cursor)
+
+
+async def revoke(conn: Connection | Pool, key_id: str) -> ApiKey | None:
+    """Revoke a key (again is harmless: the first revocation time stays); None when there is no such key."""
+    row = await conn.fetchrow(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING *", key_id
+    )
+    return None if row is None else ApiKey.from_row(row)
+
+
+async def verify(conn: Connection | Pool, token: str) -> ApiKey | None:
+    """The live key a token names, or None (malformed, unknown, wrong secret or revoked).
+
+    Reads PostgreSQL every time, so a revocation holds on the very next request on every gateway.
+    `last_used_at` is written at most once a minute per key (the database clock decides), so a busy
+    key costs one read per request, not a write.
+    """
+    match = _TOKEN.fullmatch(token)
+    if match is None:
+        return None
+    row = await conn.fetchrow(
+        "SELECT *, (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') AS stale"
+        " FROM api_keys WHERE id = $1",
+        f"key_{match[1]}",
+    )
+    if row is None or not hmac.compare_digest(row["hash"], _digest(row["salt"], match[2])):
+        return None
+    if row["revoked_at"] is not None:
+        return None
+    if row["stale"]:
+        await conn.execute(
+            "UPDATE api_keys SET last_used_at = now()"
+            " WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+            row["id"],
+        )
+    return ApiKey.from_row(row)

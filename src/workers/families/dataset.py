@@ -1,0 +1,94 @@
+"""Job family `dataset`: `dataset.analyze`, the engine run in the worker's CPU pool, progress relayed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import Any, Final
+
+from shared import storage
+from shared.errors import PermanentJobError, RetryableJobError
+from shared.jobtypes.dataset import DATASET_ANALYZE, DatasetPayload, DatasetResult
+from workers import dataset_engine
+from workers.context import JobContext
+from workers.runtime import AnyHandler, bind
+
+# How often the handler reads the engine's progress while the scan runs.
+PROGRESS_POLL_S: Final = 0.5
+# A broken CPU pool (a child died) is replaced at once; the job tries again after this long.
+BROKEN_POOL_RETRY_S: Final = 2.0
+_STEPS: Final = {
+    dataset_engine.STAGE_INFERRING: "inferring schema",
+    dataset_engine.STAGE_SCANNING: "scanning",
+    dataset_engine.STAGE_RESCANNING: "rescanning",
+}
+
+
+@contextlib.contextmanager
+def _progress_path() -> Iterator[str]:
+    fd, path = tempfile.mkstemp(prefix="conveyor-progress-")
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+async def run_engine(
+    job: JobContext | None, executor: Any, path: str, *, delimiter: str, has_header: bool, size: int
+) -> dict[str, Any]:
+    """Run `dataset_engine.analyze` in `executor` (the worker's CPU pool), relaying its progress to `job`."""
+    loop = asyncio.get_running_loop()
+    with _progress_path() as progress_path:
+        work = partial(
+            dataset_engine.analyze, path, delimiter=delimiter, has_header=has_header, progress_path=progress_path
+        )
+        future = loop.run_in_executor(executor, work)
+        last: tuple[float, float] | None = None
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=PROGRESS_POLL_S)
+            if done:
+                return future.result()
+            current = dataset_engine.read_progress(progress_path)
+            if job is not None and current is not None and current != last:
+                last = current
+                stage, fraction = current
+                await job.progress(
+                    percent=round(5 + 90 * fraction, 1) if stage else 0.0,
+                    step=_STEPS.get(stage, "scanning"),
+                    message=f"{fraction * size / 1e6:.1f} of {size / 1e6:.1f} MB",
+                )
+
+
+async def handle_analyze(job: JobContext, payload: DatasetPayload) -> DatasetResult:
+    """Analyse one of the owner's uploads. Malformed files and unknown uploads fail at once; a CPU pool
+    child that died (BrokenProcessPool) retries on the replaced pool."""
+    ctx = job.worker
+    stored = await storage.find_file(ctx.pg, ctx.settings.storage, "upload", payload.upload_id, owner=job.owner)
+    if stored is None:
+        raise PermanentJobError(f"no upload {payload.upload_id!r} of yours exists", type_name="UploadNotFound")
+    await job.progress(percent=0.0, step="inferring schema", message=stored.filename)
+    try:
+        result = await run_engine(
+            job, ctx.cpu, str(stored.path), delimiter=payload.delimiter, has_header=payload.has_header,
+            size=stored.size,
+        )  # fmt: skip
+    except dataset_engine.MalformedCSV as exc:
+        raise PermanentJobError(f"{stored.filename}: {exc}", type_name="MalformedCSV") from None
+    except FileNotFoundError:
+        raise PermanentJobError(f"upload {payload.upload_id!r} is gone", type_name="UploadNotFound") from None
+    except BrokenProcessPool as exc:
+        raise RetryableJobError(
+            "the analysis process died; retrying on a fresh one", defer_s=BROKEN_POOL_RETRY_S, type_name="CpuPoolBroken"
+        ) from exc
+    await job.progress(percent=100.0, step="done", message=f"{result['rows']} rows")
+    return DatasetResult.model_validate(result)
+
+
+HANDLERS: list[AnyHandler] = [bind(DATASET_ANALYZE, handle_analyze)]

@@ -1,0 +1,121 @@
+"""Job family `email`: transactional mail over SMTP, from a body or a template, with artifacts attached."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiosmtplib
+
+from shared import mail_log, storage
+from shared.errors import PermanentJobError, RetryableJobError
+from shared.jobtypes.email import EMAIL_SEND, EmailPayload, EmailResult
+from shared.mail import MailAttachment, OutgoingMail, SendOutcome, message_id_for
+from shared.mail_templates import TemplateProblem, render
+from workers.context import JobContext
+from workers.runtime import AnyHandler, bind
+
+logger = logging.getLogger(__name__)
+
+# What one message may carry in attachments, in all (most servers refuse messages over 25 MB once encoded).
+MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
+
+# Connection-level trouble: the server may be back in a moment.
+_TRANSIENT = (
+    aiosmtplib.SMTPConnectError,
+    aiosmtplib.SMTPServerDisconnected,
+    aiosmtplib.SMTPTimeoutError,
+    aiosmtplib.SMTPConnectTimeoutError,
+    OSError,
+)
+
+
+async def handle_send(job: JobContext, payload: EmailPayload) -> EmailResult:
+    """Send one message, at most once per job: a send the server accepted is recorded (`shared.mail_log`),
+    and a later attempt returns that record instead of sending again. The Message-ID is derived from the
+    job id, so even a send repeated through the remaining window is recognisably the same message.
+
+    Refused recipients (all of them) and other 5xx replies fail the job; 4xx replies and connection errors retry.
+    """
+    worker = job.worker
+    earlier = await mail_log.find_sent(worker.pg, job.job_id)
+    if earlier is not None:
+        logger.info("email.already_sent")
+        return _result(earlier)
+    mail = await _compose(job, payload)
+    sent = await _send(job, mail)
+    if not await mail_log.record_sent(worker.pg, job.job_id, sent):
+        logger.error("email.sent_unrecorded")  # a retry of this job would send again
+    worker.metrics.smtp.labels("sent").inc()
+    logger.info("email.sent", extra={"accepted": len(sent.accepted), "refused": len(sent.refused)})
+    return _result(sent)
+
+
+def _result(sent: SendOutcome) -> EmailResult:
+    return EmailResult(message_id=sent.message_id, accepted=sent.accepted, refused=sent.refused)
+
+
+async def _compose(job: JobContext, payload: EmailPayload) -> OutgoingMail:
+    subject, text, html = payload.subject, payload.text, payload.html
+    if payload.template is not None:
+        try:
+            rendered = render(job.worker.settings.smtp.templates_dir, payload.template, subject, payload.context)
+        except TemplateProblem as exc:
+            raise PermanentJobError(str(exc), type_name=exc.kind) from exc
+        subject, text, html = rendered.subject, rendered.text, rendered.html
+    return OutgoingMail(
+        to=list(payload.to), cc=list(payload.cc), bcc=list(payload.bcc), subject=subject, text=text, html=html,
+        reply_to=payload.reply_to, attachments=await _attachments(job, payload),
+    )  # fmt: skip
+
+
+async def _attachments(job: JobContext, payload: EmailPayload) -> list[MailAttachment]:
+    """The payload's artifacts, which must be the job owner's own (anyone else's is as good as absent)."""
+    worker = job.worker
+    found: list[tuple[storage.StoredFile, str]] = []
+    for wanted in payload.attachments:
+        stored = await storage.find_file(
+            worker.pg, worker.settings.storage, "artifact", wanted.artifact_id, owner=job.owner
+        )
+        if stored is None:
+            raise PermanentJobError(f"no artifact {wanted.artifact_id!r}", type_name="AttachmentNotFound")
+        found.append((stored, wanted.filename or stored.filename))
+    total = sum(stored.size for stored, _ in found)
+    if total > MAX_ATTACHMENT_BYTES:
+        raise PermanentJobError(
+            f"attachments total {total} bytes, over the limit of {MAX_ATTACHMENT_BYTES}",
+            type_name="AttachmentsTooLarge",
+        )
+    attachments = []
+    for stored, filename in found:
+        try:
+            data = await asyncio.to_thread(stored.path.read_bytes)
+        except FileNotFoundError as exc:  # replaced by a re-run of its job since it was looked up
+            raise RetryableJobError(f"artifact {stored.id!r} is being replaced", type_name="AttachmentMoved") from exc
+        attachments.append(MailAttachment(filename=filename, content_type=stored.content_type, data=data))
+    return attachments
+
+
+async def _send(job: JobContext, mail: OutgoingMail) -> SendOutcome:
+    worker = job.worker
+    message_id = message_id_for(job.job_id, worker.settings.smtp.mail_from)
+    outcome = worker.metrics.smtp
+    try:
+        return await worker.mailer.send(mail, message_id=message_id)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        outcome.labels("refused").inc()
+        refused = ", ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+        raise PermanentJobError(f"every recipient was refused ({refused})", type_name="SMTPRecipientsRefused") from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        transient = 400 <= exc.code < 500
+        outcome.labels("transient" if transient else "error").inc()
+        message = f"the SMTP server answered {exc.code} {exc.message}"
+        if transient:
+            raise RetryableJobError(message, type_name=type(exc).__name__) from exc
+        raise PermanentJobError(message, type_name=type(exc).__name__) from exc
+    except _TRANSIENT as exc:
+        outcome.labels("transient").inc()
+        raise RetryableJobError(f"SMTP server unreachable: {exc}", type_name=type(exc).__name__) from exc
+
+
+HANDLERS: list[AnyHandler] = [bind(EMAIL_SEND, handle_send)]

@@ -1,0 +1,259 @@
+"""email.send with templates, attachments and exactly-once sending, against a real SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from shared import db, storage
+from shared.errors import RetryableJobError
+from shared.jobtypes.email import EMAIL_SEND, EmailPayload, EmailResult
+from shared.settings import SmtpConfig
+from support.stack import Api, Services, SmtpSink, StartWorker, free_port, postgres_config, storage_config
+from support.tcp_proxy import TcpProxy
+from workers.context import JobContext
+from workers.families import builtin_handlers
+from workers.families.email import handle_send
+from workers.runtime import bind
+
+
+def _parse(sink: SmtpSink, index: int = 0) -> EmailMessage:
+    content = sink.messages[index].content
+    assert isinstance(content, bytes)
+    msg = message_from_bytes(content, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def _body(msg: EmailMessage, subtype: str) -> str:
+    part = msg.get_body(preferencelist=(subtype,))
+    assert part is not None
+    assert part.get_content_subtype() == subtype
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content.replace("\r\n", "\n")
+
+
+@pytest.fixture
+async def pool(services: Services) -> AsyncIterator[db.Pool]:
+    async with db.open_pool(postgres_config(services), migrate=False) as p:
+        yield p
+
+
+async def _artifact(pool: db.Pool, services: Services, *, owner: str, job_id: str, data: bytes) -> str:
+    async with storage.write_artifact(
+        pool, storage_config(services), owner=owner, job_id=job_id, filename="report.csv",
+        content_type="text/csv; charset=utf-8",
+    ) as writer:  # fmt: skip
+        await writer.write(data)
+    return writer.stored.id
+
+
+async def test_template_renders_text_and_html_escaping_only_html(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink
+) -> None:
+    await start_worker("default", smtp_port=smtp.port)
+    name = "<script>alert(1)</script>"
+    job = await api.submit(
+        "email.send",
+        {"to": ["ann@example.com"], "subject": "Welcome, {{ name }}!", "template": "welcome",
+         "context": {"name": name, "url": "https://example.com/login?a=1&b=2"}},
+    )  # fmt: skip
+
+    await api.wait_status(job["id"], "succeeded")
+
+    msg = _parse(smtp)
+    assert msg["Subject"] == f"Welcome, {name}!", "the subject is plain text, not escaped"
+    text, html = _body(msg, "plain"), _body(msg, "html")
+    assert f"Hello {name}," in text
+    assert "https://example.com/login?a=1&b=2" in text
+    assert "<script>" not in html
+    assert "Hello &lt;script&gt;alert(1)&lt;/script&gt;," in html
+    assert 'href="https://example.com/login?a=1&amp;b=2"' in html
+
+
+async def test_user_templates_override_and_extend_the_builtins(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, tmp_path: Path
+) -> None:
+    (tmp_path / "welcome.txt").write_text("Hi {{ name }}, from our own template.\n")
+    (tmp_path / "welcome.html").write_text("<p>Hi {{ name }}</p>\n")
+    (tmp_path / "invoice.txt").write_text("Invoice {{ number }} is due.\n")
+    config = SmtpConfig(host="127.0.0.1", port=smtp.port, timeout_s=2, templates_dir=tmp_path)
+    await start_worker("default", smtp=config)
+    welcome = await api.submit(
+        "email.send", {"to": ["a@example.com"], "subject": "Hi", "template": "welcome", "context": {"name": "Ann"}}
+    )
+    await api.wait_status(welcome["id"], "succeeded")
+    invoice = await api.submit(
+        "email.send",
+        {"to": ["a@example.com"], "subject": "Invoice {{ number }}", "template": "invoice", "context": {"number": 7}},
+    )
+    await api.wait_status(invoice["id"], "succeeded")
+
+    first, second = _parse(smtp, 0), _parse(smtp, 1)
+    assert _body(first, "plain") == "Hi Ann, from our own template.\n"
+    assert _body(first, "html") == "<p>Hi Ann</p>\n"
+    assert second["Subject"] == "Invoice 7"
+    assert _body(second, "plain") == "Invoice 7 is due.\n"
+    assert not second.is_multipart(), "a text-only template sends a text-only mail"
+
+
+@pytest.mark.parametrize(
+    ("template", "context", "error_type"),
+    [
+        ("no-such-template", {}, "TemplateNotFound"),
+        ("welcome", {"product": "Acme"}, "TemplateError"),  # `name` is missing
+    ],
+)
+async def test_template_problems_fail_without_retry(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, template: str, context: dict[str, str], error_type: str
+) -> None:
+    await start_worker("default", smtp_port=smtp.port)
+    payload = {"to": ["a@example.com"], "subject": "Hi", "template": template}
+    job = await api.submit("email.send", {**payload, "context": context} if context else payload)
+
+    failed = await api.wait_status(job["id"], "failed")
+
+    assert failed["attempts"] == 1
+    assert failed["error"]["type"] == error_type
+    assert failed["error"]["retryable"] is False
+    assert smtp.messages == []
+
+
+async def test_undefined_variable_in_the_subject_fails(api: Api, start_worker: StartWorker, smtp: SmtpSink) -> None:
+    await start_worker("default", smtp_port=smtp.port)
+    job = await api.submit(
+        "email.send",
+        {"to": ["a@example.com"], "subject": "Hi {{ nobody }}", "template": "welcome", "context": {"name": "A"}},
+    )
+
+    failed = await api.wait_status(job["id"], "failed")
+
+    assert failed["error"]["type"] == "TemplateError"
+    assert "nobody" in failed["error"]["message"]
+    assert smtp.messages == []
+
+
+async def test_the_subject_is_not_a_template_so_a_loop_in_it_is_sent_as_text(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink
+) -> None:
+    await start_worker("default", smtp_port=smtp.port)
+    subject = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %} for {{ name }}"
+    job = await api.submit(
+        "email.send", {"to": ["a@example.com"], "subject": subject, "template": "welcome", "context": {"name": "Ann"}}
+    )
+
+    done = await api.wait_status(job["id"], "succeeded", "failed")
+
+    assert done["status"] == "succeeded", done["error"]
+    assert str(_parse(smtp)["Subject"]).endswith("{% endfor %}{% endfor %} for Ann")
+
+
+async def test_artifact_is_attached_under_its_new_name(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services
+) -> None:
+    data = b"type,status,jobs\nemail.send,succeeded,3\n"
+    artifact_id = await _artifact(pool, services, owner="alice", job_id="job_report_1", data=data)
+    await start_worker("default", smtp_port=smtp.port)
+    job = await api.submit(
+        "email.send",
+        {"to": ["a@example.com"], "subject": "Your report", "text": "Attached.",
+         "attachments": [{"artifact_id": artifact_id, "filename": "june.csv"}, {"artifact_id": artifact_id}]},
+    )  # fmt: skip
+
+    await api.wait_status(job["id"], "succeeded")
+
+    msg = _parse(smtp)
+    assert _body(msg, "plain") == "Attached.\n"
+    files = list(msg.iter_attachments())
+    assert [f.get_filename() for f in files] == ["june.csv", "report.csv"]
+    for part in files:
+        assert part.get_content_type() == "text/csv"
+        assert part.get_param("charset") == "utf-8"
+        assert part.get_payload(decode=True) == data
+
+
+async def test_someone_elses_artifact_is_not_attached(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services
+) -> None:
+    artifact_id = await _artifact(pool, services, owner="bob", job_id="job_bobs_report", data=b"secret")
+    await start_worker("default", smtp_port=smtp.port)
+    job = await api.submit(
+        "email.send",
+        {"to": ["a@example.com"], "subject": "Hi", "text": "x", "attachments": [{"artifact_id": artifact_id}]},
+    )
+
+    failed = await api.wait_status(job["id"], "failed")
+
+    assert failed["attempts"] == 1
+    assert failed["error"]["type"] == "AttachmentNotFound"
+    assert failed["error"]["retryable"] is False
+    assert smtp.messages == []
+
+
+async def test_a_retry_after_an_accepted_send_does_not_send_again(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink
+) -> None:
+    """The first attempt fails after the server accepted the mail (as a lost outcome write would): the
+    retry returns the recorded result, and the recipient gets one message."""
+
+    async def fails_after_sending(job: JobContext, payload: EmailPayload) -> EmailResult:
+        result = await handle_send(job, payload)
+        if job.attempt == 1:
+            raise RetryableJobError("lost after the send", defer_s=0.1, type_name="LostAfterSend")
+        return result
+
+    handlers = {**builtin_handlers(), EMAIL_SEND.name: bind(EMAIL_SEND, fails_after_sending)}
+    await start_worker("default", smtp_port=smtp.port, handlers=handlers)
+    job = await api.submit(
+        "email.send", {"to": ["a@example.com", "reject@example.com"], "subject": "Once", "text": "x"}
+    )
+
+    done = await api.wait_status(job["id"], "succeeded")
+
+    assert done["attempts"] == 2
+    assert [e["type"] for e in done["errors"]] == ["LostAfterSend"]
+    assert len(smtp.messages) == 1
+    assert done["result"]["message_id"] == _parse(smtp)["Message-ID"]
+    assert done["result"]["accepted"] == ["a@example.com"]
+    assert list(done["result"]["refused"]) == ["reject@example.com"]
+
+
+class _CuttingSink(SmtpSink):
+    """Accepts the message and, at that moment, cuts PostgreSQL for a second (in the test's event loop)."""
+
+    def __init__(self, proxy: TcpProxy, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._proxy, self._loop = proxy, loop
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if not self.messages:
+            self._loop.call_soon_threadsafe(self._proxy.cut)
+            self._loop.call_soon_threadsafe(self._loop.call_later, 1.0, self._proxy.restore)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_ledger_blip_right_after_the_send_still_sends_once(
+    services: Services, api: Api, start_worker: StartWorker, pg_proxy: TcpProxy
+) -> None:
+    sink = _CuttingSink(pg_proxy, asyncio.get_running_loop())
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        await start_worker("default", via=services.through_postgres_port(pg_proxy.port), smtp_port=controller.port)
+        job = await api.submit("email.send", {"to": ["a@example.com"], "subject": "Once", "text": "x"})
+
+        done = await api.wait_status(job["id"], "succeeded", within=30)
+    finally:
+        controller.stop()
+
+    assert len(sink.messages) == 1
+    assert done["attempts"] == 1, "the send and the outcome are recorded once the ledger is back"
+    assert done["result"]["accepted"] == ["a@example.com"]

@@ -1,0 +1,188 @@
+"""Rate limits over a real gateway and Redis: per principal, per IP on failed authentication, fail open, queue cap."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from shared.settings import RedisConfig, SecurityConfig
+from support.helpers import eventually
+from support.stack import Api, Conn, Services, gateway_settings, running_gateway
+from support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.usefixtures("pg", "jobs_redis")
+
+BAD = {"Authorization": "Bearer not-a-token"}
+
+
+@contextlib.asynccontextmanager
+async def gateway(services: Services, **security: Any) -> AsyncIterator[Api]:
+    async with running_gateway(gateway_settings(services, security=SecurityConfig(**security))) as api:
+        yield api
+
+
+async def _get(api: Api, path: str = "/api/v1/job-types", **kw: Any) -> tuple[int, Any, Any]:
+    return await api.request("GET", path, **kw)
+
+
+async def _metric(api: Api, reason: str) -> float:
+    _, text, _ = await api.request("GET", "/metrics")
+    prefix = f'conveyor_gateway_rate_limited_total{{reason="{reason}"}} '
+    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+async def test_a_principal_over_its_limit_gets_429_with_retry_after(services: Services) -> None:
+    async with gateway(services, rate_limit_per_minute=3) as api:
+        remaining = []
+        for _ in range(3):
+            status, _, resp = await _get(api)
+            assert status == 200
+            assert resp.headers["RateLimit-Limit"] == "3"
+            assert 1 <= int(resp.headers["RateLimit-Reset"]) <= 60
+            remaining.append(int(resp.headers["RateLimit-Remaining"]))
+
+        status, body, resp = await _get(api)
+
+        assert remaining == [2, 1, 0]
+        assert status == 429
+        assert resp.content_type == "application/problem+json"
+        assert body["type"] == "/problems/rate-limited"
+        assert 1 <= int(resp.headers["Retry-After"]) <= 60
+        assert (await _get(api, as_="bob"))[0] == 200  # the limit is per principal
+        assert await _metric(api, "principal") == 1
+
+
+async def test_public_routes_are_not_limited_per_principal(services: Services) -> None:
+    async with gateway(services, rate_limit_per_minute=1) as api:
+        statuses = {(await api.request("GET", path))[0] for path in ["/health", "/api/v1/openapi.json"] * 3}
+
+        assert statuses == {200}
+
+
+async def test_the_limit_is_shared_by_every_gateway_replica(services: Services) -> None:
+    async with gateway(services, rate_limit_per_minute=4) as one, gateway(services, rate_limit_per_minute=4) as two:
+        statuses = [(await _get(api))[0] for api in (one, two, one, two, one, two)]
+
+    assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+async def test_failed_authentications_block_the_address_even_for_a_good_token(services: Services) -> None:
+    async with (
+        gateway(services, auth_failures_per_minute=3) as api,
+        gateway(services, auth_failures_per_minute=3) as other,
+    ):
+        failures = [(await _get(api, headers=BAD))[0] for _ in range(3)]
+        status, body, resp = await _get(api, headers=BAD)
+        good_token_status, _, good_resp = await _get(api)
+        health, _, _ = await api.request("GET", "/health")
+        # Another replica sees the shared count at the address's next failure.
+        elsewhere, _, _ = await _get(other, headers=BAD)
+
+        assert failures == [401, 401, 401]
+        assert status == 429
+        assert body["type"] == "/problems/rate-limited"
+        assert 1 <= int(resp.headers["Retry-After"]) <= 60
+        assert good_token_status == 429  # refused before the token is read
+        assert 1 <= int(good_resp.headers["Retry-After"]) <= 60
+        assert health == 200
+        assert elsewhere == 429
+        assert await _metric(api, "auth_failures") == 2
+
+
+async def test_forwarded_for_names_the_client_only_when_trusted(services: Services) -> None:
+    def hop(ip: str) -> dict[str, str]:
+        return {**BAD, "X-Forwarded-For": f"{ip}, 10.0.0.1"}
+
+    async with gateway(services, auth_failures_per_minute=2, trust_forwarded_for=True) as api:
+        trusted = [(await _get(api, headers=hop("203.0.113.7")))[0] for _ in range(3)]
+        neighbour, _, _ = await _get(api, headers=hop("203.0.113.8"))
+    async with gateway(services, auth_failures_per_minute=2) as api:
+        # Not trusted: every request is the peer's, whatever the header claims.
+        untrusted = [(await _get(api, headers=hop(f"198.51.100.{i}")))[0] for i in range(3)]
+
+    assert trusted == [401, 401, 429]
+    assert neighbour == 401
+    assert untrusted == [401, 401, 429]
+
+
+async def test_the_limiter_fails_open_while_the_cache_is_down(
+    services: Services, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = gateway_settings(services, security=SecurityConfig(rate_limit_per_minute=2, auth_failures_per_minute=1))
+    cut_cache = RedisConfig(cache_url=proxy.url(services.cache_db), jobs_url=services.jobs_url, connect_timeout_s=0.5)
+    settings = settings.model_copy(update={"redis": cut_cache})
+    async with running_gateway(settings) as api:
+        proxy.cut()
+        with caplog.at_level(logging.WARNING, logger="gateway.ratelimit"):
+            statuses = [(await _get(api))[0] for _ in range(5)]
+            failures = [(await _get(api, headers=BAD))[0] for _ in range(3)]
+
+        assert statuses == [200] * 5
+        assert failures == [401] * 3
+        warnings = [r for r in caplog.records if r.getMessage() == "ratelimit.unavailable"]
+        assert 1 <= len(warnings) <= 2  # throttled: not one line per request
+        _, text, _ = await api.request("GET", "/metrics")
+        unchecked = {
+            limiter: float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            for limiter in ("principal", "auth_failures")
+            if line.startswith(f'conveyor_gateway_rate_limit_unchecked_total{{limiter="{limiter}"}}')
+        }
+        assert unchecked == {"principal": 5.0, "auth_failures": 3.0}
+
+        proxy.restore()
+
+        async def limited_again() -> bool | None:
+            return True if (await _get(api))[0] == 429 else None
+
+        assert await eventually(limited_again, within=15, interval=0.2)
+
+
+async def _echo(api: Api, as_: str = "alice", **extra: Any) -> tuple[int, Any, Any]:
+    body = {"type": "system.echo", "payload": {}, "delay_s": 3600, **extra}
+    return await api.request("POST", "/api/v1/jobs", as_=as_, json=body)
+
+
+def _batch(n: int) -> dict[str, Any]:
+    return {"jobs": [{"type": "system.echo", "payload": {}, "delay_s": 3600}] * n}
+
+
+async def test_waiting_jobs_are_capped_per_owner(services: Services, pg: Conn) -> None:
+    async with gateway(services, max_queued_per_owner=3) as api:
+        accepted = [(await _echo(api, idempotency_key=f"k{i}"))[0] for i in range(3)]
+        status, body, resp = await _echo(api)
+        replay, _, _ = await _echo(api, idempotency_key="k0")
+        batch, _, _ = await api.request("POST", "/api/v1/batches", json=_batch(1))
+        bob_batch, _, _ = await api.request("POST", "/api/v1/batches", as_="bob", json=_batch(3))
+        bob_more, _, _ = await _echo(api, as_="bob")
+
+        assert accepted == [202, 202, 202]
+        assert status == 429
+        assert body["type"] == "/problems/rate-limited"
+        assert "3" in body["detail"]
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert replay == 200  # an idempotent replay records nothing, so it is never refused
+        assert batch == 429
+        assert bob_batch == 202
+        assert bob_more == 429
+        assert await pg.fetchval("SELECT count(*) FROM jobs WHERE owner = 'alice'") == 3
+        assert await _metric(api, "queue_cap") == 3
+
+        first = await pg.fetchval("SELECT id FROM jobs WHERE owner = 'alice' ORDER BY created_at LIMIT 1")
+        cancelled, _, _ = await api.request("POST", f"/api/v1/jobs/{first}/cancel")
+        assert cancelled == 200
+        assert (await _echo(api))[0] == 202  # a finished job frees its place
+
+
+async def test_a_batch_counts_whole(services: Services) -> None:
+    async with gateway(services, max_queued_per_owner=5) as api:
+        too_big, body, _ = await api.request("POST", "/api/v1/batches", json=_batch(6))
+        fits, _, _ = await api.request("POST", "/api/v1/batches", json=_batch(5))
+
+    assert too_big == 429
+    assert body["status"] == 429
+    assert fits == 202

@@ -1,0 +1,301 @@
+"""`webhook.deliver` end to end: gateway -> worker -> a local receiver over real sockets.
+
+The type runs with a fast fixed backoff (a test registry) so retries take a fraction of a second; everything
+else (payload, handler, settings) is the built-in one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from shared import json, webhooks
+from shared.circuit import Breaker, CircuitState, Permit
+from shared.jobs import Backoff, Registry
+from shared.jobtypes import builtin_specs
+from shared.jobtypes.webhook import WEBHOOK_DELIVER
+from shared.settings import WebhookConfig
+from support.helpers import eventually
+from support.receiver import Receiver, Reply, running_receiver
+from support.stack import Api, Conn, Services, StartWorker, free_port, gateway_settings, running_gateway
+from workers.families import builtin_handlers
+from workers.families.webhook import handle_deliver
+from workers.processes import WorkerProcess
+from workers.runtime import bind
+
+SECRET = "whsec_test_secret"
+FAST = dataclasses.replace(WEBHOOK_DELIVER, backoff=Backoff(kind="fixed", base_s=0.2, jitter=False))
+REGISTRY = Registry([*(s for s in builtin_specs() if s.name != FAST.name), FAST])
+HANDLERS = {**builtin_handlers(), FAST.name: bind(FAST, handle_deliver)}
+
+
+def hooks(**options: Any) -> WebhookConfig:
+    return WebhookConfig(**{"allow_private": True, "timeout_s": 2, **options})
+
+
+@contextlib.asynccontextmanager
+async def stack(services: Services, start_worker: StartWorker, **webhook: Any) -> AsyncIterator[tuple[Api, Receiver]]:
+    await start_worker("default", handlers=HANDLERS, registry=REGISTRY, webhook=hooks(**webhook))
+    async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
+        yield api, receiver
+
+
+def webhook_metric(process: WorkerProcess, outcome: str) -> float:
+    value = process.metrics.registry.get_sample_value("conveyor_worker_webhook_deliveries_total", {"outcome": outcome})
+    return value or 0.0
+
+
+def circuit_gauge(process: WorkerProcess, host: str = "127.0.0.1") -> float | None:
+    return process.metrics.registry.get_sample_value("conveyor_worker_circuit_breaker_state", {"host": host})
+
+
+async def test_delivery_is_signed_and_keeps_its_id_across_a_retry(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    async with stack(services, start_worker, secret=SecretStr(SECRET)) as (api, receiver):
+        receiver.script("/hook", Reply(503, body=b"busy"))
+        job = await api.submit(
+            "webhook.deliver",
+            {"url": receiver.url(), "event": "order.paid", "data": {"order": 42}, "headers": {"X-Tenant": "acme"}},
+        )
+        done = await api.wait_status(job["id"], "succeeded", "failed")
+
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["status_code"] == 200
+    assert done["result"]["attempt"] == done["attempts"] == 2
+    first, second = receiver.at("/hook")
+    assert first.body == second.body, "a retry sends the same delivery"
+    delivery = webhooks.delivery_id(job["id"])
+    for hit in (first, second):
+        assert hit.headers[webhooks.DELIVERY_HEADER] == delivery
+        assert hit.headers[webhooks.EVENT_HEADER] == "order.paid"
+        assert hit.headers["Content-Type"] == "application/json"
+        assert hit.headers["User-Agent"].startswith("Conveyor-Webhooks/")
+        assert hit.headers["X-Tenant"] == "acme"
+        assert webhooks.verify(SECRET, hit.headers[webhooks.SIGNATURE_HEADER], hit.body)
+        assert not webhooks.verify("another-secret", hit.headers[webhooks.SIGNATURE_HEADER], hit.body)
+    body = json.loads(first.body)
+    assert body["id"] == delivery
+    assert (body["event"], body["data"]) == ("order.paid", {"order": 42})
+    assert body["created_at"] == done["created_at"]
+
+
+@pytest.mark.parametrize("status", [400, 410])
+async def test_a_client_error_fails_at_once(
+    services: Services, pg: Conn, start_worker: StartWorker, status: int
+) -> None:
+    async with stack(services, start_worker) as (api, receiver):
+        receiver.script("/hook", then=Reply(status, body=b"no such subscription"))
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "order.paid"})
+        done = await api.wait_status(job["id"], "failed", "succeeded")
+
+    assert done["status"] == "failed"
+    assert done["attempts"] == 1
+    assert done["error"]["type"] == "WebhookHTTPError"
+    assert done["error"]["retryable"] is False
+    assert str(status) in done["error"]["message"]
+    assert "no such subscription" in done["error"]["message"]
+    (hit,) = receiver.hits
+    assert webhooks.SIGNATURE_HEADER not in hit.headers, "unsigned when no secret is configured"
+
+
+async def test_429_waits_as_long_as_retry_after_asks(services: Services, pg: Conn, start_worker: StartWorker) -> None:
+    async with stack(services, start_worker) as (api, receiver):
+        receiver.script("/hook", Reply(429, headers={"Retry-After": "2"}))
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "order.paid"})
+        done = await api.wait_status(job["id"], "succeeded", "failed")
+
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 2
+    first, second = receiver.hits
+    # The type's backoff here is 0.2 s: only Retry-After explains a wait of two seconds.
+    assert second.at - first.at >= 1.5
+
+
+async def test_a_receiver_that_does_not_answer_in_time_is_retried(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    async with stack(services, start_worker, timeout_s=0.5) as (api, receiver):
+        receiver.script("/hook", Reply(200, delay_s=2))
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "order.paid"})
+        done = await api.wait_status(job["id"], "succeeded", "failed")
+
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 2
+    assert len(receiver.hits) == 2
+
+
+async def test_redirects_are_followed_and_caller_headers_stay_with_their_origin(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    async with stack(services, start_worker, secret=SecretStr(SECRET)) as (api, receiver):
+        elsewhere = receiver.url("/moved-here", host="localhost")  # another origin: a different host
+        receiver.script("/old", then=Reply(308, headers={"Location": "/new"}))
+        receiver.script("/new", then=Reply(307, headers={"Location": elsewhere}))
+        job = await api.submit(
+            "webhook.deliver", {"url": receiver.url("/old"), "event": "e", "headers": {"Authorization": "Bearer x"}}
+        )
+        done = await api.wait_status(job["id"], "succeeded", "failed")
+        loop = await api.submit("webhook.deliver", {"url": receiver.url("/loop"), "event": "e"})
+        receiver.script("/loop", then=Reply(302, headers={"Location": "/loop"}))
+        looped = await api.wait_status(loop["id"], "failed", "succeeded")
+
+    assert done["status"] == "succeeded", done["error"]
+    old, new, final = (receiver.at(p)[0] for p in ("/old", "/new", "/moved-here"))
+    assert old.body == new.body == final.body
+    assert new.headers["Authorization"] == "Bearer x", "same origin keeps the caller's headers"
+    assert "Authorization" not in final.headers, "another origin does not get them"
+    assert webhooks.verify(SECRET, final.headers[webhooks.SIGNATURE_HEADER], final.body)
+    assert looped["error"]["type"] == "WebhookRedirect"
+    assert len(receiver.at("/loop")) == 4, "the first request and three redirects"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
+async def test_private_addresses_are_refused(
+    services: Services, pg: Conn, start_worker: StartWorker, host: str
+) -> None:
+    async with stack(services, start_worker, allow_private=False) as (api, receiver):
+        job = await api.submit("webhook.deliver", {"url": receiver.url(host=host), "event": "order.paid"})
+        done = await api.wait_status(job["id"], "failed", "succeeded")
+
+    assert done["status"] == "failed"
+    assert done["attempts"] == 1
+    assert done["error"]["type"] == "WebhookAddressRefused"
+    assert done["error"]["retryable"] is False
+    assert "loopback" in done["error"]["message"]
+    assert receiver.hits == []
+
+
+async def _open_circuit(api: Api, receiver: Receiver, failures: int) -> None:
+    """`failures` jobs of one attempt each, all answered 503: the host's circuit opens."""
+    receiver.script("/hook", *[Reply(503)] * failures)
+    jobs = [
+        await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"}, max_attempts=1)
+        for _ in range(failures)
+    ]
+    for job in jobs:
+        assert (await api.wait_status(job["id"], "failed", "succeeded"))["status"] == "failed"
+
+
+async def test_an_open_circuit_holds_jobs_until_a_probe_succeeds(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    worker = await start_worker(
+        "default", handlers=HANDLERS, registry=REGISTRY, webhook=hooks(breaker_failures=2, breaker_open_s=3)
+    )
+    async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
+        await _open_circuit(api, receiver, failures=2)
+        assert circuit_gauge(worker) == 2, "open"
+
+        # One attempt only: were the wait counted as an attempt, this job would fail.
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"}, max_attempts=1)
+        await eventually(lambda: _positive(webhook_metric(worker, "circuit_open")))
+        held = await api.job(job["id"])
+        assert (held["status"], held["attempts"]) == ("queued", 0), "it waits in the queue"
+        assert len(receiver.hits) == 2, "the host is left alone while the circuit is open"
+
+        done = await api.wait_status(job["id"], "succeeded", "failed")
+
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 1
+    assert len(receiver.hits) == 3, "one probe, which succeeded"
+    assert circuit_gauge(worker) == 0, "closed again"
+
+
+async def test_the_circuit_is_shared_by_worker_processes(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    config = hooks(breaker_failures=2, breaker_open_s=3)
+    first = await start_worker("default", handlers=HANDLERS, registry=REGISTRY, webhook=config)
+    async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
+        await _open_circuit(api, receiver, failures=2)
+        first.stop()
+        second = await start_worker("default", handlers=HANDLERS, registry=REGISTRY, webhook=config)
+
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"})
+        await eventually(lambda: _positive(webhook_metric(second, "circuit_open")))
+        assert len(receiver.hits) == 2, "the second process holds the job on the first one's failures"
+        done = await api.wait_status(job["id"], "succeeded", "failed")
+
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 1
+    assert len(receiver.hits) == 3
+
+
+async def _positive(value: float) -> float | None:
+    return value if value > 0 else None
+
+
+async def test_deliveries_go_on_while_the_cache_is_unusable(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    # Database 999 does not exist: every cache call fails, as when the cache is down. The breaker fails open.
+    broken_cache = dataclasses.replace(services, cache_db=999)
+    await start_worker("default", via=broken_cache, handlers=HANDLERS, registry=REGISTRY, webhook=hooks())
+    async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"})
+        done = await api.wait_status(job["id"], "succeeded", "failed")
+
+    assert done["status"] == "succeeded"
+    assert len(receiver.hits) == 1
+
+
+async def test_breaker_probe_that_fails_opens_the_circuit_again(services: Services, jobs_redis: Redis) -> None:
+    cache = Redis.from_url(services.cache_url)
+    breaker = Breaker(failures=2, open_s=0.3, probe_s=5)
+    try:
+        assert (await breaker.acquire(cache, "Example.com")).allowed
+        assert await breaker.failed(cache, "example.com") is CircuitState.CLOSED, "one failure is not enough"
+        assert await breaker.failed(cache, "example.com") is CircuitState.OPEN
+        refused = await breaker.acquire(cache, "example.com")
+        assert (refused.allowed, refused.state) == (False, CircuitState.OPEN)
+        assert 0 < refused.wait_s <= 0.3
+        assert (await breaker.acquire(cache, "other.example")).allowed, "one circuit per host"
+
+        probe = await eventually(lambda: _allowed(breaker, cache))
+        assert probe.state is CircuitState.HALF_OPEN
+        second = await breaker.acquire(cache, "example.com")
+        assert (second.allowed, second.state) == (False, CircuitState.HALF_OPEN), "one probe at a time"
+        assert await breaker.failed(cache, "example.com") is CircuitState.OPEN, "a failed probe opens it again"
+        assert not (await breaker.acquire(cache, "example.com")).allowed
+
+        await eventually(lambda: _allowed(breaker, cache))
+        assert await breaker.succeeded(cache, "example.com") is CircuitState.CLOSED
+        assert (await breaker.acquire(cache, "example.com")).state is CircuitState.CLOSED
+    finally:
+        await cache.aclose()
+
+
+async def _allowed(breaker: Breaker, cache: Redis) -> Permit | None:
+    permit = await breaker.acquire(cache, "example.com")
+    return permit if permit.allowed else None
+
+
+async def test_a_host_that_refuses_connections_is_retried(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    async with stack(services, start_worker) as (api, _):
+        url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+        job = await api.submit("webhook.deliver", {"url": url, "event": "e"}, max_attempts=2)
+        done = await api.wait_status(job["id"], "failed", "succeeded")
+
+    assert done["attempts"] == 2
+    assert done["error"]["type"] == "WebhookConnectionError"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Location": "ftp://127.0.0.1/file"}])
+async def test_a_redirect_that_cannot_be_followed_fails(
+    services: Services, pg: Conn, start_worker: StartWorker, headers: dict[str, str]
+) -> None:
+    async with stack(services, start_worker) as (api, receiver):
+        receiver.script("/hook", then=Reply(302, headers=headers))
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"})
+        done = await api.wait_status(job["id"], "failed", "succeeded")
+
+    assert (done["attempts"], done["error"]["type"]) == (1, "WebhookRedirect")
