@@ -47,6 +47,10 @@ class Metrics:
             "jobs_running", "Jobs running in this process.",
             namespace=NAMESPACE, subsystem="worker", registry=r,
         )  # fmt: skip
+        self.cpu_tasks = Gauge(
+            "cpu_tasks", "Tasks handed to this worker's CPU pool and not yet finished.",
+            namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
         self.worker_up = Gauge(
             "up", "1 while this worker process is taking jobs.",
             ["queue"], namespace=NAMESPACE, subsystem="worker", registry=r,

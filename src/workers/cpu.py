@@ -12,6 +12,8 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from prometheus_client import Gauge
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -34,8 +36,9 @@ class CpuPool(Executor):
     bad file never takes the worker's CPU work down for good.
     """
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, *, in_flight: Gauge | None = None) -> None:
         self.processes = processes
+        self._in_flight = in_flight
         self._lock = threading.Lock()
         self._pool = self._new_pool()
         self._closed = False
@@ -64,11 +67,16 @@ class CpuPool(Executor):
             pool = self._pool
             future = pool.submit(fn, *args, **kwargs)
 
-        def replace_if_broken(done: Future[T]) -> None:
+        if self._in_flight is not None:
+            self._in_flight.inc()
+
+        def finished(done: Future[T]) -> None:
+            if self._in_flight is not None:
+                self._in_flight.dec()
             if not done.cancelled() and isinstance(done.exception(), BrokenProcessPool):
                 self._replace(pool)
 
-        future.add_done_callback(replace_if_broken)
+        future.add_done_callback(finished)
         return future
 
     def _children(self) -> list[multiprocessing.process.BaseProcess]:
@@ -93,9 +101,10 @@ class CpuPool(Executor):
 
 
 @contextlib.contextmanager
-def open_cpu_pool(processes: int) -> Iterator[CpuPool]:
-    """Processes start on first use; `spawn` so no child inherits the parent's event loop or sockets."""
-    pool = CpuPool(processes)
+def open_cpu_pool(processes: int, *, in_flight: Gauge | None = None) -> Iterator[CpuPool]:
+    """Processes start on first use; `spawn` so no child inherits the parent's event loop or sockets.
+    `in_flight` counts the tasks handed to the pool and not yet finished."""
+    pool = CpuPool(processes, in_flight=in_flight)
     try:
         yield pool
     finally:

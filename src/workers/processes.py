@@ -94,7 +94,7 @@ class WorkerProcess:
             outbound.open_http(s.webhook) as http,
         ):
             self.metrics_port = bound_port
-            with cpu.open_cpu_pool(s.worker.cpu_workers) as cpu_pool:
+            with cpu.open_cpu_pool(s.worker.cpu_workers, in_flight=self.metrics.cpu_tasks) as cpu_pool:
                 ctx = WorkerContext(
                     settings=s, queue=d.queue.value, pg=pg, cache=cache, jobs_redis=jobs_redis,
                     mailer=self.mailer, metrics=self.metrics, registry=self.registry, http=http, cpu=cpu_pool,

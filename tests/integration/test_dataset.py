@@ -3,6 +3,7 @@ whose event loop keeps serving other jobs while the analysis runs in its CPU poo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -19,6 +20,7 @@ from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
 from workers.context import JobContext
 from workers.families import builtin_handlers
+from workers.processes import WorkerProcess
 from workers.runtime import AnyHandler, bind
 
 BIG_CSV_MB = 120
@@ -62,8 +64,12 @@ def big_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def stack(services: Services, pg: Conn, start_worker: StartWorker) -> AsyncIterator[Api]:
-    await start_worker("heavy", handlers=HANDLERS, registry=REGISTRY)
+async def heavy(start_worker: StartWorker) -> WorkerProcess:
+    return await start_worker("heavy", handlers=HANDLERS, registry=REGISTRY)
+
+
+@pytest.fixture
+async def stack(services: Services, pg: Conn, heavy: WorkerProcess) -> AsyncIterator[Api]:
     async with running_gateway(gateway_settings(services), registry=REGISTRY) as api:
         yield api
 
@@ -130,26 +136,6 @@ async def test_an_unknown_or_someone_elses_upload_fails_as_not_found(stack: Api)
         assert (failed["error"]["type"], failed["attempts"]) == ("UploadNotFound", 1)
 
 
-async def test_the_worker_keeps_serving_jobs_while_a_large_analysis_runs(stack: Api, big_csv: Path) -> None:
-    upload_id = await upload(stack, big_csv)
-    analysis = await stack.submit("dataset.analyze", {"upload_id": upload_id})
-
-    async def scanning() -> dict[str, Any] | None:
-        job = await stack.job(analysis["id"])
-        progress = job["progress"] or {}
-        return job if progress.get("step") == "scanning" else None
-
-    seen = await eventually(scanning, within=60, interval=0.02)
-    ping = await stack.submit("test.ping", {})
-    pong = await stack.wait_status(ping["id"], "succeeded", within=60)
-    done = await stack.wait_status(analysis["id"], "succeeded", within=100)
-
-    assert seen["status"] == "running"
-    assert pong["finished_at"] < done["finished_at"], "the heavy worker's loop answered during the analysis"
-    assert done["result"]["rows"] == pl.scan_csv(big_csv).select(pl.len()).collect().item()
-    assert [c["type"] for c in done["result"]["columns"]] == ["integer", "float", "boolean", "date", "string"]
-
-
 def pool_children() -> list[int]:
     """This test process's CPU-pool children (the in-process heavy worker's analysis processes)."""
     found = []
@@ -166,18 +152,54 @@ def pool_children() -> list[int]:
     return found
 
 
-async def test_an_analysis_process_that_dies_is_retried_on_a_fresh_one(stack: Api, big_csv: Path) -> None:
-    upload_id = await upload(stack, big_csv)
-    analysis = await stack.submit("dataset.analyze", {"upload_id": upload_id})
+@contextlib.asynccontextmanager
+async def analysis_in_a_frozen_pool(api: Api, worker: WorkerProcess, csv: Path) -> AsyncIterator[tuple[str, list[int]]]:
+    """Start an analysis whose CPU-pool process is stopped (SIGSTOP), so it stays mid-analysis for as long
+    as the test needs, however fast the machine; yields the job id and the pool's process ids once the
+    pool holds the task. The processes are continued (SIGCONT) on the way out."""
+    warm = await api.submit("dataset.analyze", {"upload_id": await upload(api, b"a\n1\n")})
+    await api.wait_status(warm["id"], "succeeded")  # the pool's process now exists, idle
+    children = pool_children()
+    assert children, "the analysis ran in a separate process"
+    for pid in children:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        analysis = await api.submit("dataset.analyze", {"upload_id": await upload(api, csv)})
 
-    async def scanning_child() -> list[int] | None:
-        job = await stack.job(analysis["id"])
-        children = pool_children()
-        return children if (job["progress"] or {}).get("step") == "scanning" and children else None
+        async def in_the_pool() -> bool | None:
+            return worker.metrics.registry.get_sample_value("conveyor_worker_cpu_tasks") == 1 or None
 
-    for pid in await eventually(scanning_child, within=60, interval=0.02):
-        os.kill(pid, signal.SIGKILL)
-    done = await stack.wait_status(analysis["id"], "succeeded", within=100)
+        await eventually(in_the_pool, within=30)
+        yield analysis["id"], children
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+async def test_the_worker_keeps_serving_jobs_while_a_large_analysis_runs(
+    stack: Api, heavy: WorkerProcess, big_csv: Path
+) -> None:
+    async with analysis_in_a_frozen_pool(stack, heavy, big_csv) as (analysis_id, _):
+        ping = await stack.submit("test.ping", {})
+        pong = await stack.wait_status(ping["id"], "succeeded", within=60)
+        meanwhile = await stack.job(analysis_id)
+    done = await stack.wait_status(analysis_id, "succeeded", within=100)
+
+    assert meanwhile["status"] == "running", "the ping was answered while the analysis was still running"
+    assert pong["finished_at"] < done["finished_at"]
+    assert done["result"]["rows"] == pl.scan_csv(big_csv).select(pl.len()).collect().item()
+    assert [c["type"] for c in done["result"]["columns"]] == ["integer", "float", "boolean", "date", "string"]
+    assert heavy.metrics.registry.get_sample_value("conveyor_worker_cpu_tasks") == 0
+
+
+async def test_an_analysis_process_that_dies_is_retried_on_a_fresh_one(
+    stack: Api, heavy: WorkerProcess, big_csv: Path
+) -> None:
+    async with analysis_in_a_frozen_pool(stack, heavy, big_csv) as (analysis_id, children):
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+    done = await stack.wait_status(analysis_id, "succeeded", within=100)
 
     assert done["attempts"] == 2
     assert [e["type"] for e in done["errors"]] == ["CpuPoolBroken"]
