@@ -1,4 +1,7 @@
-"""Circuit breaker per target host, kept in Redis db 0 so every worker process sees one state.
+"""Circuit breaker per owner and target host, kept in Redis db 0 so every worker process sees one state.
+
+One circuit per (owner, host), not per host: failures one tenant provokes at a shared host (a SaaS
+endpoint answering 5xx to that tenant's path) must not hold back every other tenant's deliveries there.
 
 closed ──N consecutive failures──▶ open ──after open_s──▶ half-open (one probe at a time)
 half-open ──probe succeeds──▶ closed;   half-open ──probe fails──▶ open again (for open_s)
@@ -9,6 +12,7 @@ it only closes every circuit, which is what callers do anyway while the cache is
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -18,7 +22,7 @@ from typing import Any, Final, cast
 from shared.redis import CacheRedis
 
 PREFIX: Final = "conveyor:circuit:"
-# A host not heard of for this long is forgotten (its failure count starts again from zero).
+# A circuit not heard of for this long is forgotten (its failure count starts again from zero).
 KEY_TTL_MS: Final = 24 * 3600 * 1000
 
 
@@ -79,30 +83,32 @@ class Permit:
 
 @dataclass(frozen=True, slots=True)
 class Breaker:
-    """The policy; the state lives in Redis under one key per host."""
+    """The policy; the state lives in Redis under one key per circuit (see `circuit`)."""
 
     failures: int
     open_s: float
     probe_s: float
 
-    @staticmethod
-    def key(host: str) -> str:
-        return PREFIX + host.lower()
-
-    async def acquire(self, cache: CacheRedis, host: str) -> Permit:
+    async def acquire(self, cache: CacheRedis, circuit: str) -> Permit:
         allowed, state, wait_ms = await _eval(
-            cache, _ACQUIRE, self.key(host), _now_ms(), int(self.probe_s * 1000), KEY_TTL_MS
+            cache, _ACQUIRE, PREFIX + circuit, _now_ms(), int(self.probe_s * 1000), KEY_TTL_MS
         )
         return Permit(allowed=bool(allowed), state=CircuitState(state), wait_s=wait_ms / 1000)
 
-    async def failed(self, cache: CacheRedis, host: str) -> CircuitState:
+    async def failed(self, cache: CacheRedis, circuit: str) -> CircuitState:
         state = await _eval(
-            cache, _FAILURE, self.key(host), _now_ms(), self.failures, int(self.open_s * 1000), KEY_TTL_MS
+            cache, _FAILURE, PREFIX + circuit, _now_ms(), self.failures, int(self.open_s * 1000), KEY_TTL_MS
         )
         return CircuitState(state)
 
-    async def succeeded(self, cache: CacheRedis, host: str) -> CircuitState:
-        return CircuitState(await _eval(cache, _SUCCESS, self.key(host)))
+    async def succeeded(self, cache: CacheRedis, circuit: str) -> CircuitState:
+        return CircuitState(await _eval(cache, _SUCCESS, PREFIX + circuit))
+
+
+def circuit(owner: str, host: str) -> str:
+    """The circuit of `owner`'s deliveries to `host` (case-insensitive); the owner is hashed, so the key
+    stays short and names no one."""
+    return f"{host.lower()}:{hashlib.sha256(owner.encode()).hexdigest()[:16]}"
 
 
 def _now_ms() -> int:

@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 NAMESPACE = "conveyor"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _JOB_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+# Webhook hosts are chosen by users: at most this many `circuit_breaker_state{host}` series, and only
+# for hosts with a circuit that is not closed (a host whose circuits all close loses its series).
+MAX_CIRCUIT_HOSTS = 100
 
 
 class Metrics:
@@ -69,9 +72,11 @@ class Metrics:
             "circuit_open).", ["outcome"], namespace=NAMESPACE, subsystem="worker", registry=r,
         )  # fmt: skip
         self.circuit_state = Gauge(
-            "circuit_breaker_state", "Webhook circuit per host as last seen here: 0 closed, 1 half-open, 2 open.",
+            "circuit_breaker_state", "Webhook circuits to a host as last seen here, the worst of its owners' "
+            "(1 half-open, 2 open); hosts whose circuits are all closed are not listed.",
             ["host"], namespace=NAMESPACE, subsystem="worker", registry=r,
         )  # fmt: skip
+        self._circuits: dict[str, dict[str, int]] = {}  # host -> circuit -> state, circuits not closed
         self.notifications = Counter(
             "notifications_total", "Notifications stored by notification.push.",
             namespace=NAMESPACE, subsystem="worker", registry=r,
@@ -94,6 +99,24 @@ class Metrics:
         self.sse_streams = Gauge(
             "sse_streams", "Open event streams.", namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
+
+    def show_circuit(self, host: str, circuit: str, state: int) -> None:
+        """Record one circuit's state (0 closed, 1 half-open, 2 open) in `circuit_breaker_state{host}`."""
+        circuits = self._circuits.get(host)
+        if state == 0:
+            if circuits is not None and circuits.pop(circuit, None) is not None and not circuits:
+                del self._circuits[host]
+                self.circuit_state.remove(host)
+            elif circuits:
+                self.circuit_state.labels(host).set(max(circuits.values()))
+            return
+        if circuits is None:
+            if len(self._circuits) >= MAX_CIRCUIT_HOSTS:
+                return
+            circuits = self._circuits[host] = {}
+        if circuit in circuits or len(circuits) < MAX_CIRCUIT_HOSTS:
+            circuits[circuit] = state
+        self.circuit_state.labels(host).set(max(circuits.values()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -64,9 +64,16 @@ def delivery_id(job_id: str) -> str:
     return "dlv_" + job_id.removeprefix("job_")
 
 
-def body(delivery: str, event: str, data: JsonValue, created_at: dt.datetime) -> bytes:
-    """`{"id", "event", "created_at", "data"}` as compact JSON: identical bytes on every attempt."""
-    return json.dumps({"id": delivery, "event": event, "created_at": json.rfc3339(created_at), "data": data})
+def body(delivery: str, event: str, data: JsonValue, created_at: dt.datetime, *, owner: str) -> bytes:
+    """`{"id", "event", "created_at", "owner", "data"}` as compact JSON: identical bytes on every attempt.
+
+    `owner` is the subject that submitted the delivery. Every delivery is signed with the one
+    WEBHOOK_SECRET while `url`, `event` and `data` are the submitter's, so a receiver must check `owner`
+    against the subject it expects: a valid signature alone only says Conveyor sent it, not for whom.
+    """
+    return json.dumps(
+        {"id": delivery, "event": event, "created_at": json.rfc3339(created_at), "owner": owner, "data": data}
+    )
 
 
 @cache

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from shared import json, webhooks
-from shared.circuit import Breaker, CircuitState, Permit
+from shared.circuit import Breaker, CircuitState, Permit, circuit
 from shared.jobs import Backoff, Registry
 from shared.jobtypes import builtin_specs
 from shared.jobtypes.webhook import WEBHOOK_DELIVER
@@ -84,6 +84,7 @@ async def test_delivery_is_signed_and_keeps_its_id_across_a_retry(
     assert body["id"] == delivery
     assert (body["event"], body["data"]) == ("order.paid", {"order": 42})
     assert body["created_at"] == done["created_at"]
+    assert body["owner"] == "alice", "the signed body names who sent it: one secret signs every tenant's deliveries"
 
 
 @pytest.mark.parametrize("status", [400, 410])
@@ -205,7 +206,28 @@ async def test_an_open_circuit_holds_jobs_until_a_probe_succeeds(
     assert done["status"] == "succeeded"
     assert done["attempts"] == 1
     assert len(receiver.hits) == 3, "one probe, which succeeded"
-    assert circuit_gauge(worker) == 0, "closed again"
+    assert circuit_gauge(worker) is None, "closed again: a host with no open circuit has no series"
+
+
+async def test_one_owners_open_circuit_does_not_hold_another_owners_deliveries(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    worker = await start_worker(
+        "default", handlers=HANDLERS, registry=REGISTRY, webhook=hooks(breaker_failures=2, breaker_open_s=30)
+    )
+    async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
+        await _open_circuit(api, receiver, failures=2)  # alice's deliveries to the receiver's host fail
+        held = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"})
+        await eventually(lambda: _positive(webhook_metric(worker, "circuit_open")))
+
+        bobs = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"}, as_="bob")
+        done = await api.wait_status(bobs["id"], "succeeded", "failed", as_="bob")
+        still = await api.job(held["id"])
+
+    assert (done["status"], done["attempts"]) == ("succeeded", 1)
+    assert json.loads(receiver.at("/hook")[-1].body)["owner"] == "bob"
+    assert still["status"] == "queued", "alice's circuit is still open"
+    assert circuit_gauge(worker) == 2, "the host shows the worst of its circuits"
 
 
 async def test_the_circuit_is_shared_by_worker_processes(
@@ -246,34 +268,38 @@ async def test_deliveries_go_on_while_the_cache_is_unusable(
     assert len(receiver.hits) == 1
 
 
+EXAMPLE = circuit("alice", "example.com")
+
+
 async def test_breaker_probe_that_fails_opens_the_circuit_again(services: Services, jobs_redis: Redis) -> None:
     cache = Redis.from_url(services.cache_url)
     breaker = Breaker(failures=2, open_s=0.3, probe_s=5)
     try:
-        assert (await breaker.acquire(cache, "Example.com")).allowed
-        assert await breaker.failed(cache, "example.com") is CircuitState.CLOSED, "one failure is not enough"
-        assert await breaker.failed(cache, "example.com") is CircuitState.OPEN
-        refused = await breaker.acquire(cache, "example.com")
+        assert (await breaker.acquire(cache, circuit("alice", "Example.com"))).allowed
+        assert await breaker.failed(cache, EXAMPLE) is CircuitState.CLOSED, "one failure is not enough"
+        assert await breaker.failed(cache, EXAMPLE) is CircuitState.OPEN
+        refused = await breaker.acquire(cache, EXAMPLE)
         assert (refused.allowed, refused.state) == (False, CircuitState.OPEN)
         assert 0 < refused.wait_s <= 0.3
-        assert (await breaker.acquire(cache, "other.example")).allowed, "one circuit per host"
+        assert (await breaker.acquire(cache, circuit("alice", "other.example"))).allowed, "one circuit per host"
+        assert (await breaker.acquire(cache, circuit("bob", "example.com"))).allowed, "and per owner"
 
         probe = await eventually(lambda: _allowed(breaker, cache))
         assert probe.state is CircuitState.HALF_OPEN
-        second = await breaker.acquire(cache, "example.com")
+        second = await breaker.acquire(cache, EXAMPLE)
         assert (second.allowed, second.state) == (False, CircuitState.HALF_OPEN), "one probe at a time"
-        assert await breaker.failed(cache, "example.com") is CircuitState.OPEN, "a failed probe opens it again"
-        assert not (await breaker.acquire(cache, "example.com")).allowed
+        assert await breaker.failed(cache, EXAMPLE) is CircuitState.OPEN, "a failed probe opens it again"
+        assert not (await breaker.acquire(cache, EXAMPLE)).allowed
 
         await eventually(lambda: _allowed(breaker, cache))
-        assert await breaker.succeeded(cache, "example.com") is CircuitState.CLOSED
-        assert (await breaker.acquire(cache, "example.com")).state is CircuitState.CLOSED
+        assert await breaker.succeeded(cache, EXAMPLE) is CircuitState.CLOSED
+        assert (await breaker.acquire(cache, EXAMPLE)).state is CircuitState.CLOSED
     finally:
         await cache.aclose()
 
 
 async def _allowed(breaker: Breaker, cache: Redis) -> Permit | None:
-    permit = await breaker.acquire(cache, "example.com")
+    permit = await breaker.acquire(cache, EXAMPLE)
     return permit if permit.allowed else None
 
 

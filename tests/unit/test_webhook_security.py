@@ -1,4 +1,5 @@
-"""Webhook signatures, the SSRF address classification, Retry-After parsing and the guarded resolver."""
+"""Webhook signatures, the SSRF address classification, Retry-After parsing, the guarded resolver and the
+circuit-breaker metric."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import datetime as dt
 import ipaddress
 import socket
 
+import orjson
 import pytest
 
 from shared import webhooks
+from shared.circuit import CircuitState, circuit
+from shared.metrics import MAX_CIRCUIT_HOSTS, Metrics
 from workers.families.webhook import RETRY_AFTER_MAX_S, retry_after_s
 from workers.outbound import AddressRefused, GuardedResolver, guarded_socket, refusal
 
@@ -43,11 +47,15 @@ def test_verify_accepts_any_of_several_signatures_during_a_secret_rotation() -> 
 
 def test_delivery_id_and_body_are_the_same_for_every_attempt_of_a_job() -> None:
     created = dt.datetime(2026, 11, 23, 19, 30, tzinfo=dt.UTC)
-    first = webhooks.body(webhooks.delivery_id("job_abc"), "order.paid", {"n": 1}, created)
+    first = webhooks.body(webhooks.delivery_id("job_abc"), "order.paid", {"n": 1}, created, owner="alice")
 
     assert webhooks.delivery_id("job_abc") == webhooks.delivery_id("job_abc") == "dlv_abc"
-    assert first == webhooks.body(webhooks.delivery_id("job_abc"), "order.paid", {"n": 1}, created)
-    assert first == b'{"id":"dlv_abc","event":"order.paid","created_at":"2026-11-23T19:30:00.000Z","data":{"n":1}}'
+    assert first == webhooks.body(webhooks.delivery_id("job_abc"), "order.paid", {"n": 1}, created, owner="alice")
+    assert orjson.loads(first) == {
+        "id": "dlv_abc", "event": "order.paid", "created_at": "2026-11-23T19:30:00.000Z", "owner": "alice",
+        "data": {"n": 1},
+    }  # fmt: skip
+    assert b" " not in first, "compact"
     assert webhooks.user_agent().startswith("Conveyor-Webhooks/")
 
 
@@ -114,3 +122,33 @@ def test_retry_after_in_seconds_or_as_an_http_date_within_bounds() -> None:
     assert retry_after_s("Mon, 23 Nov 2026 19:00:00 GMT", now=now) == 1, "a date in the past: soon"
     assert retry_after_s("soon") is None
     assert retry_after_s(None) is None
+
+
+def circuit_series(metrics: Metrics) -> dict[str, float]:
+    return {
+        s.labels["host"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "conveyor_worker_circuit_breaker_state"
+        for s in family.samples
+    }
+
+
+def test_circuit_metric_lists_only_hosts_with_a_circuit_not_closed() -> None:
+    metrics = Metrics()
+    alice, bob = circuit("alice", "a.example"), circuit("bob", "a.example")
+
+    metrics.show_circuit("a.example", alice, CircuitState.OPEN)
+    metrics.show_circuit("a.example", bob, CircuitState.HALF_OPEN)
+    assert circuit_series(metrics) == {"a.example": 2}, "the worst circuit to the host"
+    metrics.show_circuit("a.example", alice, CircuitState.CLOSED)
+    assert circuit_series(metrics) == {"a.example": 1}
+    metrics.show_circuit("a.example", bob, CircuitState.CLOSED)
+    assert circuit_series(metrics) == {}, "a host whose circuits all closed has no series"
+
+
+def test_circuit_metric_series_are_bounded_whatever_hosts_users_choose() -> None:
+    metrics = Metrics()
+    for n in range(MAX_CIRCUIT_HOSTS + 50):
+        metrics.show_circuit(f"h{n}.example", circuit("mallory", f"h{n}.example"), CircuitState.OPEN)
+
+    assert len(circuit_series(metrics)) == MAX_CIRCUIT_HOSTS

@@ -1,4 +1,4 @@
-"""Job family `webhook`: signed JSON POSTs to subscribers, behind a per-host circuit breaker and the SSRF guard.
+"""Job family `webhook`: signed JSON POSTs behind the SSRF guard and a circuit breaker per owner and host.
 
 Outcomes: 2xx succeeds; network errors, timeouts, 5xx, 408 and 429 retry (`Retry-After` honoured); other
 4xx and 3xx fail. Redirects (301, 302, 303, 307, 308) are followed by hand, at most `MAX_REDIRECTS`, each
@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from shared import ledger, webhooks
-from shared.circuit import Breaker, CircuitState
+from shared.circuit import Breaker, CircuitState, circuit
 from shared.errors import JobDeferred, PermanentJobError, RetryableJobError
 from shared.jobtypes.webhook import WEBHOOK_DELIVER, WebhookPayload, WebhookResult
 from shared.queue import REDIS_ERRORS
@@ -65,25 +65,26 @@ async def handle_deliver(job: JobContext, payload: WebhookPayload) -> WebhookRes
     breaker = Breaker(
         failures=config.breaker_failures, open_s=config.breaker_open_s, probe_s=config.timeout_s + PROBE_MARGIN_S
     )
-    await _admit(job, breaker, host)
+    target = circuit(job.owner, host)
+    await _admit(job, breaker, host, target)
     record = await ledger.get_job(worker.pg, job.job_id)
     created_at = record.created_at if record is not None else dt.datetime.now(dt.UTC)
     delivery = webhooks.delivery_id(job.job_id)
-    body = webhooks.body(delivery, payload.event, payload.data, created_at)
+    body = webhooks.body(delivery, payload.event, payload.data, created_at, owner=job.owner)
     started = time.perf_counter()
-    reply = await _attempt(job, breaker, host, url, _headers(config, payload, delivery, body), body)
+    reply = await _attempt(job, breaker, host, target, url, _headers(config, payload, delivery, body), body)
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     if 200 <= reply.status < 300:
-        await _note(job, host, breaker.succeeded(worker.cache, host))
+        await _note(job, host, breaker.succeeded(worker.cache, target), target)
         worker.metrics.webhooks.labels("delivered").inc()
         logger.info("webhook.delivered", extra={"status_code": reply.status, "duration_ms": duration_ms})
         return WebhookResult(status_code=reply.status, duration_ms=duration_ms, attempt=job.attempt)
     message = f"the receiver answered {reply.status}" + (f": {reply.snippet}" if reply.snippet else "")
     if reply.status >= 500 or reply.status in RETRY_STATUSES:
-        await _note(job, host, breaker.failed(worker.cache, host))
+        await _note(job, host, breaker.failed(worker.cache, target), target)
         worker.metrics.webhooks.labels("retry").inc()
         raise RetryableJobError(message, defer_s=retry_after_s(reply.retry_after), type_name="WebhookHTTPError")
-    await _note(job, host, breaker.succeeded(worker.cache, host))  # the host answered: it is up
+    await _note(job, host, breaker.succeeded(worker.cache, target), target)  # the host answered: it is up
     worker.metrics.webhooks.labels("rejected").inc()
     raise PermanentJobError(message, type_name="WebhookHTTPError")
 
@@ -103,15 +104,15 @@ def _headers(config: WebhookConfig, payload: WebhookPayload, delivery: str, body
     return headers
 
 
-async def _admit(job: JobContext, breaker: Breaker, host: str) -> None:
+async def _admit(job: JobContext, breaker: Breaker, host: str, target: str) -> None:
     """Let the attempt through unless the host's circuit is open; a held job waits without using an attempt."""
     metrics = job.worker.metrics
     try:
-        permit = await breaker.acquire(job.worker.cache, host)
+        permit = await breaker.acquire(job.worker.cache, target)
     except REDIS_ERRORS as exc:  # fail open: the cache is disposable, deliveries are not
         logger.warning("webhook.circuit_unavailable", extra={"host": host, "reason": type(exc).__name__})
         return
-    metrics.circuit_state.labels(host).set(permit.state)
+    metrics.show_circuit(host, target, permit.state)
     if permit.allowed:
         return
     metrics.webhooks.labels("circuit_open").inc()
@@ -120,7 +121,7 @@ async def _admit(job: JobContext, breaker: Breaker, host: str) -> None:
     raise JobDeferred(f"the circuit for {host} is {permit.state.name.lower()}", wait_s=wait_s)
 
 
-async def _note(job: JobContext, host: str, update: Awaitable[CircuitState]) -> None:
+async def _note(job: JobContext, host: str, update: Awaitable[CircuitState], target: str) -> None:
     try:
         state = await update
     except REDIS_ERRORS as exc:
@@ -128,11 +129,11 @@ async def _note(job: JobContext, host: str, update: Awaitable[CircuitState]) -> 
         return
     if state is CircuitState.OPEN:
         logger.warning("webhook.circuit_open", extra={"host": host})
-    job.worker.metrics.circuit_state.labels(host).set(state)
+    job.worker.metrics.show_circuit(host, target, state)
 
 
 async def _attempt(
-    job: JobContext, breaker: Breaker, host: str, url: URL, headers: dict[str, str], body: bytes
+    job: JobContext, breaker: Breaker, host: str, target: str, url: URL, headers: dict[str, str], body: bytes
 ) -> Reply:
     """One attempt (redirects included) within WEBHOOK_TIMEOUT_S; transport failures become job errors."""
     worker = job.worker
@@ -153,7 +154,7 @@ async def _attempt(
         )
     except (aiohttp.ClientError, OSError) as exc:
         failure = RetryableJobError(f"the request failed: {type(exc).__name__}: {exc}", type_name="WebhookNetworkError")
-    await _note(job, host, breaker.failed(worker.cache, host))
+    await _note(job, host, breaker.failed(worker.cache, target), target)
     worker.metrics.webhooks.labels("retry").inc()
     raise failure
 
