@@ -17,6 +17,7 @@ STATUS: Mapping[type[errors.ServiceError], int] = {
     errors.PermissionDenied: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.QuotaExceeded: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidInput: 422,
     errors.RateLimited: 429,

@@ -55,6 +55,13 @@ class PermissionDenied(ServiceError):
     title = "Permission denied"
 
 
+class QuotaExceeded(ServiceError):
+    """A stored file would take its owner past a quota (storage)."""
+
+    code = "storage_quota_exceeded"
+    title = "Storage quota exceeded"
+
+
 class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
     title = "Unsupported media type"

@@ -82,7 +82,7 @@ class Metrics:
             namespace=NAMESPACE, subsystem="worker", registry=r,
         )  # fmt: skip
         self.uploads = Counter(
-            "uploads_total", "Uploads by outcome (stored, too_large, aborted).",
+            "uploads_total", "Uploads by outcome (stored, too_large, over_quota, aborted).",
             ["outcome"], namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
         self.upload_bytes = Counter(

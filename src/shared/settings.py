@@ -92,6 +92,7 @@ class StorageConfig(BaseSettings):
 
     dir: Path = Field(Path("var/storage"), validation_alias=_env("STORAGE_DIR"))
     max_upload_bytes: int = Field(1024**3, ge=1, validation_alias=_env("MAX_UPLOAD_BYTES"))
+    quota_bytes: int = Field(10 * 1024**3, ge=1, validation_alias=_env("STORAGE_QUOTA_BYTES"))
 
 
 class WebhookConfig(BaseSettings):

@@ -20,12 +20,13 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal, TypeVar
 
 import asyncpg
 
-from shared import pages
+from shared import pages, storage_quota
 from shared.db import Pool
 from shared.settings import StorageConfig
 
@@ -102,11 +103,14 @@ class _TempFile:
     Every blocking call holds one lock, so a discard after a cancelled write waits for that write's thread.
     """
 
-    def __init__(self, folder: Path, file_id: str, limit: int | None) -> None:
+    def __init__(
+        self, folder: Path, file_id: str, limit: int | None = None, over: Callable[[], Exception] | None = None
+    ) -> None:
         self.folder = folder
         self.path = folder / f".{file_id}.{secrets.token_hex(6)}.tmp"
         self.size = 0
         self._limit = limit
+        self._over = over  # the error a write past `limit` raises (FileTooLarge by default)
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -129,7 +133,7 @@ class _TempFile:
 
     async def write(self, chunk: bytes) -> None:
         if self._limit is not None and self.size + len(chunk) > self._limit:
-            raise FileTooLarge(self._limit)
+            raise self._over() if self._over is not None else FileTooLarge(self._limit)
         self.size += len(chunk)
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
@@ -179,7 +183,7 @@ class _Writer:
         self._stored: StoredFile | None = None
 
     async def write(self, chunk: bytes) -> None:
-        """Raises FileTooLarge past the limit (uploads only)."""
+        """Raises FileTooLarge past MAX_UPLOAD_BYTES, QuotaExceeded past the owner's room (uploads only)."""
         await self._temp.write(chunk)
 
     @property
@@ -238,6 +242,7 @@ async def _record(pool: Pool, config: StorageConfig, temp: _TempFile, meta: _Met
     replaced: str | None = None
     try:
         async with pool.acquire() as conn, conn.transaction():
+            await storage_quota.check(conn, meta.owner, adding=temp.size, file_id=meta.id, quota=config.quota_bytes)
             row = await conn.fetchrow(_INSERT + " ON CONFLICT (id) DO NOTHING RETURNING *", *values, meta.job_id)
             if row is None:  # a re-run of the artifact's job: same id, new bytes (the row lock orders re-runs)
                 replaced = await conn.fetchval("SELECT path FROM files WHERE id = $1 FOR UPDATE", meta.id)
@@ -275,9 +280,9 @@ async def write_artifact(
 ) -> AsyncIterator[ArtifactWriter]:
     """Streams into a temp file under STORAGE_DIR, hashing as it goes; on clean exit renames it into place
     atomically and records it (one artifact per job_id: a re-run replaces the file and keeps the same id);
-    on error removes the temp file and records nothing."""
+    on error removes the temp file and records nothing. Past the owner's quota: QuotaExceeded at the end."""
     artifact_id = artifact_id_for(job_id)
-    temp = _TempFile(_root(config) / _FOLDERS["artifact"], artifact_id, None)
+    temp = _TempFile(_root(config) / _FOLDERS["artifact"], artifact_id)
     meta = _Meta(
         artifact_id, owner, "artifact", job_id, safe_filename(filename, "artifact"), safe_content_type(content_type)
     )
@@ -289,9 +294,17 @@ async def write_artifact(
 async def write_upload(
     pool: Pool, config: StorageConfig, *, owner: str, filename: str | None, content_type: str | None
 ) -> AsyncIterator[UploadWriter]:
-    """Like write_artifact for a client's upload: a fresh id, and writes past MAX_UPLOAD_BYTES raise FileTooLarge."""
+    """Like write_artifact for a client's upload, with a fresh id: writes past MAX_UPLOAD_BYTES raise
+    FileTooLarge, and past the room left in the owner's quota QuotaExceeded (checked again when recorded)."""
     upload_id = new_upload_id()
-    temp = _TempFile(_root(config) / _FOLDERS["upload"], upload_id, config.max_upload_bytes)
+    used = await storage_quota.used_bytes(pool, owner)
+    room = config.quota_bytes - used
+    over: Callable[[], Exception] | None
+    if room < config.max_upload_bytes:
+        limit, over = room, partial(storage_quota.QuotaExceeded, used=used, quota=config.quota_bytes)
+    else:
+        limit, over = config.max_upload_bytes, None
+    temp = _TempFile(_root(config) / _FOLDERS["upload"], upload_id, limit, over=over)
     meta = _Meta(upload_id, owner, "upload", None, safe_filename(filename, "upload"), safe_content_type(content_type))
     async with _recorded(pool, config, UploadWriter(temp, upload_id), meta) as writer:
         yield writer

@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import reporting
 from shared.jobtypes.report import REPORT_GENERATE, ReportPayload, ReportResult
-from support.stack import Api, Conn, Services, SmtpSink, StartWorker
+from support.stack import Api, Conn, Services, SmtpSink, StartWorker, storage_config
 from support.tcp_proxy import TcpProxy
 from workers.context import JobContext
 from workers.families import builtin_handlers
@@ -225,6 +225,21 @@ async def test_postgres_cut_mid_report_is_retried_and_succeeds(
     assert done["result"]["rows"] == 2 * types
     _, body, _ = await _download(api, done["result"]["url"])
     assert len(body.splitlines()) == 1 + 2 * types, "the retry wrote the whole report again"
+
+
+async def test_a_report_past_the_owners_storage_quota_fails_for_good(
+    api: Api, pg: Conn, start_worker: StartWorker, services: Services
+) -> None:
+    await _seed(pg)
+    await start_worker("heavy", storage=storage_config(services, quota_bytes=100))
+    job = await api.submit("report.generate", {**RANGE, "format": "csv"})
+
+    failed = await api.wait_status(job["id"], "failed")
+
+    assert failed["attempts"] == 1, "no retry can help until the owner deletes files"
+    assert failed["error"]["type"] == "StorageQuotaExceeded"
+    assert "of your 100 bytes" in failed["error"]["message"]
+    assert await pg.fetchval("SELECT count(*) FROM files") == 0
 
 
 async def test_a_bad_period_is_refused_at_submission(api: Api, pg: Conn) -> None:

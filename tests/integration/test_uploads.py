@@ -225,3 +225,42 @@ async def test_client_filenames_are_reduced_to_a_safe_display_name(api: Api, pg:
         assert body["filename"] == expected
     paths = [r["path"] for r in await pg.fetch("SELECT path FROM files")]
     assert all(p.startswith("uploads/upl_") for p in paths)
+
+
+async def test_an_owners_storage_quota_holds_and_deleting_makes_room(
+    services: Services, pg: Conn, jobs_redis: Redis, tmp_path: Path
+) -> None:
+    async with _gateway(services, tmp_path, quota_bytes=1000) as api:
+        status_first, first, _ = await api.request("POST", "/api/v1/uploads", data=b"a" * 600)
+        # Refused as it streams (no Content-Length), once past the 400 bytes left.
+        status_over, problem, resp = await api.request("POST", "/api/v1/uploads", data=_chunks(b"b" * 600, 100))
+        status_bob, _, _ = await api.request("POST", "/api/v1/uploads", data=b"c" * 600, as_="bob")
+        status_fits, _, _ = await api.request("POST", "/api/v1/uploads", data=b"d" * 400)
+        status_full, _, _ = await api.request("POST", "/api/v1/uploads", data=b"e")
+        deleted, _, _ = await api.request("DELETE", f"/api/v1/uploads/{first['id']}")
+        status_again, _, _ = await api.request("POST", "/api/v1/uploads", data=b"f" * 600)
+
+    assert (status_first, status_over, status_full) == (201, 413, 413)
+    assert resp.content_type == "application/problem+json"
+    assert problem["code"] == "storage_quota_exceeded"
+    assert "600 of your 1000 bytes" in problem["detail"]
+    assert status_bob == 201, "the quota is per owner"
+    assert status_fits == 201, "exactly the room left fits"
+    assert (deleted, status_again) == (204, 201), "deleting an upload makes room"
+    assert await pg.fetchval("SELECT sum(size) FROM files WHERE owner = 'alice'") == 1000
+    assert len(_files(tmp_path)) == 3, "nothing is kept of a refused upload"
+    assert _count(api, "over_quota") == 2
+
+
+async def test_concurrent_uploads_of_one_owner_cannot_together_pass_the_quota(
+    services: Services, pg: Conn, jobs_redis: Redis, tmp_path: Path
+) -> None:
+    async with _gateway(services, tmp_path, quota_bytes=1000) as api:
+        # Each fits alone, so each streams to the end; only one of them can be recorded.
+        results = await asyncio.gather(
+            *(api.request("POST", "/api/v1/uploads", data=_chunks(bytes([65 + n]) * 600, 100)) for n in range(4))
+        )
+
+    assert sorted(status for status, _, _ in results) == [201, 413, 413, 413]
+    assert await pg.fetchval("SELECT sum(size) FROM files WHERE owner = 'alice'") == 600
+    assert len(_files(tmp_path)) == 1

@@ -13,8 +13,8 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 from gateway.keys import METRICS, PG_POOL, PRINCIPAL, SETTINGS
 from gateway.params import page
 from gateway.responses import json_response
-from shared import storage
-from shared.errors import BadRequest, NotFound
+from shared import storage, storage_quota
+from shared.errors import BadRequest, NotFound, QuotaExceeded
 from shared.json import rfc3339
 
 routes = web.RouteTableDef()
@@ -105,7 +105,8 @@ async def _source(request: web.Request) -> _Source:
 async def create_upload(request: web.Request) -> web.Response:
     """POST /api/v1/uploads: any role; a raw body (its Content-Type; `?filename=` or Content-Disposition) or
     multipart/form-data with one file field. Streamed to disk while hashed, never held whole in memory.
-    Errors: 400 malformed or cut-short body, 401, 413 past MAX_UPLOAD_BYTES (nothing is kept)."""
+    Errors: 400 malformed or cut-short body, 401, 413 past MAX_UPLOAD_BYTES or past the owner's
+    STORAGE_QUOTA_BYTES (`storage_quota_exceeded`; nothing is kept)."""
     config, metrics = request.app[SETTINGS].storage, request.app[METRICS]
     limit = config.max_upload_bytes
     slack = MULTIPART_SLACK_BYTES if request.content_type == "multipart/form-data" else 0
@@ -123,6 +124,9 @@ async def create_upload(request: web.Request) -> web.Response:
     except storage.FileTooLarge as exc:
         metrics.uploads.labels("too_large").inc()
         raise _too_large(limit, limit + 1) from exc
+    except storage_quota.QuotaExceeded as exc:
+        metrics.uploads.labels("over_quota").inc()
+        raise QuotaExceeded(str(exc)) from exc
     except BodyCut:
         metrics.uploads.labels("aborted").inc()
         raise

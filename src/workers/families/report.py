@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 import logging
 
-from shared import reporting, storage, submission
+from shared import reporting, storage, storage_quota, submission
 from shared.db import UNAVAILABLE_ERRORS
 from shared.errors import Conflict, InvalidInput, PermanentJobError, RetryableJobError
 from shared.jobtypes.report import REPORT_GENERATE, ReportPayload, ReportResult
@@ -28,7 +28,7 @@ def artifact_url(artifact_id: str) -> str:
 async def handle_generate(job: JobContext, payload: ReportPayload) -> ReportResult:
     """Stream the owner's ledger statistics into the job's artifact (a re-run replaces it under the same id),
     then enqueue the mail when asked. A ledger outage mid-report fails the attempt and the report is
-    written again from the start by the retry."""
+    written again from the start by the retry; a report past the owner's storage quota fails for good."""
     now = utcnow()
     start, end = reporting.period_bounds(payload.period, payload.from_, payload.to, now=now)
     encoder = reporting.encoder_for(payload.format, owner=job.owner, start=start, end=end, generated_at=now)
@@ -39,6 +39,8 @@ async def handle_generate(job: JobContext, payload: ReportPayload) -> ReportResu
         raise RetryableJobError(
             f"the report was interrupted ({type(exc).__name__}: {exc})", type_name="ReportInterrupted"
         ) from exc
+    except storage_quota.QuotaExceeded as exc:  # retrying cannot help until the owner deletes files
+        raise PermanentJobError(str(exc), type_name="StorageQuotaExceeded") from exc
     artifact_id = stored.id
     logger.info("report.written", extra={"rows": count, "bytes": stored.size})
     if payload.email_to:
