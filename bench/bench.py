@@ -686,7 +686,7 @@ async def drain_phase(c: Client, accepted: int) -> Figures:
 
 async def e2e_phase(c: Client) -> Figures:
     """POST N jobs while the worker runs; rate from the ledger (first insert -> last finish)."""
-    await c.pg.execute("TRUNCATE jobs")
+    await c.pg.execute("TRUNCATE jobs CASCADE")  # and what references jobs (mail_log)
     load = await post_jobs(c, c.cfg.jobs)
     done = await wait_rows(c, "status = 'succeeded'", load.ok)
     return {
@@ -697,7 +697,7 @@ async def e2e_phase(c: Client) -> Figures:
 
 async def pickup_phase(c: Client) -> Figures:
     """One job at a time on an idle worker: ledger created_at -> started_at, both PostgreSQL now()."""
-    await c.pg.execute("TRUNCATE jobs")
+    await c.pg.execute("TRUNCATE jobs CASCADE")  # and what references jobs (mail_log)
     for i in range(c.cfg.latency_samples):
         await asyncio.sleep(random.uniform(0, c.cfg.latency_gap_s))
         job_id = await post_job(c, i)
@@ -724,7 +724,7 @@ async def conveyor_round(stack: Stack) -> Figures:
     """Gateway alone, then a fresh worker drains that backlog, then end to end, then pickup latency."""
     await flush_redis(stack.cfg)
     async with conveyor_client(stack) as c:
-        await c.pg.execute("TRUNCATE jobs")
+        await c.pg.execute("TRUNCATE jobs CASCADE")  # and what references jobs (mail_log)
         before = await redis_snap(c.redis)
         gateway, accepted = await gateway_phase(c)
         drain = await drain_phase(c, accepted)

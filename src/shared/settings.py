@@ -6,7 +6,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, HttpUrl, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The API contract promises a working default for local use; production refuses it (see AuthConfig).
@@ -93,6 +93,8 @@ class StorageConfig(BaseSettings):
     dir: Path = Field(Path("var/storage"), validation_alias=_env("STORAGE_DIR"))
     max_upload_bytes: int = Field(1024**3, ge=1, validation_alias=_env("MAX_UPLOAD_BYTES"))
     quota_bytes: int = Field(10 * 1024**3, ge=1, validation_alias=_env("STORAGE_QUOTA_BYTES"))
+    # Where clients reach the gateway (e.g. https://jobs.example.com): makes links in mail absolute.
+    public_url: HttpUrl | None = Field(None, validation_alias=_env("PUBLIC_URL"))
 
 
 class WebhookConfig(BaseSettings):

@@ -167,11 +167,12 @@ def _parse(sink: SmtpSink) -> EmailMessage:
 
 
 async def test_email_to_mails_the_report_as_an_attachment(
-    api: Api, pg: Conn, start_worker: StartWorker, smtp: SmtpSink
+    api: Api, pg: Conn, start_worker: StartWorker, smtp: SmtpSink, services: Services
 ) -> None:
     await _seed(pg)
     await start_worker("default", smtp_port=smtp.port)
-    await start_worker("heavy")
+    public = storage_config(services, public_url="https://jobs.example.com/")
+    await start_worker("heavy", storage=public)
     job = await api.submit("report.generate", {**RANGE, "format": "csv", "email_to": ["boss@example.com"]})
 
     done = await api.wait_status(job["id"], "succeeded")
@@ -187,6 +188,8 @@ async def test_email_to_mails_the_report_as_an_attachment(
     text = msg.get_body(preferencelist=("plain",))
     assert text is not None
     assert job["id"] in text.get_content()
+    link = f"https://jobs.example.com{done['result']['url']}"
+    assert link in text.get_content(), "the mail links the report under PUBLIC_URL"
     [attachment] = list(msg.iter_attachments())
     _, body, _ = await _download(api, done["result"]["url"])
     assert attachment.get_payload(decode=True) == body.encode()

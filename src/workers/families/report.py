@@ -6,6 +6,8 @@ import contextlib
 import datetime as dt
 import logging
 
+from pydantic import HttpUrl
+
 from shared import reporting, storage, storage_quota, submission
 from shared.db import UNAVAILABLE_ERRORS
 from shared.errors import Conflict, InvalidInput, PermanentJobError, RetryableJobError
@@ -23,6 +25,11 @@ MAIL_ENQUEUE_TIMEOUT_S = 2.0
 
 def artifact_url(artifact_id: str) -> str:
     return f"/api/v1/artifacts/{artifact_id}"
+
+
+def _public(base: HttpUrl | None, path: str) -> str:
+    """`path` under PUBLIC_URL, for a link read outside the API (mail); as it is when that is unset."""
+    return str(base).rstrip("/") + path if base is not None else path
 
 
 async def handle_generate(job: JobContext, payload: ReportPayload) -> ReportResult:
@@ -97,7 +104,7 @@ async def _enqueue_mail(job: JobContext, payload: ReportPayload, artifact_id: st
             "template": "report-ready",
             "context": {
                 "report_id": job.job_id, "period": _period_label(payload), "format": payload.format,
-                "url": artifact_url(artifact_id),
+                "url": _public(worker.settings.storage.public_url, artifact_url(artifact_id)),
             },
             "attachments": [{"artifact_id": artifact_id}],
         },
