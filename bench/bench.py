@@ -49,7 +49,8 @@ else:
 T = TypeVar("T")
 Figures = dict[str, float]
 
-CACHE_DB, JOBS_DB = 12, 13
+# Test sessions and benches claim a pair of Redis databases (cache, cache + 1) through these keys in db 0.
+REDIS_PAIR_LOCK: Final = "conveyor:test-session:db"
 ARQ_POLL_S: Final = 0.5  # stock arq's poll_delay: its pickup samples are spread uniformly over one period
 TUNED_ARQ: Final = {"max_jobs": 100, "poll_delay": 0.01}  # DESIGN.md's "arq tuned", run under uvloop
 STALL_S: Final = 20.0  # give up waiting when the ledger makes no progress for this long
@@ -75,15 +76,16 @@ class Config:
     redis_base: str
     admin_url: str
     database_url: str = ""
+    cache_db: int = 12  # the jobs database is the next one; see `redis_pair`
     jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
 
     @property
     def cache_url(self) -> str:
-        return with_path(self.redis_base, f"/{CACHE_DB}")
+        return with_path(self.redis_base, f"/{self.cache_db}")
 
     @property
     def jobs_url(self) -> str:
-        return with_path(self.redis_base, f"/{JOBS_DB}")
+        return with_path(self.redis_base, f"/{self.cache_db + 1}")
 
 
 def redacted(url: str) -> str:
@@ -321,6 +323,33 @@ async def drop_database(admin_url: str, url: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def pair_lock(cfg: Config, cache_db: int, *, take: bool) -> bool:
+    """Take (or release) the db-0 key that claims the Redis databases `cache_db` and `cache_db + 1`."""
+    locks = Redis.from_url(with_path(cfg.redis_base, "/0"), socket_connect_timeout=3)
+    try:
+        if take:
+            return bool(await locks.set(f"{REDIS_PAIR_LOCK}{cache_db}", f"bench:{os.getpid()}", nx=True, ex=3600))
+        return bool(await locks.delete(f"{REDIS_PAIR_LOCK}{cache_db}"))
+    except (OSError, RedisError) as exc:
+        raise BenchError(f"Redis is unreachable at TEST_REDIS_URL={redacted(cfg.redis_base)}: {exc}") from exc
+    finally:
+        await locks.aclose()
+
+
+@contextlib.contextmanager
+def redis_pair(cfg: Config) -> Iterator[Config]:
+    """Claim a free pair of Redis databases as test sessions do, so a bench never flushes a running test's."""
+    for cache_db in range(2, 15, 2):
+        if run(pair_lock(cfg, cache_db, take=True)):
+            break
+    else:
+        raise BenchError(f"every Redis database pair is in use (keys {REDIS_PAIR_LOCK}* in db 0)")
+    try:
+        yield replace(cfg, cache_db=cache_db)
+    finally:
+        run(pair_lock(cfg, cache_db, take=False))
 
 
 @contextlib.contextmanager
@@ -885,6 +914,11 @@ def measure(cfg: Config, stack: Stack) -> tuple[list[Figures], list[Figures], li
 
 
 def bench(cfg: Config) -> None:
+    with redis_pair(cfg) as claimed:
+        measure_and_print(claimed)
+
+
+def measure_and_print(cfg: Config) -> None:
     versions = run(check_services(cfg))
     background = run(background_redis_rate(cfg))
     run(flush_redis(cfg))

@@ -52,7 +52,8 @@ local allow_at = new_tat - period
 if now < allow_at then
   return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now))
+-- At huge limits the interval is below a double's precision at `now`: the key still lives at least 1 ms.
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
 return {1, math.floor((period - (new_tat - now)) / interval), 0, math.ceil(new_tat - now)}
 """
 

@@ -56,6 +56,17 @@ async def test_a_principal_over_its_limit_gets_429_with_retry_after(services: Se
         assert await _metric(api, "principal") == 1
 
 
+async def test_a_limit_too_large_to_meter_still_works(services: Services) -> None:
+    # 10^9 a minute: each request's share of the window is below a double's precision at Redis's clock.
+    async with gateway(services, rate_limit_per_minute=1_000_000_000) as api:
+        statuses = [(await _get(api))[0] for _ in range(5)]
+        _, text, _ = await api.request("GET", "/metrics")
+
+    assert statuses == [200] * 5
+    unchecked = 'conveyor_gateway_rate_limit_unchecked_total{limiter="principal"} 0.0'
+    assert unchecked in text.splitlines(), "the limiter answered; it did not fail open"
+
+
 async def test_public_routes_are_not_limited_per_principal(services: Services) -> None:
     async with gateway(services, rate_limit_per_minute=1) as api:
         statuses = {(await api.request("GET", path))[0] for path in ["/health", "/api/v1/openapi.json"] * 3}
