@@ -253,6 +253,21 @@ async def mark_requeued(conn: Connection | Pool, run: JobRecord) -> bool:
     return status.endswith(" 1")
 
 
+async def mark_deferred(conn: Connection | Pool, run: JobRecord) -> bool:
+    """The handler could not run the job yet (JobDeferred): it waits in the queue, the attempt is given back
+    and, if no attempt ever ran, the job counts as never started again, so `expires_in_s` still applies."""
+    status = await conn.execute(
+        """
+        UPDATE jobs SET status = 'queued', attempts = attempts - 1,
+                        started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END, updated_at = now()
+        WHERE id = $1 AND run_seq = $2 AND status = 'running'
+        """,
+        run.id,
+        run.run_seq,
+    )
+    return status.endswith(" 1")
+
+
 async def reconcile_candidates(
     conn: Connection | Pool, *, grace_s: float, horizon_s: float, after: tuple[dt.datetime, str] | None, limit: int
 ) -> list[JobRecord]:

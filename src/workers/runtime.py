@@ -243,7 +243,7 @@ class Runtime:
     async def _defer(self, record: ledger.JobRecord, attempt: int, exc: JobDeferred) -> dict[str, Any]:
         """The handler cannot run the job yet: it waits in the queue and the attempt is given back, as for a
         job held by its type's limits."""
-        if await self._record(lambda: ledger.mark_requeued(self.ctx.pg, record)):
+        if await self._record(lambda: ledger.mark_deferred(self.ctx.pg, record)):
             await self._announce(record.id, "queued")
         self.ctx.metrics.jobs.labels(record.type, "held").inc()
         logger.info("job.deferred", extra={"attempt": attempt, "wait_s": round(exc.wait_s, 3), "reason": str(exc)})

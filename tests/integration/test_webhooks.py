@@ -198,7 +198,7 @@ async def test_an_open_circuit_holds_jobs_until_a_probe_succeeds(
         job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"}, max_attempts=1)
         await eventually(lambda: _positive(webhook_metric(worker, "circuit_open")))
         held = await api.job(job["id"])
-        assert (held["status"], held["attempts"]) == ("queued", 0), "it waits in the queue"
+        assert (held["status"], held["attempts"], held["started_at"]) == ("queued", 0, None), "it waits, unstarted"
         assert len(receiver.hits) == 2, "the host is left alone while the circuit is open"
 
         done = await api.wait_status(job["id"], "succeeded", "failed")
@@ -207,6 +207,23 @@ async def test_an_open_circuit_holds_jobs_until_a_probe_succeeds(
     assert done["attempts"] == 1
     assert len(receiver.hits) == 3, "one probe, which succeeded"
     assert circuit_gauge(worker) is None, "closed again: a host with no open circuit has no series"
+
+
+async def test_a_job_held_by_an_open_circuit_still_expires(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    worker = await start_worker(
+        "default", handlers=HANDLERS, registry=REGISTRY, webhook=hooks(breaker_failures=2, breaker_open_s=2)
+    )
+    async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
+        await _open_circuit(api, receiver, failures=2)
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"}, expires_in_s=1)
+        await eventually(lambda: _positive(webhook_metric(worker, "circuit_open")))
+
+        done = await api.wait_status(job["id"], "failed", "succeeded")
+
+    assert (done["status"], done["error"]["type"], done["attempts"]) == ("failed", "JobExpired", 0)
+    assert len(receiver.hits) == 2, "an expired delivery is never sent"
 
 
 async def test_one_owners_open_circuit_does_not_hold_another_owners_deliveries(
