@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 ARQ_MAX_TRIES = 10**9
 # How long a job held back by a limit waits before it asks again (jittered).
 LIMIT_WAIT_S = 0.2
+# A held job (JobDeferred) that may still expire comes back this long after its expiry, to fail then.
+EXPIRY_MARGIN_S = 0.05
 # A ledger write failed: arq keeps the job and runs it again after this long.
 LEDGER_RETRY_S = 2.0
 BATCH_ENQUEUE_TIMEOUT_S = 2.0
@@ -246,8 +248,12 @@ class Runtime:
         if await self._record(lambda: ledger.mark_deferred(self.ctx.pg, record)):
             await self._announce(record.id, "queued")
         self.ctx.metrics.jobs.labels(record.type, "held").inc()
-        logger.info("job.deferred", extra={"attempt": attempt, "wait_s": round(exc.wait_s, 3), "reason": str(exc)})
-        raise Retry(defer=retry_defer_s(exc.wait_s, record.priority)) from exc
+        wait_s = exc.wait_s
+        to_expiry = (record.expires_at - utcnow()).total_seconds() if record.expires_at is not None else -1.0
+        if record.attempts <= 1 and to_expiry > 0:  # never started: back at its expiry, to fail on time
+            wait_s = min(wait_s, to_expiry + EXPIRY_MARGIN_S)
+        logger.info("job.deferred", extra={"attempt": attempt, "wait_s": round(wait_s, 3), "reason": str(exc)})
+        raise Retry(defer=retry_defer_s(wait_s, record.priority)) from exc
 
     async def _record(self, write: Callable[[], Awaitable[bool]]) -> bool:
         """Write an attempt's outcome, retrying in place through a ledger blip: the outcome is known, so

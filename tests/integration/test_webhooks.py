@@ -213,14 +213,15 @@ async def test_a_job_held_by_an_open_circuit_still_expires(
     services: Services, pg: Conn, start_worker: StartWorker
 ) -> None:
     worker = await start_worker(
-        "default", handlers=HANDLERS, registry=REGISTRY, webhook=hooks(breaker_failures=2, breaker_open_s=2)
+        "default", handlers=HANDLERS, registry=REGISTRY, webhook=hooks(breaker_failures=2, breaker_open_s=60)
     )
     async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
         await _open_circuit(api, receiver, failures=2)
-        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"}, expires_in_s=1)
+        # Held for the circuit's 60 s, it comes back at its expiry (3 s) and fails then.
+        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"}, expires_in_s=3)
         await eventually(lambda: _positive(webhook_metric(worker, "circuit_open")))
 
-        done = await api.wait_status(job["id"], "failed", "succeeded")
+        done = await api.wait_status(job["id"], "failed", "succeeded", within=30)
 
     assert (done["status"], done["error"]["type"], done["attempts"]) == ("failed", "JobExpired", 0)
     assert len(receiver.hits) == 2, "an expired delivery is never sent"
