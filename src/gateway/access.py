@@ -63,6 +63,7 @@ RULES: tuple[Rule, ...] = tuple(
         ("GET", "/api/v1/uploads/{id}", _U),
         ("DELETE", "/api/v1/uploads/{id}", _U),
         ("GET", "/api/v1/artifacts/{id}", _U),
+        ("DELETE", "/api/v1/artifacts/{id}", _U),
         ("GET", "/api/v1/notifications", _U),
         ("POST", "/api/v1/notifications/{id}/read", _U),
         ("GET", "/api/v1/notifications/stream", _OWN),

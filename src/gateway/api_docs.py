@@ -205,6 +205,9 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
         },
         params=(Param("If-None-Match", {"type": "string"}, "An ETag from an earlier download.", location="header"),),
     ),
+    ("DELETE", "/api/v1/artifacts/{}"): Operation(
+        "Delete an artifact and its file (frees its bytes of your storage quota)", "files", {204: NO_CONTENT}
+    ),
     # Schedules
     ("POST", "/api/v1/schedules"): Operation(
         "Create a schedule",

@@ -327,9 +327,11 @@ async def find_file(
 
 
 async def delete_file(pool: Pool, config: StorageConfig, stored: StoredFile) -> None:
-    """Forget the row first: a file left behind by a failed unlink is only wasted space, never a dangling row."""
-    await pool.execute("DELETE FROM files WHERE id = $1", stored.id)
-    await _remove(stored.path)
+    """Forget the row first: a file left behind by a failed unlink is only wasted space, never a dangling row.
+    The path comes from the deleted row, so a re-run that replaced an artifact meanwhile loses its new file."""
+    path = await pool.fetchval("DELETE FROM files WHERE id = $1 RETURNING path", stored.id)
+    if path is not None:
+        await _remove(_root(config) / path)
 
 
 async def list_files(

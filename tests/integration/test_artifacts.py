@@ -65,6 +65,23 @@ async def test_an_artifact_is_hidden_from_other_users_but_not_from_admins(api: A
     assert status == 404
 
 
+async def test_deleting_an_artifact_removes_its_file_and_frees_its_quota(
+    api: Api, services: Services, pg: Conn
+) -> None:
+    stored = await _write(api, services, "job_report9", CSV)
+    await _write(api, services, "job_report10", CSV, owner="bob")
+
+    refused, _, _ = await api.request("DELETE", f"/api/v1/artifacts/{stored.id}", as_="bob")
+    deleted, _, _ = await api.request("DELETE", f"/api/v1/artifacts/{stored.id}")
+    again, _, _ = await api.request("DELETE", f"/api/v1/artifacts/{stored.id}")
+    download, _, _ = await api.request("GET", f"/api/v1/artifacts/{stored.id}")
+
+    assert (refused, deleted, again, download) == (404, 204, 404, 404)
+    assert not stored.path.exists()
+    assert await pg.fetchval("SELECT sum(size) FROM files WHERE owner = 'alice'") is None
+    assert await pg.fetchval("SELECT count(*) FROM files WHERE owner = 'bob'") == 1
+
+
 async def test_a_rerun_replaces_the_file_and_keeps_the_id(api: Api, services: Services, pg: Conn) -> None:
     first = await _write(api, services, "job_report3", CSV)
     replacement = b'{"rows": []}'

@@ -1,4 +1,4 @@
-"""`/api/v1/artifacts` routes: stream a job's file to its owner."""
+"""`/api/v1/artifacts` routes: stream a job's file to its owner, or delete it."""
 
 from __future__ import annotations
 
@@ -67,3 +67,19 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         await asyncio.to_thread(file.close)
+
+
+@routes.delete("/api/v1/artifacts/{artifact_id}")
+async def delete_artifact(request: web.Request) -> web.Response:
+    """DELETE /api/v1/artifacts/{id}: the owner or an admin; the file and its record go, freeing its bytes of
+    the owner's storage quota (the job's result still names the id; a download is then a 404).
+    Errors: 401, 404 (also for another user's artifact)."""
+    principal, artifact_id = request[PRINCIPAL], request.match_info["artifact_id"]
+    pool, config = request.app[PG_POOL], request.app[SETTINGS].storage
+    found = await storage.find_file(
+        pool, config, "artifact", artifact_id, owner=None if principal.is_admin else principal.sub
+    )
+    if found is None:
+        raise NotFound(f"no artifact {artifact_id!r}")
+    await storage.delete_file(pool, config, found)
+    return web.Response(status=204)
