@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 NAMESPACE = "conveyor"
@@ -10,6 +13,9 @@ _JOB_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 # Webhook hosts are chosen by users: at most this many `circuit_breaker_state{host}` series, and only
 # for hosts with a circuit that is not closed (a host whose circuits all close loses its series).
 MAX_CIRCUIT_HOSTS = 100
+# A circuit this process has not seen for this long drops out of the metric (a held job looks again
+# well within it).
+CIRCUIT_SERIES_TTL_S = 300.0
 
 
 class Metrics:
@@ -76,7 +82,8 @@ class Metrics:
             "(1 half-open, 2 open); hosts whose circuits are all closed are not listed.",
             ["host"], namespace=NAMESPACE, subsystem="worker", registry=r,
         )  # fmt: skip
-        self._circuits: dict[str, dict[str, int]] = {}  # host -> circuit -> state, circuits not closed
+        self._circuits: dict[str, dict[str, tuple[int, float]]] = {}  # host -> circuit -> (state, last seen)
+        self._circuits_swept = float("-inf")
         self.notifications = Counter(
             "notifications_total", "Notifications stored by notification.push.",
             namespace=NAMESPACE, subsystem="worker", registry=r,
@@ -100,23 +107,46 @@ class Metrics:
             "sse_streams", "Open event streams.", namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
 
-    def show_circuit(self, host: str, circuit: str, state: int) -> None:
-        """Record one circuit's state (0 closed, 1 half-open, 2 open) in `circuit_breaker_state{host}`."""
+    def show_circuit(self, host: str, circuit: str, state: int, *, now: float | None = None) -> None:
+        """Record one circuit's state (0 closed, 1 half-open, 2 open) in `circuit_breaker_state{host}`.
+
+        A circuit not seen for CIRCUIT_SERIES_TTL_S is forgotten (nobody sends there any more, or another
+        process closed it); when MAX_CIRCUIT_HOSTS hosts are shown, the one seen least recently gives way.
+        """
+        now = time.monotonic() if now is None else now
+        self._forget_stale(now)
         circuits = self._circuits.get(host)
         if state == 0:
-            if circuits is not None and circuits.pop(circuit, None) is not None and not circuits:
-                del self._circuits[host]
-                self.circuit_state.remove(host)
-            elif circuits:
-                self.circuit_state.labels(host).set(max(circuits.values()))
+            if circuits is not None:
+                circuits.pop(circuit, None)
+        else:
+            if circuits is None:
+                if len(self._circuits) >= MAX_CIRCUIT_HOSTS:
+                    oldest = min(self._circuits, key=lambda h: max(seen for _, seen in self._circuits[h].values()))
+                    self._circuits[oldest].clear()
+                    self._export_circuits(oldest)
+                circuits = self._circuits[host] = {}
+            if circuit in circuits or len(circuits) < MAX_CIRCUIT_HOSTS:
+                circuits[circuit] = (state, now)
+        self._export_circuits(host)
+
+    def _export_circuits(self, host: str) -> None:
+        circuits = self._circuits.get(host)
+        if circuits:
+            self.circuit_state.labels(host).set(max(state for state, _ in circuits.values()))
             return
-        if circuits is None:
-            if len(self._circuits) >= MAX_CIRCUIT_HOSTS:
-                return
-            circuits = self._circuits[host] = {}
-        if circuit in circuits or len(circuits) < MAX_CIRCUIT_HOSTS:
-            circuits[circuit] = state
-        self.circuit_state.labels(host).set(max(circuits.values()))
+        self._circuits.pop(host, None)
+        with contextlib.suppress(KeyError):
+            self.circuit_state.remove(host)
+
+    def _forget_stale(self, now: float) -> None:
+        if now - self._circuits_swept < 1.0:
+            return
+        self._circuits_swept = now
+        for host, circuits in list(self._circuits.items()):
+            for circuit in [c for c, (_, seen) in circuits.items() if now - seen > CIRCUIT_SERIES_TTL_S]:
+                del circuits[circuit]
+            self._export_circuits(host)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

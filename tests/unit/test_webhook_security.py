@@ -148,7 +148,24 @@ def test_circuit_metric_lists_only_hosts_with_a_circuit_not_closed() -> None:
 
 def test_circuit_metric_series_are_bounded_whatever_hosts_users_choose() -> None:
     metrics = Metrics()
+    metrics.show_circuit("real.example", circuit("alice", "real.example"), CircuitState.OPEN, now=0.0)
     for n in range(MAX_CIRCUIT_HOSTS + 50):
-        metrics.show_circuit(f"h{n}.example", circuit("mallory", f"h{n}.example"), CircuitState.OPEN)
+        host = f"h{n}.example"
+        metrics.show_circuit(host, circuit("mallory", host), CircuitState.OPEN, now=1.0 + n / 1000)
+    metrics.show_circuit("real.example", circuit("alice", "real.example"), CircuitState.OPEN, now=2.0)
 
-    assert len(circuit_series(metrics)) == MAX_CIRCUIT_HOSTS
+    shown = circuit_series(metrics)
+    assert len(shown) == MAX_CIRCUIT_HOSTS
+    assert "real.example" in shown, "the host seen least recently gives way, not the newest"
+    assert "h0.example" not in shown
+
+
+def test_a_circuit_not_seen_for_a_while_drops_out_of_the_metric() -> None:
+    metrics = Metrics()
+    metrics.show_circuit("gone.example", circuit("alice", "gone.example"), CircuitState.OPEN, now=0.0)
+    metrics.show_circuit("busy.example", circuit("alice", "busy.example"), CircuitState.OPEN, now=0.0)
+
+    metrics.show_circuit("busy.example", circuit("alice", "busy.example"), CircuitState.OPEN, now=299.0)
+    assert set(circuit_series(metrics)) == {"gone.example", "busy.example"}
+    metrics.show_circuit("busy.example", circuit("alice", "busy.example"), CircuitState.OPEN, now=301.0)
+    assert circuit_series(metrics) == {"busy.example": 2}, "closed by another process, or never sent to again"
