@@ -107,7 +107,7 @@ class Breaker:
 
 def circuit(owner: str, host: str) -> str:
     """The circuit of `owner`'s deliveries to `host` (case-insensitive); the owner is hashed, so the key
-    stays short and names no one."""
+    stays short and does not spell out the subject (an unsalted hash: not a secret from Redis's readers)."""
     return f"{host.lower()}:{hashlib.sha256(owner.encode()).hexdigest()[:16]}"
 
 

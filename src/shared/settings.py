@@ -96,6 +96,13 @@ class StorageConfig(BaseSettings):
     # Where clients reach the gateway (e.g. https://jobs.example.com): makes links in mail absolute.
     public_url: HttpUrl | None = Field(None, validation_alias=_env("PUBLIC_URL"))
 
+    @model_validator(mode="after")
+    def _public_url_is_a_base(self) -> Self:
+        url = self.public_url
+        if url is not None and (url.query or url.fragment or url.username or url.password):
+            raise ValueError("PUBLIC_URL must be a base URL: scheme, host and path only")
+        return self
+
 
 class WebhookConfig(BaseSettings):
     model_config = _config()

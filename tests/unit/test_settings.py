@@ -9,7 +9,15 @@ import sys
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from shared.settings import DEV_JWT_SECRET, AuthConfig, GatewaySettings, RedisConfig, SmtpConfig, WorkerSettings
+from shared.settings import (
+    DEV_JWT_SECRET,
+    AuthConfig,
+    GatewaySettings,
+    RedisConfig,
+    SmtpConfig,
+    StorageConfig,
+    WorkerSettings,
+)
 
 
 def test_env_names_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,6 +55,15 @@ def test_secrets_do_not_show_in_reprs() -> None:
 
 def test_gateway_settings_hold_no_smtp_section() -> None:
     assert "smtp" not in GatewaySettings.model_fields
+
+
+@pytest.mark.parametrize(
+    "url", ["https://jobs.example.com/?next=x", "https://jobs.example.com/#top", "https://u:p@jobs.example.com"]
+)
+def test_public_url_must_be_a_plain_base(url: str) -> None:
+    with pytest.raises(ValidationError, match="PUBLIC_URL must be a base URL"):
+        StorageConfig(public_url=url)
+    assert str(StorageConfig(public_url="https://jobs.example.com/conveyor").public_url).endswith("/conveyor")
 
 
 def test_readme_documents_every_setting() -> None:
