@@ -30,6 +30,11 @@ class Principal:
     def can_see(self, owner: str) -> bool:
         return self.is_admin or owner == self.sub
 
+    @property
+    def visible_owner(self) -> str | None:
+        """The owner filter of this caller's lookups and lists: None (everyone's) for an admin, else its own."""
+        return None if self.is_admin else self.sub
+
 
 def bearer_token(header: str | None) -> str:
     if not header:

@@ -6,15 +6,15 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Final, cast
+from collections.abc import AsyncIterator
+from typing import Any, Final
 
 from aiohttp import web
 
 from gateway.keys import CACHE, EVENT_HUB, METRICS, PRINCIPAL, REQUEST_ID, SETTINGS
 from shared import json
 from shared.errors import RateLimited
+from shared.limits import renew_slot, take_slot
 from shared.queue import REDIS_ERRORS
 from shared.redis import CacheRedis
 
@@ -29,34 +29,12 @@ RETRY_AFTER_S: Final = 5
 # A client gone away shows up as one of these when the stream next writes.
 DISCONNECTED = (ConnectionError,)
 
-# Free the slots whose lease lapsed, then take one if any is free (the same shape as shared.limits).
-_TAKE: Final = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
-  return 1
-end
-return 0
-"""
-
-
-async def _take(cache: CacheRedis, key: str, token: str, cap: int) -> bool:
-    now_ms = int(time.time() * 1000)
-    args = (str(now_ms), str(cap), token, str(now_ms + int(LEASE_S * 1000)))
-    # redis-py types eval for both its sync and async clients; the async one always returns an awaitable.
-    return bool(await cast(Awaitable[Any], cache.eval(_TAKE, 1, key, *args)))
-
 
 async def _renew(cache: CacheRedis, key: str, token: str) -> None:
     while True:
         await asyncio.sleep(RENEW_S)
-        deadline_ms = int((time.time() + LEASE_S) * 1000)
         try:
-            async with cache.pipeline(transaction=False) as pipe:
-                pipe.zadd(key, {token: deadline_ms})
-                pipe.pexpireat(key, deadline_ms)
-                await pipe.execute()
+            await renew_slot(cache, key, token, hold_s=LEASE_S)
         except REDIS_ERRORS as exc:
             logger.warning("sse.renew_failed", extra={"reason": type(exc).__name__})
 
@@ -76,7 +54,7 @@ async def stream_slot(request: web.Request) -> AsyncIterator[None]:
     key, token = PREFIX + sub, secrets.token_hex(8)
     try:
         shared = True
-        allowed = await _take(cache, key, token, cap)
+        allowed = await take_slot(cache, key, token, cap=cap, hold_s=LEASE_S)
     except REDIS_ERRORS as exc:
         logger.warning("sse.cap_unshared", extra={"reason": type(exc).__name__})
         shared, allowed = False, local[sub] < cap

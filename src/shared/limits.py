@@ -38,6 +38,23 @@ async def _run(script: str, numkeys: int, *args: str, cache: CacheRedis) -> int:
     return int(await cast(Awaitable[Any], cache.eval(script, numkeys, *args)))
 
 
+async def take_slot(cache: CacheRedis, key: str, token: str, *, cap: int, hold_s: float) -> bool:
+    """Take one of `cap` leased slots in the sorted set `key` for `token`, held `hold_s` unless renewed
+    (`renew_slot`); slots whose lease lapsed (a holder that died) are freed first. True if taken or held."""
+    now_ms = int(time.time() * 1000)
+    args = (str(now_ms), str(cap), token, str(now_ms + int(hold_s * 1000)))
+    return bool(await _run(_TAKE_SLOT, 1, key, *args, cache=cache))
+
+
+async def renew_slot(cache: CacheRedis, key: str, token: str, *, hold_s: float) -> None:
+    """Extend `token`'s lease on its slot by `hold_s` from now."""
+    deadline_ms = int((time.time() + hold_s) * 1000)
+    async with cache.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {token: deadline_ms})
+        pipe.pexpireat(key, deadline_ms)
+        await pipe.execute()
+
+
 def _slot_key(job_type: str, owner: str) -> str:
     return f"{PREFIX}running:{job_type}:{owner}"
 
@@ -49,16 +66,12 @@ async def try_start(
 
     A slot taken while the rate then refuses is given back, so a waiting job holds nothing.
     """
-    now_ms = int(time.time() * 1000)
     if limits.concurrency_per_owner is not None:
-        taken = await _run(
-            _TAKE_SLOT, 1, _slot_key(job_type, owner), str(now_ms), str(limits.concurrency_per_owner), job_id,
-            str(now_ms + int(hold_s * 1000)),
-            cache=cache,
-        )  # fmt: skip
-        if not taken:
+        slot = _slot_key(job_type, owner)
+        if not await take_slot(cache, slot, job_id, cap=limits.concurrency_per_owner, hold_s=hold_s):
             return False
     if limits.per_second is not None:
+        now_ms = int(time.time() * 1000)
         window_ms = max(1000, math.ceil(1000 / limits.per_second))
         allowed = max(1, round(limits.per_second * window_ms / 1000))
         window = now_ms // window_ms

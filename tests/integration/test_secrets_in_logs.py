@@ -15,14 +15,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr
 
 from shared.logging import ConsoleFormatter, ContextFilter, JsonFormatter, configure_logging
 from shared.settings import AuthConfig, LogConfig, SmtpConfig, WebhookConfig
 from support.helpers import eventually, make_token
-from support.stack import Api, Services, SmtpSink, StartWorker, free_port, gateway_settings, running_gateway
+from support.stack import Api, Services, StartWorker, gateway_settings, running_gateway, smtp_server
 
 JWT_SECRET = "jwt-secret-7f3a9c1e5b2d4f6a8c0e1b3d5f7a9c2e"
 OTHER_SECRET = "forged-secret-0e1d2c3b4a5f6e7d8c9b0a1f2e3d4c5b"
@@ -70,24 +69,10 @@ def logs() -> Iterator[Captured]:
             logging.getLogger(name).setLevel(level)
 
 
-@contextlib.contextmanager
-def smtp_with_auth() -> Iterator[SmtpSink]:
-    """An aiosmtpd sink that requires AUTH with the test credentials (plain text: it is local)."""
-    sink = SmtpSink()
-
-    def authenticator(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
-        ok = isinstance(data, LoginPassword) and data == (SMTP_USER.encode(), SMTP_PASSWORD.encode())
-        return AuthResult(success=ok)
-
-    controller = Controller(
-        sink, hostname="127.0.0.1", port=free_port(), authenticator=authenticator, auth_require_tls=False
-    )
-    controller.start()
-    sink.port = controller.port
-    try:
-        yield sink
-    finally:
-        controller.stop()
+def authenticator(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+    """Accepts AUTH with the test credentials only (plain text: the server is local)."""
+    ok = isinstance(data, LoginPassword) and data == (SMTP_USER.encode(), SMTP_PASSWORD.encode())
+    return AuthResult(success=ok)
 
 
 @contextlib.asynccontextmanager
@@ -139,7 +124,7 @@ async def test_no_secret_is_ever_logged(services: Services, start_worker: StartW
         make_token("alice", secret=JWT_SECRET, ttl_s=-3600),
         GARBAGE_TOKEN,
     ]
-    with smtp_with_auth() as smtp:
+    with smtp_server(authenticator=authenticator, auth_require_tls=False) as smtp:
         async with receiver() as (url, deliveries), running_gateway(gateway_settings(services, auth=auth)) as api:
             await start_worker(
                 "default",

@@ -229,10 +229,11 @@ class SmtpSink:
 
 
 @contextlib.contextmanager
-def smtp_server(port: int = 0) -> Iterator[SmtpSink]:
-    """An aiosmtpd server on a real port (in its own thread, as aiosmtpd's Controller runs)."""
+def smtp_server(port: int = 0, **options: Any) -> Iterator[SmtpSink]:
+    """An aiosmtpd server on a real port (in its own thread, as aiosmtpd's Controller runs); `options` go to
+    its SMTP server (e.g. an `authenticator`)."""
     sink = SmtpSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=port or free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=port or free_port(), **options)
     controller.start()
     sink.port = controller.port
     try:

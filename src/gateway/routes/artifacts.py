@@ -32,14 +32,17 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") in (etag, "*") for tag in header.split(","))
 
 
+async def _find(request: web.Request, artifact_id: str) -> storage.StoredFile | None:
+    return await storage.find_file(
+        request.app[PG_POOL], request.app[SETTINGS].storage, "artifact", artifact_id,
+        owner=request[PRINCIPAL].visible_owner,
+    )  # fmt: skip
+
+
 async def _open(request: web.Request, artifact_id: str) -> tuple[storage.StoredFile, BinaryIO]:
     """The artifact and its file opened: the path names one version, so a re-run's replacement is looked up again."""
-    principal = request[PRINCIPAL]
     for _ in range(3):
-        found = await storage.find_file(
-            request.app[PG_POOL], request.app[SETTINGS].storage, "artifact", artifact_id,
-            owner=None if principal.is_admin else principal.sub,
-        )  # fmt: skip
+        found = await _find(request, artifact_id)
         if found is None:
             break
         with contextlib.suppress(FileNotFoundError):
@@ -74,12 +77,9 @@ async def delete_artifact(request: web.Request) -> web.Response:
     """DELETE /api/v1/artifacts/{id}: the owner or an admin; the file and its record go, freeing its bytes of
     the owner's storage quota (the job's result still names the id; a download is then a 404).
     Errors: 401, 404 (also for another user's artifact)."""
-    principal, artifact_id = request[PRINCIPAL], request.match_info["artifact_id"]
-    pool, config = request.app[PG_POOL], request.app[SETTINGS].storage
-    found = await storage.find_file(
-        pool, config, "artifact", artifact_id, owner=None if principal.is_admin else principal.sub
-    )
+    artifact_id = request.match_info["artifact_id"]
+    found = await _find(request, artifact_id)
     if found is None:
         raise NotFound(f"no artifact {artifact_id!r}")
-    await storage.delete_file(pool, config, found)
+    await storage.delete_file(request.app[PG_POOL], request.app[SETTINGS].storage, found)
     return web.Response(status=204)

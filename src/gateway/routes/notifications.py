@@ -43,7 +43,7 @@ async def list_notifications(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     page, next_cursor = await notifications.list_notifications(
         request.app[PG_POOL],
-        owner=None if principal.is_admin else principal.sub,
+        owner=principal.visible_owner,
         unread=unread,
         limit=limit,
         cursor=cursor,
@@ -58,9 +58,7 @@ async def mark_read(request: web.Request) -> web.Response:
     notification_id = request.match_info["notification_id"]
     principal = request[PRINCIPAL]
     record = (
-        await notifications.mark_read(
-            request.app[PG_POOL], notification_id, owner=None if principal.is_admin else principal.sub
-        )
+        await notifications.mark_read(request.app[PG_POOL], notification_id, owner=principal.visible_owner)
         if well_formed_id(notification_id)
         else None
     )

@@ -140,7 +140,7 @@ async def _visible(request: web.Request) -> storage.StoredFile:
     principal, upload_id = request[PRINCIPAL], request.match_info["upload_id"]
     found = await storage.find_file(
         request.app[PG_POOL], request.app[SETTINGS].storage, "upload", upload_id,
-        owner=None if principal.is_admin else principal.sub,
+        owner=principal.visible_owner,
     )  # fmt: skip
     if found is None:
         raise NotFound(f"no upload {upload_id!r}")
@@ -168,6 +168,6 @@ async def list_uploads(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     found, next_cursor = await storage.list_files(
         request.app[PG_POOL], request.app[SETTINGS].storage, "upload",
-        owner=None if principal.is_admin else principal.sub, limit=limit, cursor=cursor,
+        owner=principal.visible_owner, limit=limit, cursor=cursor,
     )  # fmt: skip
     return json_response({"items": [_resource(f) for f in found], "next_cursor": next_cursor})
