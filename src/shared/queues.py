@@ -20,19 +20,33 @@ class QueueCounts:
     waiting: int = 0  # due and not started: queued, plus scheduled or retrying whose time has come
 
 
-async def set_paused(conn: Connection | Pool, name: str, paused: bool) -> None:
-    await conn.execute(
+@dataclass(frozen=True, slots=True)
+class PauseFlag:
+    """A queue's pause flag as the ledger holds it; `version` grows with every pause or resume."""
+
+    paused: bool
+    version: int
+
+
+async def set_paused(conn: Connection | Pool, name: str, paused: bool) -> PauseFlag:
+    """Record a pause or resume durably; returns the flag with its new version (see `shared.claim`)."""
+    row = await conn.fetchrow(
         """
-        INSERT INTO queues (name, paused) VALUES ($1, $2)
-        ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
+        INSERT INTO queues (name, paused, version) VALUES ($1, $2, 1)
+        ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, version = queues.version + 1, updated_at = now()
+        RETURNING paused, version
         """,
         name,
         paused,
     )
+    assert row is not None  # noqa: S101 - an upsert with RETURNING always returns its row
+    return PauseFlag(bool(row["paused"]), int(row["version"]))
 
 
-async def is_paused(conn: Connection | Pool, name: str) -> bool:
-    return bool(await conn.fetchval("SELECT paused FROM queues WHERE name = $1", name))
+async def pause_flag(conn: Connection | Pool, name: str) -> PauseFlag:
+    """The queue's flag; a queue never paused is running at version 0."""
+    row = await conn.fetchrow("SELECT paused, version FROM queues WHERE name = $1", name)
+    return PauseFlag(False, 0) if row is None else PauseFlag(bool(row["paused"]), int(row["version"]))
 
 
 async def counts(conn: Connection | Pool, names: Sequence[str]) -> list[QueueCounts]:

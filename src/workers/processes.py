@@ -15,7 +15,8 @@ from typing import Final
 
 from arq.worker import Worker
 
-from shared import db, queue, queues, redis
+from shared import claim, db, queue, queues, redis
+from shared.claim import Gate
 from shared.db import POSTGRES_ERRORS
 from shared.jobs import Queue, Registry
 from shared.jobtypes import builtin_registry
@@ -31,7 +32,7 @@ from workers.runtime import ARQ_MAX_TRIES, AnyHandler, PriorityWorker, Runtime
 
 logger = logging.getLogger(__name__)
 
-# How often a worker reads its queue's pause flag and renews its liveness.
+# How often a worker copies its queue's pause flag to the start gate and renews its liveness.
 CONTROL_INTERVAL_S: Final = 0.25
 # After losing Redis, how long arq's polling loop waits before it starts again.
 RESTART_DELAY_S: Final = 1.0
@@ -76,7 +77,7 @@ class WorkerProcess:
         self.mailer = mailer or SmtpMailSender(settings.smtp)
         self.metrics = metrics or Metrics()
         self.metrics_port: int | None = None
-        self._worker: Worker | None = None
+        self._worker: PriorityWorker | None = None
         self._started = asyncio.Event()
         self._stop_requested = False
         self._loops_end = asyncio.Event()  # set once arq's loop is over: the background loops end too
@@ -122,7 +123,8 @@ class WorkerProcess:
         )
         # The in-progress key is the job's lease: short, and renewed below while the job runs.
         worker.in_progress_timeout_s = s.worker.lease_s
-        await self._control_step(ctx, worker)  # a queue paused before start-up stays paused
+        worker.gate_queue = d.queue.value
+        await self._control_step(ctx)  # a queue paused before start-up stays paused
         if self._stop_requested:  # stopped while still connecting: never take a job
             return
         background = [
@@ -174,13 +176,15 @@ class WorkerProcess:
                 logger.warning("worker.redis_lost", extra={"reason": type(exc).__name__})
                 await asyncio.sleep(RESTART_DELAY_S)
 
-    async def _control_step(self, ctx: WorkerContext, worker: Worker) -> None:
-        """Follow the queue's pause flag (ledger) and record this worker as live (Redis)."""
-        paused = await queues.is_paused(ctx.pg, ctx.queue)
-        if not self._stop_requested and worker.allow_pick_jobs == paused:
-            worker.allow_pick_jobs = not paused  # running jobs finish either way
-            logger.info("worker.paused" if paused else "worker.resumed", extra={"queue": ctx.queue})
-        self.paused = paused
+    async def _control_step(self, ctx: WorkerContext) -> None:
+        """Copy the queue's pause flag from the ledger to its start gate in Redis and record this worker as
+        live. The gate, not this copy, decides every start (see `shared.claim`): this only makes sure Redis
+        holds the ledger's flag again after a restart or flush, and never undoes a newer pause."""
+        flag = await queues.pause_flag(ctx.pg, ctx.queue)
+        await claim.set_gate(ctx.jobs_redis, ctx.queue, version=flag.version, paused=flag.paused)
+        if flag.paused != self.paused:
+            logger.info("worker.paused" if flag.paused else "worker.resumed", extra={"queue": ctx.queue})
+        self.paused = flag.paused
         await queue.heartbeat(ctx.jobs_redis, ctx.queue, self.worker_id, ttl_s=queue.WORKER_TTL_S)
 
     async def _lease_loop(self, ctx: WorkerContext, worker: Worker) -> None:
@@ -198,7 +202,7 @@ class WorkerProcess:
                 if self._stop_requested:
                     # arq checks cancels only while it takes jobs; keep honouring them during the grace period.
                     await worker._cancel_aborted_jobs()  # arq 0.28 (pinned)
-                await self._control_step(ctx, worker)
+                await self._control_step(ctx)
             except (*queue.REDIS_ERRORS, *POSTGRES_ERRORS) as exc:
                 logger.warning("worker.control_unavailable", extra={"reason": type(exc).__name__})
 
@@ -237,7 +241,7 @@ class WorkerProcess:
         w = self._worker
         return {
             "queue": self.definition.queue.value,
-            "taking_jobs": bool(w and w.allow_pick_jobs),
+            "taking_jobs": bool(w and w.allow_pick_jobs and w.gate is Gate.OPEN),
             "paused": self.paused,
             "running": len(w.tasks) if w else 0,
         }

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.keys import JOBS_REDIS, PG_POOL, SETTINGS
 from gateway.responses import json_response, read_json
-from shared import ledger, queue, queues, submission
-from shared.errors import NotFound
+from shared import claim, ledger, queue, queues, submission
+from shared.errors import DependencyUnavailable, NotFound
 from shared.jobs import Queue
 
 routes = web.RouteTableDef()
@@ -86,8 +86,23 @@ async def get_queue(request: web.Request) -> web.Response:
 
 
 async def _set_paused(request: web.Request, paused: bool) -> web.Response:
-    name = _queue_name(request)
-    await queues.set_paused(request.app[PG_POOL], name, paused)
+    """Record the flag in the ledger, then close or open the queue's start gate before answering.
+
+    Once a pause has answered 200 no job of the queue starts on any worker: the claim checks the gate.
+
+    Raises:
+        DependencyUnavailable: Redis did not take the gate; the ledger keeps the flag and workers copy it
+            to the gate as soon as Redis answers (a worker cannot start a job without Redis either).
+    """
+    app, name = request.app, _queue_name(request)
+    flag = await queues.set_paused(app[PG_POOL], name, paused)
+    try:
+        await claim.set_gate(app[JOBS_REDIS], name, version=flag.version, paused=flag.paused)
+    except queue.REDIS_ERRORS as exc:
+        what = "pause" if paused else "resume"
+        raise DependencyUnavailable(
+            f"the {what} is recorded, but Redis did not confirm it; it takes effect once Redis answers"
+        ) from exc
     return json_response((await _resources(request, (name,)))[0])
 
 
