@@ -16,7 +16,6 @@ from typing import Final
 from arq.worker import Worker
 
 from shared import claim, db, queue, queues, redis
-from shared.claim import Gate
 from shared.db import POSTGRES_ERRORS
 from shared.jobs import Queue, Registry
 from shared.jobtypes import builtin_registry
@@ -241,7 +240,7 @@ class WorkerProcess:
         w = self._worker
         return {
             "queue": self.definition.queue.value,
-            "taking_jobs": bool(w and w.allow_pick_jobs and w.gate is Gate.OPEN),
+            "taking_jobs": bool(w and w.allow_pick_jobs and not self.paused),
             "paused": self.paused,
             "running": len(w.tasks) if w else 0,
         }

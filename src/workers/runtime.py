@@ -17,7 +17,7 @@ from arq.worker import Function, Retry, Worker, func
 from pydantic import BaseModel, ValidationError
 
 from shared import events, ledger, submission
-from shared.claim import Gate, claim
+from shared.claim import claim
 from shared.db import POSTGRES_ERRORS
 from shared.errors import DependencyUnavailable, JobDeferred, JobError, PermanentJobError
 from shared.jobs import AnySpec, JobSpec, Limits, P, R
@@ -336,7 +336,6 @@ class PriorityWorker(Worker):
     """
 
     gate_queue = "default"  # the queue's name (not its arq key), set by the worker process
-    gate = Gate.UNKNOWN  # as the last claim found it
 
     async def _poll_iteration(self) -> None:
         count = self.queue_read_limit
@@ -363,7 +362,6 @@ class PriorityWorker(Worker):
             self.pool, self.queue_name, self.gate_queue, [j.decode() for j in job_ids],
             limit=free, lease_ms=int(self.in_progress_timeout_s * 1000), now_ms=timestamp_ms(),
         )  # fmt: skip
-        self.gate = claimed.gate
         for job_id, score in claimed.jobs:
             await self.sem.acquire()  # never waits: arq sizes it max_jobs + 1 and at most `free` are taken
             self.job_counter += 1
