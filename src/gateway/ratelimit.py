@@ -1,41 +1,39 @@
 """Rate limits kept in Redis db 0 and shared by every gateway replica: per principal, auth failures per IP, queue cap.
 
-Redis trouble never fails a request: the limiter steps aside (fails open) for a few seconds and says so in
-the log, because refusing every client while the cache is down would turn a cache outage into an API outage.
+While Redis db 0 is unreachable (or answers with an error), each limiter counts in this process instead
+(gateway.local_limits: the same limits, per process) and tries Redis again at most every PROBE_EVERY_S. A
+slow call is not an unreachable Redis: only the Redis client's own connect and socket timeouts end a call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import math
 import time
-from collections.abc import Awaitable
-from typing import Any, Final, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import RedisError
 
 from gateway.keys import CACHE, METRICS, PG_POOL, PRINCIPAL, SETTINGS
+from gateway.local_limits import Failures, LocalBuckets, LocalFailures, Verdict
 from shared import quota
 from shared.errors import RateLimited, Unauthenticated
+from shared.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFIX: Final = "conveyor:ratelimit:"
 WINDOW_MS: Final = 60_000
-CALL_TIMEOUT_S: Final = 0.25  # a limiter call normally takes well under a millisecond
-BYPASS_S: Final = 2.0  # after a Redis error, requests pass without trying Redis for this long
-WARN_EVERY_S: Final = 5.0
-MAX_BLOCKED_IPS: Final = 10_000
+PROBE_EVERY_S: Final = 2.0  # on the fallback, one request in this long asks Redis whether it answers again
 QUEUE_CAP_RETRY_S: Final = 10
-REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
-
-# Paths that take a bearer token (the same rule as the auth middleware): only these are refused to a blocked IP.
-_API_PREFIX: Final = "/api/v1/"
-_PUBLIC_API_PATHS: Final = frozenset({"/api/v1/openapi.json"})
+# Redis unreachable (refused, reset, DNS, the client's socket timeout: OSError and redis' ConnectionError and
+# TimeoutError) or refusing the call (out of memory, read-only, loading): the limiter falls back.
+REDIS_ERRORS: Final = (RedisError, OSError)
 
 # GCRA (a token bucket kept as one timestamp): the bucket holds ARGV[1] requests and refills over the window.
 # The server's clock is used, so replicas with skewed clocks agree. Returns {allowed, remaining, retry_ms, reset_ms}.
@@ -67,36 +65,63 @@ return {n, ttl}
 """
 
 
-class _FailOpen:
-    """Remembers a Redis failure so requests skip the limiter for a while; warns at most every few seconds."""
+class _Backend:
+    """Where one limiter counts: Redis, or this process while Redis fails. Each switch is logged and shown in
+    `rate_limit_fallback{limiter}` once; on the fallback one request per PROBE_EVERY_S tries Redis again."""
 
-    def __init__(self) -> None:
-        self._bypass_until = 0.0
-        self._warned_at = -math.inf
-        self._skipped = 0
+    def __init__(self, limiter: str) -> None:
+        self.limiter = limiter
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+        self._local_checks = 0
 
-    def bypassing(self) -> bool:
-        if time.monotonic() < self._bypass_until:
-            self._skipped += 1
+    async def decide(self, metrics: Metrics, in_redis: Callable[[], Awaitable[T]], locally: Callable[[], T]) -> T:
+        """`in_redis()` while Redis answers (and as the probe), else `locally()`."""
+        if self._ask_redis():
+            try:
+                value = await in_redis()
+            except REDIS_ERRORS as exc:
+                self._failed(exc, metrics)
+            else:
+                self._answered(metrics)
+                return value
+        self._local_checks += 1
+        metrics.rate_limit_fallback_checks.labels(self.limiter).inc()
+        return locally()
+
+    def _ask_redis(self) -> bool:
+        if self._down_since is None:
             return True
-        return False
-
-    def failed(self, exc: BaseException) -> None:
         now = time.monotonic()
-        self._bypass_until = now + BYPASS_S
-        self._skipped += 1
-        if now - self._warned_at >= WARN_EVERY_S:
-            logger.warning(
-                "ratelimit.unavailable",
-                extra={"reason": type(exc).__name__, "requests_unlimited": self._skipped, "fail_open": True},
-            )
-            self._warned_at, self._skipped = now, 0
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + PROBE_EVERY_S  # set before the call: requests meanwhile stay local
+        return True
+
+    def _failed(self, exc: BaseException, metrics: Metrics) -> None:
+        now = time.monotonic()
+        self._next_probe = now + PROBE_EVERY_S
+        if self._down_since is not None:
+            return
+        self._down_since, self._local_checks = now, 0
+        metrics.rate_limit_fallback.labels(self.limiter).set(1)
+        logger.warning("ratelimit.fallback_local", extra={"limiter": self.limiter, "reason": type(exc).__name__})
+
+    def _answered(self, metrics: Metrics) -> None:
+        if self._down_since is None:
+            return
+        down_s = round(time.monotonic() - self._down_since, 1)
+        self._down_since = None
+        metrics.rate_limit_fallback.labels(self.limiter).set(0)
+        logger.info(
+            "ratelimit.redis_back",
+            extra={"limiter": self.limiter, "fallback_s": down_s, "checked_locally": self._local_checks},
+        )
 
 
 async def _eval(request: web.Request, script: str, key: str, *args: str) -> list[int]:
-    cache = request.app[CACHE]
-    async with asyncio.timeout(CALL_TIMEOUT_S):
-        reply = await cast(Awaitable[Any], cache.eval(script, 1, key, *args))
+    """Run a limiter script; no deadline of its own (a late event loop is not a Redis outage)."""
+    reply = await cast(Awaitable[Any], request.app[CACHE].eval(script, 1, key, *args))
     return [int(v) for v in reply]
 
 
@@ -111,82 +136,51 @@ def client_ip(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def _needs_token(request: web.Request) -> bool:
-    return request.path.startswith(_API_PREFIX) and request.path not in _PUBLIC_API_PATHS
-
-
 def _seconds(ms: int) -> int:
     return max(1, math.ceil(ms / 1000))
 
 
-class _Blocklist:
-    """IPs refused until a moment (monotonic), bounded so that a spray of addresses cannot grow it forever."""
-
-    def __init__(self) -> None:
-        self._until: dict[str, float] = {}
-
-    def seconds_left(self, ip: str) -> float:
-        until = self._until.get(ip)
-        if until is None:
-            return 0.0
-        left = until - time.monotonic()
-        if left <= 0:
-            del self._until[ip]
-        return max(0.0, left)
-
-    def block(self, ip: str, seconds: float) -> None:
-        if len(self._until) >= MAX_BLOCKED_IPS:
-            now = time.monotonic()
-            stale = [k for k, v in self._until.items() if v <= now] or list(self._until)[: MAX_BLOCKED_IPS // 10]
-            for key in stale:
-                del self._until[key]
-        self._until[ip] = time.monotonic() + seconds
-
-
 def auth_failure_middleware() -> Middleware:
-    """Counts 401s per client IP; past AUTH_FAILURES_PER_MINUTE the IP gets 429 before its token is even read.
+    """Counts failed authentications per client IP; past AUTH_FAILURES_PER_MINUTE a failing request gets 429
+    instead of 401 until the window ends. Goes before (outside) the auth middleware.
 
-    Goes before the auth middleware. The count is shared in Redis; the verdict is remembered in this process
-    until the window ends, so a blocked IP costs no Redis call and a good request costs none either.
+    Only a request that failed authentication is ever refused here: valid credentials pass whatever the
+    address has done. A request without an Authorization header is no guess: a plain 401, not counted. The
+    count is shared in Redis; the last count seen is kept in this process, so a blocked address's failures
+    cost no Redis call.
     """
-    blocked = _Blocklist()
-    fail_open = _FailOpen()
+    backend = _Backend("auth_failures")
+    local = LocalFailures()
 
-    def refuse(request: web.Request, retry_after_s: int) -> RateLimited:
+    def refuse(request: web.Request, retry_after_ms: int) -> RateLimited:
         request.app[METRICS].rate_limited.labels("auth_failures").inc()
         message = "too many failed authentications from this address; retry later"
-        return RateLimited(message, retry_after_s=retry_after_s)
+        return RateLimited(message, retry_after_s=_seconds(retry_after_ms))
 
-    async def count_failure(request: web.Request, ip: str) -> tuple[int, int] | None:
-        """(failures in the window, ms left in it), or None while Redis is unavailable."""
-        unchecked = request.app[METRICS].rate_limit_unchecked.labels("auth_failures")
-        if fail_open.bypassing():
-            unchecked.inc()
-            return None
-        try:
-            failures, ttl_ms = await _eval(request, _COUNT_FAILURE, f"{PREFIX}authfail:{ip}", str(WINDOW_MS))
-        except REDIS_ERRORS as exc:
-            fail_open.failed(exc)
-            unchecked.inc()
-            return None
-        return failures, ttl_ms
+    async def count_failure(request: web.Request, ip: str) -> Failures:
+        async def in_redis() -> Failures:
+            count, ttl_ms = await _eval(request, _COUNT_FAILURE, f"{PREFIX}authfail:{ip}", str(WINDOW_MS))
+            failures = Failures(count, ttl_ms)
+            local.mirror(ip, failures)
+            return failures
+
+        return await backend.decide(request.app[METRICS], in_redis, lambda: local.add(ip, WINDOW_MS))
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not _needs_token(request):
-            return await handler(request)
-        ip = client_ip(request)
-        left = blocked.seconds_left(ip)
-        if left > 0:
-            raise refuse(request, math.ceil(left))
         try:
             return await handler(request)
         except Unauthenticated:
-            counted = await count_failure(request, ip)
-            if counted is None or counted[0] <= request.app[SETTINGS].security.auth_failures_per_minute:
+            if not request.headers.get("Authorization", "").strip():
                 raise
-            blocked.block(ip, counted[1] / 1000)
-            raise refuse(request, _seconds(counted[1])) from None
+            ip, limit = client_ip(request), request.app[SETTINGS].security.auth_failures_per_minute
+            blocked_ms = local.blocked_ms(ip, limit)
+            if blocked_ms > 0:
+                raise refuse(request, blocked_ms) from None
+            failures = await count_failure(request, ip)
+            if failures.count <= limit:
+                raise
+            raise refuse(request, failures.ttl_ms) from None
 
     return middleware
 
@@ -197,36 +191,36 @@ def principal_rate_middleware() -> Middleware:
     Public routes carry no principal and are not limited. Successful responses carry the `RateLimit-Limit`,
     `RateLimit-Remaining` and `RateLimit-Reset` headers.
     """
-    fail_open = _FailOpen()
+    backend = _Backend("principal")
+    local = LocalBuckets()
+
+    async def check(request: web.Request, sub: str, limit: int) -> Verdict:
+        async def in_redis() -> Verdict:
+            key = f"{PREFIX}principal:{sub}"
+            allowed, remaining, retry_ms, reset_ms = await _eval(request, _GCRA, key, str(limit), str(WINDOW_MS))
+            local.mirror(sub, reset_ms)
+            return Verdict(bool(allowed), remaining, retry_ms, reset_ms)
+
+        return await backend.decide(request.app[METRICS], in_redis, lambda: local.take(sub, limit, WINDOW_MS))
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         principal = request.get(PRINCIPAL)
         if principal is None:
             return await handler(request)
-        unchecked = request.app[METRICS].rate_limit_unchecked.labels("principal")
-        if fail_open.bypassing():
-            unchecked.inc()
-            return await handler(request)
         limit = request.app[SETTINGS].security.rate_limit_per_minute
-        try:
-            allowed, remaining, retry_ms, reset_ms = await _eval(
-                request, _GCRA, f"{PREFIX}principal:{principal.sub}", str(limit), str(WINDOW_MS)
-            )
-        except REDIS_ERRORS as exc:
-            fail_open.failed(exc)
-            unchecked.inc()
-            return await handler(request)
-        if not allowed:
+        verdict = await check(request, principal.sub, limit)
+        if not verdict.allowed:
             request.app[METRICS].rate_limited.labels("principal").inc()
             raise RateLimited(
-                f"more than {limit} requests per minute; retry after the delay", retry_after_s=_seconds(retry_ms)
+                f"more than {limit} requests per minute; retry after the delay",
+                retry_after_s=_seconds(verdict.retry_ms),
             )
         response = await handler(request)
         if not response.prepared:  # a stream has already sent its headers
             response.headers["RateLimit-Limit"] = str(limit)
-            response.headers["RateLimit-Remaining"] = str(max(0, remaining))
-            response.headers["RateLimit-Reset"] = str(_seconds(reset_ms))
+            response.headers["RateLimit-Remaining"] = str(max(0, verdict.remaining))
+            response.headers["RateLimit-Reset"] = str(_seconds(verdict.reset_ms))
         return response
 
     return middleware

@@ -16,6 +16,8 @@ MAX_CIRCUIT_HOSTS = 100
 # A circuit this process has not seen for this long drops out of the metric (a held job looks again
 # well within it).
 CIRCUIT_SERIES_TTL_S = 300.0
+# The gateway's limiters that count in Redis db 0, or in process while it fails.
+RATE_LIMITERS = ("principal", "auth_failures")
 
 
 class Metrics:
@@ -99,10 +101,17 @@ class Metrics:
             "rate_limited_total", "Requests refused with 429, by reason (principal, auth_failures, queue_cap, sse).",
             ["reason"], namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
-        self.rate_limit_unchecked = Counter(
-            "rate_limit_unchecked_total", "Requests let through unchecked while Redis db 0 failed (fail open), "
-            "by limiter (principal, auth_failures).", ["limiter"], namespace=NAMESPACE, subsystem="gateway", registry=r,
+        self.rate_limit_fallback = Gauge(
+            "rate_limit_fallback", "1 while a limiter (principal, auth_failures) counts in this process because "
+            "Redis db 0 failed.", ["limiter"], namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
+        self.rate_limit_fallback_checks = Counter(
+            "rate_limit_fallback_checks_total", "Requests a limiter (principal, auth_failures) checked in this "
+            "process because Redis db 0 failed.", ["limiter"], namespace=NAMESPACE, subsystem="gateway", registry=r,
+        )  # fmt: skip
+        for limiter in RATE_LIMITERS:  # both series exist from the start, at 0
+            self.rate_limit_fallback.labels(limiter).set(0)
+            self.rate_limit_fallback_checks.labels(limiter)
         self.sse_streams = Gauge(
             "sse_streams", "Open event streams.", namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
