@@ -42,7 +42,7 @@ class Failures:
 
 
 class _Lru(Generic[V]):
-    """A mapping that keeps at most `max_keys` keys, forgetting the least recently written one first."""
+    """A mapping that keeps at most `max_keys` keys, forgetting the least recently used one first."""
 
     def __init__(self, max_keys: int) -> None:
         self._max = max_keys
@@ -52,7 +52,11 @@ class _Lru(Generic[V]):
         return len(self._items)
 
     def get(self, key: str) -> V | None:
-        return self._items.get(key)
+        """The value of `key`, which counts as a use: a client being refused is not forgotten first."""
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
 
     def put(self, key: str, value: V) -> None:
         self._items[key] = value
