@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import os
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -16,6 +20,8 @@ from shared.settings import GatewaySettings, describe_errors
 # 400 before any handler runs (aiohttp's defaults today, pinned here so an upgrade cannot loosen them).
 MAX_LINE_BYTES = MAX_FIELD_BYTES = 8190
 MAX_HEADERS = 128
+# What only bind() says: the address is taken, or is not one of this host's.
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 
 def main() -> int:
@@ -34,6 +40,19 @@ def main() -> int:
     logging.getLogger(__name__).info(
         "gateway.starting", extra={"host": settings.gateway.host, "port": settings.gateway.port}
     )
+    try:
+        _serve(settings, loop_factory)
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        address = f"{settings.gateway.host}:{settings.gateway.port}"
+        reason = os.strerror(exc.errno).lower()
+        print(f"gateway: cannot listen on {address}: {reason} (set API_HOST / API_PORT)", file=sys.stderr)  # noqa: T201
+        return 2
+    return 0
+
+
+def _serve(settings: GatewaySettings, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> None:
     web.run_app(
         create_app(settings),
         host=settings.gateway.host,
@@ -47,7 +66,6 @@ def main() -> int:
         max_field_size=MAX_FIELD_BYTES,
         max_headers=MAX_HEADERS,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from shared import db
 from shared.embedded import EmbeddedServerError
 from shared.logging import configure_logging
-from shared.settings import AuthConfig, LogConfig, PostgresConfig, describe_errors
-from shared.supervisor import PROCESS_NAMES, RunOptions, mint_token, run
+from shared.settings import MAX_PROCESSES_PER_QUEUE, AuthConfig, LogConfig, PostgresConfig, describe_errors
+from shared.supervisor import PROCESS_NAMES, RunOptions, SupervisorError, mint_token, run
 
 T = TypeVar("T")
 
@@ -25,6 +25,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def _process_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_PROCESSES_PER_QUEUE:
+        raise argparse.ArgumentTypeError(f"must be a number of processes from 1 to {MAX_PROCESSES_PER_QUEUE}")
     return value
 
 
@@ -42,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         choices=PROCESS_NAMES,
         metavar="PROCESS",
         help=f"run only these processes ({', '.join(PROCESS_NAMES)}); default: all",
+    )
+    run_cmd.add_argument(
+        "--workers",
+        type=_process_count,
+        metavar="N",
+        help="processes for the default queue (default: WORKER_PROCESSES, 2)",
+    )
+    run_cmd.add_argument(
+        "--heavy-workers",
+        type=_process_count,
+        metavar="N",
+        help="processes for the heavy queue (default: HEAVY_WORKER_PROCESSES, 1)",
     )
     token = commands.add_parser("token", help="print a signed JWT for the gateway (uses JWT_SECRET)")
     token.add_argument("--sub", required=True, help="the principal's name (the `sub` claim)")
@@ -73,18 +95,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             print(mint_token(AuthConfig(), args.sub, args.role, args.ttl_s))  # noqa: T201 - the command's output
             return 0
-        configure_logging(LogConfig(), role="supervisor" if args.command == "run" else args.command)
+        # In a terminal, the local tooling (and every child of `run`) logs readable lines unless LOG_FORMAT says.
+        log = LogConfig().for_terminal(sys.stderr.isatty())
+        configure_logging(log, role="supervisor" if args.command == "run" else args.command)
         # aiosmtpd logs every SMTP command of the mail catcher at INFO; only its problems are worth a line.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         if args.command == "migrate":
             _run_async(_migrate())
             return 0
         only = tuple(dict.fromkeys(args.only)) if args.only else PROCESS_NAMES
-        return _run_async(run(RunOptions(only=only)))
+        options = RunOptions(only=only, workers=args.workers, heavy_workers=args.heavy_workers, log_format=log.format)
+        return _run_async(run(options))
     except ValidationError as exc:
         print(*describe_errors(exc, "conveyor"), sep="\n", file=sys.stderr)  # noqa: T201
         return 2
-    except EmbeddedServerError as exc:
+    except (EmbeddedServerError, SupervisorError) as exc:
         print(f"conveyor: {exc}", file=sys.stderr)  # noqa: T201
         return 1
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:  # `migrate` against an unreachable database

@@ -1,4 +1,4 @@
-"""configure_logging(LogConfig): one JSON formatter (orjson), the request/job id contextvars and their filter."""
+"""configure_logging(LogConfig): JSON lines (orjson) or readable console lines, the request/job id contextvars."""
 
 from __future__ import annotations
 
@@ -51,11 +51,15 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """One readable line per record for a terminal: `12:00:01.250 I gateway      http.request status=200 …`."""
+
     def format(self, record: logging.LogRecord) -> str:
+        stamp = dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]  # noqa: DTZ006 - local time
+        role = str(getattr(record, "role", "") or record.name).removeprefix("worker:")
         extras = " ".join(
             f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and v is not None and k != "role"
         )
-        line = f"{record.levelname[0]} {record.name}: {record.getMessage()} {extras}".rstrip()
+        line = f"{stamp} {record.levelname[0]} {role:<12} {record.getMessage()} {extras}".rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

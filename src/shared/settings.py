@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_JWT_SECRET = "conveyor-dev-only-jwt-secret-change-me-in-production"  # noqa: S105 - documented dev default, refused in production
 
 
+MAX_PROCESSES_PER_QUEUE = 32  # `conveyor run`: worker processes per queue
+
+
 def _config() -> SettingsConfigDict:
     return SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True, case_sensitive=False)
 
@@ -51,6 +54,15 @@ class LogConfig(BaseSettings):
 
     format: Literal["json", "console"] = Field("json", validation_alias=_env("LOG_FORMAT"))
     level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+
+    def for_terminal(self, interactive: bool) -> LogConfig:
+        """This config, with `console` instead of the default `json` when `interactive` (stderr is a TTY).
+
+        An explicit LOG_FORMAT always wins; only the local tooling asks (a service's logs stay JSON by default).
+        """
+        if not interactive or "format" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"format": "console"})
 
 
 class AuthConfig(BaseSettings):
@@ -169,7 +181,7 @@ class WorkerConfig(BaseSettings):
 
     max_jobs: int = Field(50, ge=1, validation_alias=_env("WORKER_MAX_JOBS"))
     poll_delay_s: float = Field(0.05, gt=0, validation_alias=_env("WORKER_POLL_DELAY_S"))
-    shutdown_grace_s: int = Field(30, ge=0, validation_alias=_env("SHUTDOWN_GRACE_S"))
+    shutdown_grace_s: float = Field(30.0, ge=0, validation_alias=_env("SHUTDOWN_GRACE_S"))
     metrics_host: str = Field("127.0.0.1", validation_alias=_env("WORKER_METRICS_HOST"))
     # None: the process's own default port (see workers.processes); 0: any free port.
     metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("WORKER_METRICS_PORT"))
@@ -178,6 +190,15 @@ class WorkerConfig(BaseSettings):
     reconcile_batch: int = Field(500, ge=1, le=10_000, validation_alias=_env("RECONCILE_BATCH"))
     lease_s: float = Field(30.0, ge=1, le=3600, validation_alias=_env("JOB_LEASE_S"))
     cpu_workers: int = Field(1, ge=1, le=64, validation_alias=_env("WORKER_CPU_PROCESSES"))
+
+
+class RunConfig(BaseSettings):
+    """`conveyor run` only: how many processes it starts per queue (production scales by replicas instead)."""
+
+    model_config = _config()
+
+    default_processes: int = Field(2, ge=1, le=MAX_PROCESSES_PER_QUEUE, validation_alias=_env("WORKER_PROCESSES"))
+    heavy_processes: int = Field(1, ge=1, le=MAX_PROCESSES_PER_QUEUE, validation_alias=_env("HEAVY_WORKER_PROCESSES"))
 
 
 class GatewaySettings(BaseSettings):

@@ -1,42 +1,83 @@
-"""Entry point: `python -m workers <process>` loads WorkerSettings, configures logging, runs it until SIGTERM."""
+"""Entry point: `python -m workers <process>` loads WorkerSettings, configures logging, runs it until SIGTERM.
+
+`--name` labels its log lines (`conveyor run` names its children `default-1`, …); `--ready-fd N` has it write
+one JSON line, `{"metrics_port": PORT}`, to that inherited pipe once it takes jobs, then close it.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import logging
+import os
 import signal
 import sys
 
 from pydantic import ValidationError
 
+from shared import json
 from shared.logging import configure_logging
 from shared.settings import WorkerSettings, describe_errors
+from workers.health_server import PortUnavailable
 from workers.processes import PROCESSES, WorkerProcess
 
+logger = logging.getLogger("workers")
 
-async def _serve(process: WorkerProcess) -> None:
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workers", description="Run one Conveyor worker process.")
+    parser.add_argument("process", choices=list(PROCESSES))
+    parser.add_argument("--name", help="this process's name in its log lines (default: the process)")
+    parser.add_argument("--ready-fd", type=int, metavar="FD", help="pipe to report readiness on")
+    return parser
+
+
+def _report_ready(process: WorkerProcess, fd: int | None) -> None:
+    host, port = process.settings.worker.metrics_host, process.metrics_port
+    logger.info("worker.metrics_listening", extra={"url": f"http://{host}:{port}/metrics"})
+    if fd is not None:
+        with contextlib.suppress(OSError):  # whoever started us is gone: nothing to tell
+            os.write(fd, json.dumps({"metrics_port": port}) + b"\n")
+
+
+async def _serve(process: WorkerProcess, ready_fd: int | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, process.stop)
-    await process.run()
+    running = asyncio.ensure_future(process.run())
+    started = asyncio.ensure_future(process.started())
+    try:
+        await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
+        if started.done():
+            _report_ready(process, ready_fd)
+    finally:
+        started.cancel()
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(ready_fd)
+    await running
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] not in PROCESSES:
-        print(f"usage: python -m workers {{{'|'.join(PROCESSES)}}}", file=sys.stderr)  # noqa: T201
-        return 2
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = WorkerSettings()
     except ValidationError as exc:
         print(*describe_errors(exc, "workers"), sep="\n", file=sys.stderr)  # noqa: T201
         return 2
-    configure_logging(settings.log, role=f"worker:{args[0]}")
+    configure_logging(settings.log, role=f"worker:{args.name or args.process}")
+    process = WorkerProcess(PROCESSES[args.process], settings)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(_serve(WorkerProcess(PROCESSES[args[0]], settings)))
-    else:
-        uvloop.run(_serve(WorkerProcess(PROCESSES[args[0]], settings)))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            asyncio.run(_serve(process, args.ready_fd))
+        else:
+            uvloop.run(_serve(process, args.ready_fd))
+    except PortUnavailable as exc:
+        print(f"workers: {exc}", file=sys.stderr)  # noqa: T201 - one line, not a traceback
+        return 2
     return 0
 
 

@@ -1,0 +1,19 @@
+"""Private Redis and PostgreSQL servers for local runs: free 127.0.0.1 ports, data on disk, shared per directory."""
+
+from shared.embedded.postgres_server import POSTGRES_MISSING, EmbeddedPostgres, fallback_home, find_postgres
+from shared.embedded.process import HOST, RESERVED_PORTS, EmbeddedServerError, die_with_parent, free_port
+from shared.embedded.redis_server import EmbeddedRedis, find_redis_server
+
+__all__ = [
+    "HOST",
+    "POSTGRES_MISSING",
+    "RESERVED_PORTS",
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "EmbeddedServerError",
+    "die_with_parent",
+    "fallback_home",
+    "find_postgres",
+    "find_redis_server",
+    "free_port",
+]

@@ -1,0 +1,220 @@
+"""Embedded servers shared by every `conveyor run` of one directory: a registry file under a file lock.
+
+`var/embedded.json` holds, per server kind, the keeper process that owns the server (see
+`shared.embedded.keeper`), its URL and its users (the processes of `conveyor run` that use it, each as a
+pid and its start time, so a reused pid never counts). Every change happens under `flock` on
+`var/embedded.lock`. The first user starts a keeper; the keeper stops the server once no user is alive,
+so a user killed with SIGKILL does not keep the server running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from shared.embedded.process import EmbeddedServerError
+
+Kind = Literal["redis", "postgres"]
+REGISTRY_FILE: Final = "embedded.json"
+LOCK_FILE: Final = "embedded.lock"
+KEEPER_LOG: Final = "embedded.log"
+# PostgreSQL may first have to create its cluster (initdb), which is slow on a busy machine.
+START_TIMEOUT_S: Final = 180.0
+STOP_TIMEOUT_S: Final = 40.0
+POLL_S: Final = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRef:
+    """A process, told apart from a later one that reuses its pid by its start time (Linux /proc)."""
+
+    pid: int
+    start: str
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef:
+        return cls(pid, _start_time(pid) or "")
+
+    @classmethod
+    def load(cls, raw: Any) -> ProcessRef | None:
+        if isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], int) and isinstance(raw[1], str):
+            return cls(raw[0], raw[1])
+        return None
+
+    def dump(self) -> list[int | str]:
+        return [self.pid, self.start]
+
+    def alive(self) -> bool:
+        if not Path("/proc/self/stat").exists():  # not Linux: the pid alone
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+        return _start_time(self.pid) == self.start
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks); None once the process is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedServer:
+    """An embedded server as one user sees it; `joined` when another process had started it already."""
+
+    kind: Kind
+    url: str
+    detail: str
+    joined: bool
+
+
+@contextlib.contextmanager
+def locked(var_dir: Path) -> Iterator[dict[str, Any]]:
+    """The registry, read and (when the block ends without error) written back, under the directory's lock."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    with (var_dir / LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = var_dir / REGISTRY_FILE
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            data = {}  # a torn or foreign file: start afresh (live servers are found again by their keepers)
+        if not isinstance(data, dict):
+            data = {}
+        before = json.dumps(data, sort_keys=True)
+        yield data
+        if json.dumps(data, sort_keys=True) != before:
+            partial = path.with_suffix(".tmp")
+            partial.write_text(json.dumps(data, indent=2, sort_keys=True))
+            partial.replace(path)
+
+
+def live_users(entry: dict[str, Any]) -> list[ProcessRef]:
+    refs = (ProcessRef.load(raw) for raw in entry.get("users", []))
+    return [ref for ref in refs if ref is not None and ref.alive()]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    state: Literal["wait", "ready", "failed"]
+    entry: dict[str, Any]
+
+
+def _spawn_keeper(kind: Kind, var_dir: Path, project_dir: Path) -> ProcessRef:
+    """Start a keeper detached from us (own session, no death signal): it outlives the user that started it."""
+    with (var_dir / KEEPER_LOG).open("ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+            [sys.executable, "-m", "shared.embedded.keeper", kind, str(var_dir), str(project_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=project_dir,
+            start_new_session=True,
+        )
+    return ProcessRef.of(proc.pid)
+
+
+def _join(kind: Kind, var_dir: Path, project_dir: Path, me: ProcessRef) -> _Step:
+    with locked(var_dir) as data:
+        entry = data.get(kind)
+        if isinstance(entry, dict):
+            keeper = ProcessRef.load(entry.get("keeper"))
+            users = [ref for raw in entry.get("users", []) if (ref := ProcessRef.load(raw)) is not None]
+            if entry.get("state") == "failed" and me in users:
+                entry["users"] = [u.dump() for u in users if u != me]
+                return _Step("failed", entry)
+            if keeper is None or not keeper.alive():
+                server = ProcessRef.load(entry.get("server"))
+                if server is not None and server.alive():
+                    return _Step("wait", entry)  # its keeper died: the server is going down, let it finish
+                entry = None
+        if not isinstance(entry, dict):
+            entry = {"state": "starting", "keeper": _spawn_keeper(kind, var_dir, project_dir).dump(), "users": []}
+            data[kind] = entry
+        if entry.get("state") == "stopping":
+            return _Step("wait", entry)  # the last user just left; a fresh server starts once it is down
+        users = live_users(entry)
+        if me not in users:
+            entry["users"] = [u.dump() for u in [*users, me]]
+        return _Step("ready" if entry.get("state") == "ready" else "wait", dict(entry))
+
+
+def _leave(kind: Kind, var_dir: Path, me: ProcessRef) -> bool:
+    """Drop `me` from the users; True if no live user is left (the keeper stops the server then)."""
+    with locked(var_dir) as data:
+        entry = data.get(kind)
+        if not isinstance(entry, dict):
+            return False
+        users = [u for u in live_users(entry) if u != me]
+        entry["users"] = [u.dump() for u in users]
+        return not users
+
+
+def _gone(kind: Kind, var_dir: Path) -> bool:
+    with locked(var_dir) as data:
+        entry = data.get(kind)
+        if not isinstance(entry, dict):
+            return True
+        keeper = ProcessRef.load(entry.get("keeper"))
+        return keeper is None or not keeper.alive()
+
+
+@contextlib.asynccontextmanager
+async def shared_server(kind: Kind, var_dir: Path, project_dir: Path) -> AsyncIterator[SharedServer]:
+    """Use the embedded server of `kind` for `var_dir` (absolute, like `project_dir`), starting it if none runs;
+    leave it when the block ends.
+
+    When this was the last user, wait (bounded) until the server has stopped, so it is down when we exit.
+
+    Raises:
+        EmbeddedServerError: the server could not start (the message holds the server's log tail).
+    """
+    me = ProcessRef.of(os.getpid())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    joined: bool | None = None
+    try:
+        while True:
+            step = _join(kind, var_dir, project_dir, me)
+            if joined is None:
+                joined = step.state == "ready"
+            if step.state == "failed":
+                raise EmbeddedServerError(str(step.entry.get("error") or f"the embedded {kind} failed to start"))
+            if step.state == "ready":
+                break
+            if loop.time() >= deadline:
+                raise EmbeddedServerError(
+                    f"the embedded {kind} did not start within {START_TIMEOUT_S:g} s (see {var_dir / KEEPER_LOG})"
+                )
+            await asyncio.sleep(POLL_S)
+    except BaseException:
+        _leave(kind, var_dir, me)
+        raise
+    try:
+        yield SharedServer(kind, str(step.entry["url"]), str(step.entry.get("detail", "")), joined=joined)
+    finally:
+        if _leave(kind, var_dir, me):
+            stop_deadline = loop.time() + STOP_TIMEOUT_S
+            while not _gone(kind, var_dir):
+                if loop.time() >= stop_deadline:
+                    break
+                await asyncio.sleep(POLL_S)
