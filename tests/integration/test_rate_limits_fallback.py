@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.ratelimit import PROBE_EVERY_S
 from shared.settings import GatewaySettings, RedisConfig, SecurityConfig
 from support.helpers import eventually
 from support.stack import Api, Services, gateway_settings, running_gateway
@@ -32,6 +33,25 @@ async def _metrics(api: Api, name: str) -> dict[str, float]:
         for line in text.splitlines()
         if line.startswith(prefix)
     }
+
+
+class CountingProxy(TcpProxy):
+    """The proxy in front of the test Redis, counting the connections made through it (refused ones too)."""
+
+    connections = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await super()._handle(reader, writer)
+
+
+@pytest.fixture
+async def proxy(services: Services) -> AsyncIterator[CountingProxy]:
+    host, _, port = services.redis_base.removeprefix("redis://").rsplit("@", 1)[-1].partition(":")
+    p = CountingProxy(host or "127.0.0.1", int(port or 6379))
+    await p.start()
+    yield p
+    await p.close()
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +88,7 @@ async def test_a_flood_from_one_principal_gets_no_more_than_its_bucket(services:
 
 
 async def test_while_the_cache_is_down_limits_hold_in_process_until_it_answers_again(
-    services: Services, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+    services: Services, proxy: CountingProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     security = SecurityConfig(rate_limit_per_minute=3, auth_failures_per_minute=2, trust_forwarded_for=True)
     settings = gateway_settings(services, security=security)
@@ -83,10 +103,18 @@ async def test_while_the_cache_is_down_limits_hold_in_process_until_it_answers_a
 
         before = await get()  # counted in Redis: the fallback goes on from there
         proxy.cut()
+        connections, cut_at = proxy.connections, time.monotonic()
         with caplog.at_level(logging.INFO, logger="gateway.ratelimit"):
             during = [await get() for _ in range(4)]
             failures = [await get(**BAD) for _ in range(4)]
             valid_from_that_address = await get(as_="bob")
+            others = [await get(as_=f"user-{i}") for i in range(60)]
+            tried_redis, elapsed = proxy.connections - connections, time.monotonic() - cut_at
+            # Each limiter makes one call as it fails, then one probe per PROBE_EVERY_S, each call trying at
+            # most two connections (a stale pooled one is replaced once); the event hub retries once a
+            # second. Nowhere near one connection per request.
+            limiters = 2 * 2 * (1 + math.ceil(elapsed / PROBE_EVERY_S))
+            probes_allowed = limiters + 2 * (1 + math.ceil(elapsed))
             fallback = await _metrics(api, "conveyor_gateway_rate_limit_fallback")
             checked = await _metrics(api, "conveyor_gateway_rate_limit_fallback_checks_total")
 
@@ -105,8 +133,10 @@ async def test_while_the_cache_is_down_limits_hold_in_process_until_it_answers_a
         assert during == [200, 200, 429, 429]
         assert failures == [401, 401, 429, 429]
         assert valid_from_that_address == 200
+        assert others == [200] * 60
+        assert tried_redis <= probes_allowed, f"{tried_redis} connections to Redis for 69 requests"
         assert fallback == {"principal": 1.0, "auth_failures": 1.0}
-        assert checked == {"principal": 5.0, "auth_failures": 3.0}
+        assert checked == {"principal": 65.0, "auth_failures": 3.0}
         events = [(r.getMessage(), getattr(r, "limiter", None)) for r in caplog.records]
         for limiter in ("principal", "auth_failures"):
             assert events.count(("ratelimit.fallback_local", limiter)) == 1  # once, not once per request
