@@ -117,6 +117,7 @@ def live_users(entry: dict[str, Any]) -> list[ProcessRef]:
 class _Step:
     state: Literal["wait", "ready", "failed"]
     entry: dict[str, Any]
+    spawned: bool = False  # this call started the keeper
 
 
 def _spawn_keeper(kind: Kind, var_dir: Path, project_dir: Path) -> ProcessRef:
@@ -147,6 +148,7 @@ def _join(kind: Kind, var_dir: Path, project_dir: Path, me: ProcessRef) -> _Step
                 if server is not None and server.alive():
                     return _Step("wait", entry)  # its keeper died: the server is going down, let it finish
                 entry = None
+        spawned = not isinstance(entry, dict)
         if not isinstance(entry, dict):
             entry = {"state": "starting", "keeper": _spawn_keeper(kind, var_dir, project_dir).dump(), "users": []}
             data[kind] = entry
@@ -155,7 +157,7 @@ def _join(kind: Kind, var_dir: Path, project_dir: Path, me: ProcessRef) -> _Step
         users = live_users(entry)
         if me not in users:
             entry["users"] = [u.dump() for u in [*users, me]]
-        return _Step("ready" if entry.get("state") == "ready" else "wait", dict(entry))
+        return _Step("ready" if entry.get("state") == "ready" else "wait", dict(entry), spawned)
 
 
 def _leave(kind: Kind, var_dir: Path, me: ProcessRef) -> bool:
@@ -191,12 +193,11 @@ async def shared_server(kind: Kind, var_dir: Path, project_dir: Path) -> AsyncIt
     me = ProcessRef.of(os.getpid())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
-    joined: bool | None = None
+    joined = True  # until this process turns out to be the one that started the server
     try:
         while True:
             step = _join(kind, var_dir, project_dir, me)
-            if joined is None:
-                joined = step.state == "ready"
+            joined = joined and not step.spawned
             if step.state == "failed":
                 raise EmbeddedServerError(str(step.entry.get("error") or f"the embedded {kind} failed to start"))
             if step.state == "ready":
