@@ -7,6 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 QUEUE ?= default
+# `make run WORKERS=3 HEAVY_WORKERS=2`: processes per queue (else WORKER_PROCESSES / HEAVY_WORKER_PROCESSES, 2 / 1)
+RUN_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(HEAVY_WORKERS),--heavy-workers $(HEAVY_WORKERS))
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Conveyor needs Python >= 3.11 (set PYTHON=...)")'
@@ -18,17 +20,18 @@ $(STAMP): pyproject.toml
 .PHONY: install
 install: $(STAMP)
 
+# `exec`: the shell make starts becomes `conveyor run`, so a signal to it reaches the supervisor directly.
 .PHONY: run
-run: install  ## gateway + every worker; embedded Redis/PostgreSQL/mail catcher where none is configured
-	$(BIN)/conveyor run
+run: install  ## gateway + workers (restarted if they crash); embedded Redis/PostgreSQL/mail catcher where none is configured
+	exec $(BIN)/conveyor run $(RUN_ARGS)
 
 .PHONY: run-api
-run-api: install
-	$(BIN)/conveyor run --only gateway
+run-api: install  ## the gateway alone; shares ./var's embedded servers with a `make run-worker` beside it
+	exec $(BIN)/conveyor run --only gateway
 
 .PHONY: run-worker
-run-worker: install
-	$(BIN)/conveyor run --only $(QUEUE)
+run-worker: install  ## the workers of QUEUE (default, heavy or scheduler) alone
+	exec $(BIN)/conveyor run --only $(QUEUE) $(RUN_ARGS)
 
 .PHONY: format
 format: install

@@ -6,13 +6,13 @@ import io
 import logging
 
 from shared import json
-from shared.logging import ContextFilter, JsonFormatter, job_id_var, request_id_var
+from shared.logging import ConsoleFormatter, ContextFilter, JsonFormatter, job_id_var, request_id_var
 
 
-def _logger(stream: io.StringIO) -> logging.Logger:
+def _logger(stream: io.StringIO, formatter: logging.Formatter | None = None, role: str = "gateway") -> logging.Logger:
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(ContextFilter("gateway"))
+    handler.setFormatter(formatter or JsonFormatter())
+    handler.addFilter(ContextFilter(role))
     logger = logging.getLogger("conveyor.test")
     logger.handlers[:] = [handler]
     logger.propagate = False
@@ -49,3 +49,16 @@ def test_exceptions_are_kept_in_one_line() -> None:
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert "ValueError: boom" in json.loads(lines[0])["exc"]
+
+
+def test_console_lines_name_the_process_and_keep_the_fields() -> None:
+    stream = io.StringIO()
+
+    _logger(stream, ConsoleFormatter(), role="worker:default-2").warning("job.retried", extra={"attempt": 2})
+
+    line = stream.getvalue().rstrip("\n")
+    assert "\n" not in line
+    assert not line.startswith("{")
+    time, level, role, rest = line.split(maxsplit=3)
+    assert (len(time), level, role) == (len("12:00:01.250"), "W", "default-2")
+    assert rest == "job.retried attempt=2"

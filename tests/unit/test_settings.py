@@ -13,7 +13,9 @@ from shared.settings import (
     DEV_JWT_SECRET,
     AuthConfig,
     GatewaySettings,
+    LogConfig,
     RedisConfig,
+    RunConfig,
     SmtpConfig,
     StorageConfig,
     WorkerSettings,
@@ -28,6 +30,38 @@ def test_env_names_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> N
     assert RedisConfig().jobs_url == "redis://jobs.internal:6379/1"
     assert SmtpConfig().tls == "starttls"
     assert GatewaySettings().gateway.port == 9000
+
+
+def test_shutdown_grace_is_one_float_for_the_gateway_and_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHUTDOWN_GRACE_S", "2.5")
+
+    assert GatewaySettings().gateway.shutdown_grace_s == 2.5
+    assert WorkerSettings().worker.shutdown_grace_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("env", "interactive", "expected"),
+    [(None, True, "console"), (None, False, "json"), ("json", True, "json"), ("console", False, "console")],
+)
+def test_log_format_is_console_in_a_terminal_unless_log_format_says(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, interactive: bool, expected: str
+) -> None:
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
+    monkeypatch.delenv("log_format", raising=False)
+    if env is not None:
+        monkeypatch.setenv("LOG_FORMAT", env)
+
+    assert LogConfig().for_terminal(interactive).format == expected
+    assert LogConfig().format == (env or "json"), "the processes themselves keep JSON unless told"
+
+
+def test_conveyor_run_processes_per_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (RunConfig().default_processes, RunConfig().heavy_processes) == (2, 1)
+    monkeypatch.setenv("WORKER_PROCESSES", "3")
+    assert RunConfig().default_processes == 3
+    monkeypatch.setenv("WORKER_PROCESSES", "0")
+    with pytest.raises(ValidationError):
+        RunConfig()
 
 
 def test_production_refuses_the_dev_jwt_secret() -> None:
