@@ -97,17 +97,32 @@ async def test_a_taken_default_metrics_port_does_not_stop_the_start_and_the_bann
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_a_configured_metrics_port_that_is_taken_fails_with_one_clear_line(
-    services: Services, pg: Conn, jobs_redis: Redis, smtp: SmtpSink, tmp_path: Path
+@pytest.mark.parametrize(
+    ("process", "setting", "error"),
+    [
+        ("default", "WORKER_METRICS_PORT", "workers: cannot serve /health and /metrics on 127.0.0.1:{port}: "),
+        ("gateway", "API_PORT", "gateway: cannot listen on 127.0.0.1:{port}: "),
+    ],
+)
+async def test_a_configured_port_that_is_taken_fails_with_one_clear_line(
+    services: Services,
+    pg: Conn,
+    jobs_redis: Redis,
+    smtp: SmtpSink,
+    tmp_path: Path,
+    process: str,
+    setting: str,
+    error: str,
 ) -> None:
     with listening(0) as taken:
-        env = services_env(services, smtp.port, free_port(), WORKER_METRICS_PORT=str(taken))
-        async with conveyor_run("--only", "default", "--workers", "1", env=env, cwd=tmp_path) as run:
+        env = {**services_env(services, smtp.port, free_port()), setting: str(taken)}
+        async with conveyor_run("--only", process, "--workers", "1", env=env, cwd=tmp_path) as run:
             assert await asyncio.wait_for(run.proc.wait(), timeout=60) == 1
             text = run.text()
 
-    assert f"cannot serve /health and /metrics on 127.0.0.1:{taken}: address already in use" in text
-    assert "conveyor: default-1 could not start with its configuration" in text
+    child = "default-1" if process == "default" else "gateway"
+    assert error.format(port=taken) + "address already in use" in text
+    assert f"conveyor: {child} could not start with its configuration" in text
     assert "Traceback" not in text
     assert "Conveyor is running" not in text
     assert len(run.events("supervisor.child_started")) == 1, "a refused configuration is not retried"

@@ -22,7 +22,7 @@ from shared.embedded.registry import Kind, ProcessRef, live_users, locked
 from shared.logging import configure_logging
 from shared.settings import LogConfig
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("shared.embedded.keeper")  # not "__main__" when run with -m
 
 CHECK_INTERVAL_S: Final = 0.25
 KINDS: Final = ("redis", "postgres")
