@@ -1,66 +1,26 @@
-"""What the router cannot say about each operation: summary, bodies, responses, query parameters, access.
+"""What the router cannot say about each operation: summary, bodies, responses, headers, access.
 
 Keyed by (method, path) with every path variable written `{}`, so a route module may name its variables as
-it likes. `gateway.openapi` joins this table with the app's router; a route missing here is reported there.
+it likes. `gateway.openapi` joins this table (given to it as `app[DOCS]`) with the app's router and the
+query parameters `gateway.params` declares; a route missing here is reported there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import BaseModel
 
 from gateway import schemas
-from gateway.routes.api_keys import KeyRequest
+from gateway.openapi import Body, Header, Operation, Operations
 from gateway.routes.queues import CleanRequest
+from shared.api_keys import KeyRequest
 from shared.jobs import Queue
 from shared.schedules import SchedulePatch, ScheduleRequest
 from shared.submission import BatchRequest, JobRequest
 
-Access = Literal["public", "user", "admin"]
-
 EVENT_STREAM = "text/event-stream"
-ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 64, "description": "An opaque id."}
-LIMIT = {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}
-# Cursors are URL-safe base64; bounds here keep a documented URL well within a server's request-line limit.
-CURSOR_SCHEMA = {"type": "string", "maxLength": 512, "pattern": "^[A-Za-z0-9_-]*$"}
-
-
-@dataclass(frozen=True, slots=True)
-class Body:
-    """A response or request body: a model (JSON) or a raw schema under a media type."""
-
-    description: str
-    model: type[BaseModel] | None = None
-    media_type: str = "application/json"
-    schema: Mapping[str, Any] | None = None
-    headers: tuple[str, ...] = ()
-    example: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class Param:
-    name: str
-    schema: Mapping[str, Any]
-    description: str = ""
-    location: Literal["query", "header"] = "query"
-    required: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    summary: str
-    tag: str
-    responses: Mapping[int, Body]
-    access: Access = "user"
-    request: tuple[Body, ...] = ()
-    request_required: bool = True
-    params: tuple[Param, ...] = ()
-    path: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    errors: tuple[int, ...] = ()
-    description: str = ""
 
 
 def _json(model: type[BaseModel], description: str = "", example: Any = None) -> tuple[Body, ...]:
@@ -71,28 +31,21 @@ def _ok(model: type[BaseModel], description: str = "OK", *headers: str) -> Body:
     return Body(description, model, headers=headers)
 
 
-PAGE = (Param("limit", LIMIT), Param("cursor", CURSOR_SCHEMA, "`next_cursor` of the previous page."))
 QUEUE_PATH = {"name": {"type": "string", "enum": [q.value for q in Queue], "description": "A queue name."}}
-JOB_FILTERS = (
-    Param("status", {"type": "string", "enum": list(get_args(schemas.JobStatus))}),
-    Param("type", {"type": "string", "maxLength": 100}),
-    Param("queue", {"type": "string", "maxLength": 100}),
-    Param("batch_id", {"type": "string", "maxLength": 64}),
-    *PAGE,
-)
-IDEMPOTENCY_KEY = Param(
+IDEMPOTENCY_KEY = Header(
     "Idempotency-Key",
     {"type": "string", "minLength": 1, "maxLength": 255},
     "Same as `idempotency_key` in the body: a repeat within 24 h returns the original job (200).",
-    location="header",
 )
 BINARY: Mapping[str, Any] = {"type": "string", "contentMediaType": "application/octet-stream"}
+# An empty file is refused (400): an empty body is nearly always a client's mistake.
+FILE: Mapping[str, Any] = {**BINARY, "minLength": 1, "description": "The file's bytes; at least one."}
 UPLOAD_BODIES = (
-    Body("The file as the raw body (any media type).", media_type="application/octet-stream", schema=BINARY),
+    Body("The file as the raw body (any media type).", media_type="application/octet-stream", schema=FILE),
     Body(
-        "One file field.",
+        "One file field, and nothing else.",
         media_type="multipart/form-data",
-        schema={"type": "object", "properties": {"file": BINARY}, "required": ["file"]},
+        schema={"type": "object", "properties": {"file": FILE}, "required": ["file"], "additionalProperties": False},
     ),
 )
 NO_CONTENT = Body("Done; no body.", media_type="")
@@ -101,7 +54,7 @@ SCHEDULE = {"name": "nightly-echo", "cron": "0 2 * * *", "timezone": "Europe/Par
 CLEAN = {"older_than_s": 604800, "statuses": ["succeeded", "failed", "cancelled"]}
 KEY = {"name": "ci", "sub": "ci-bot", "role": "user"}
 
-OPERATIONS: Mapping[tuple[str, str], Operation] = {
+OPERATIONS: Operations = {
     # Operations (no auth)
     ("GET", "/health"): Operation(
         "Liveness: the process is alive (no I/O)", "operations", {200: _ok(schemas.Health)}, access="public"
@@ -133,15 +86,13 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
             200: _ok(schemas.Job, "Idempotent replay: the original job", "Location", "Idempotent-Replayed"),
         },
         request=_json(JobRequest, "A job request; `payload` follows the schema of its `type`.", ECHO),
-        params=(IDEMPOTENCY_KEY,),
+        headers=(IDEMPOTENCY_KEY,),
         errors=(403, 409),
     ),
     ("GET", "/api/v1/jobs"): Operation(
         "List jobs, newest first",
         "jobs",
         {200: _ok(schemas.JobList)},
-        params=JOB_FILTERS,
-        errors=(400,),
         description="A user sees its own jobs, an admin every job. Unknown query parameters are a 400.",
     ),
     ("GET", "/api/v1/jobs/{}"): Operation("Get a job", "jobs", {200: _ok(schemas.Job)}),
@@ -179,20 +130,12 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
         "files",
         {201: _ok(schemas.Upload, "Stored", "Location")},
         request=UPLOAD_BODIES,
-        params=(
-            Param(
-                "filename",
-                {"type": "string", "minLength": 1, "maxLength": 255},
-                "For a raw body: the file's name (else Content-Disposition's).",
-            ),
-        ),
+        description="An empty file (no body, or an empty file field) is refused with a 400.",
     ),
     ("GET", "/api/v1/uploads"): Operation(
         "List uploads, newest first",
         "files",
         {200: _ok(schemas.UploadList)},
-        params=PAGE,
-        errors=(400,),
     ),
     ("GET", "/api/v1/uploads/{}"): Operation("Get an upload's metadata", "files", {200: _ok(schemas.Upload)}),
     ("DELETE", "/api/v1/uploads/{}"): Operation("Delete an upload and its file", "files", {204: NO_CONTENT}),
@@ -203,7 +146,7 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
             200: Body("The file, with its own content type", media_type="*/*", schema=BINARY, headers=("ETag",)),
             304: Body("Unchanged since the ETag given in If-None-Match", media_type="", headers=("ETag",)),
         },
-        params=(Param("If-None-Match", {"type": "string"}, "An ETag from an earlier download.", location="header"),),
+        headers=(Header("If-None-Match", {"type": "string"}, "An ETag from an earlier download."),),
     ),
     ("DELETE", "/api/v1/artifacts/{}"): Operation(
         "Delete an artifact and its file (frees its bytes of your storage quota)", "files", {204: NO_CONTENT}
@@ -216,9 +159,7 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
         request=_json(ScheduleRequest, example=SCHEDULE),
         errors=(403, 409),
     ),
-    ("GET", "/api/v1/schedules"): Operation(
-        "List schedules", "schedules", {200: _ok(schemas.ScheduleList)}, params=PAGE, errors=(400,)
-    ),
+    ("GET", "/api/v1/schedules"): Operation("List schedules", "schedules", {200: _ok(schemas.ScheduleList)}),
     ("GET", "/api/v1/schedules/{}"): Operation("Get a schedule", "schedules", {200: _ok(schemas.Schedule)}),
     ("PATCH", "/api/v1/schedules/{}"): Operation(
         "Change a schedule",
@@ -233,11 +174,6 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
         "List the caller's notifications, newest first",
         "notifications",
         {200: _ok(schemas.NotificationList)},
-        params=(
-            Param("unread", {"type": "string", "enum": ["true", "false"]}, "Only unread ones when `true`."),
-            *PAGE,
-        ),
-        errors=(400,),
     ),
     ("POST", "/api/v1/notifications/{}/read"): Operation(
         "Mark a notification read", "notifications", {200: _ok(schemas.Notification)}
@@ -246,12 +182,11 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
         "The caller's notifications as a live event stream",
         "notifications",
         {200: Body("`event: notification` for each new one", media_type=EVENT_STREAM)},
-        params=(
-            Param(
+        headers=(
+            Header(
                 "Last-Event-ID",
                 {"type": "string"},
                 "On a reconnect: the notifications created after this one are sent first.",
-                location="header",
             ),
         ),
         description="429 past SSE_MAX_PER_PRINCIPAL open streams.",
@@ -303,10 +238,12 @@ OPERATIONS: Mapping[tuple[str, str], Operation] = {
         "api-keys",
         {200: _ok(schemas.ApiKeyList)},
         access="admin",
-        params=PAGE,
-        errors=(400,),
     ),
     ("DELETE", "/api/v1/api-keys/{}"): Operation(
-        "Revoke an API key, effective immediately", "api-keys", {204: NO_CONTENT}, access="admin"
+        "Revoke an API key, effective immediately",
+        "api-keys",
+        {204: NO_CONTENT},
+        access="admin",
+        description="An unknown or already revoked key is a 404.",
     ),
 }

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.api_docs import OPERATIONS
 from gateway.event_hub import EventHub
 from gateway.keys import CACHE, EVENT_HUB, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
 from gateway.middlewares import middlewares
+from gateway.openapi import DOCS
 from gateway.routes import setup_routes
 from gateway.routes.openapi import build_on_startup
 from shared import db, queue, redis
@@ -56,6 +58,7 @@ def create_app(
     app[REGISTRY] = registry or builtin_registry()
     app[SEALER] = Sealer.from_config(settings.crypto)
     app[METRICS] = metrics or Metrics()
+    app[DOCS] = OPERATIONS
     app.cleanup_ctx.extend([_postgres, _redis, _event_hub])
     app.on_shutdown.append(_end_streams)
     setup_routes(app)

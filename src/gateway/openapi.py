@@ -1,8 +1,10 @@
-"""Build the OpenAPI 3.1 document from the app's router, the operation table and the validating models.
+"""Build the OpenAPI 3.1 document from the app's router, its operation table and the validating models.
 
-Every route of the router is in the document (a route the table lacks still appears, marked
-`x-undocumented`); every schema comes from a pydantic model, and every job type of the app's registry gets
-its own job-request variant, payload and result schema.
+The table (`gateway.api_docs`, in `app[DOCS]`) says what the router cannot, in the terms defined here
+(Body, Header, Operation); query parameters come from their one declaration in `gateway.params`, which
+the server enforces. Every route of the router is in the document (a route the table lacks still appears,
+marked `x-undocumented`); every schema comes from a pydantic model, and every job type of the app's
+registry gets its own job-request variant, payload and result schema.
 """
 
 from __future__ import annotations
@@ -11,24 +13,67 @@ import copy
 import importlib.metadata
 import re
 from collections.abc import Iterator, Mapping
-from http import HTTPStatus
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from gateway import schemas
-from gateway.api_docs import ID_SCHEMA, OPERATIONS, Body, Operation
+from gateway import params, schemas
+from gateway.errors import title_for
 from gateway.keys import REGISTRY
 from shared.jobs import AnySpec, Registry
 from shared.submission import JobRequest
+
+Access = Literal["public", "user", "admin"]
+ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 64, "description": "An opaque id."}
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A response or request body: a model (JSON) or a raw schema under a media type."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    media_type: str = "application/json"
+    schema: Mapping[str, Any] | None = None
+    headers: tuple[str, ...] = ()
+    example: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A request header an operation reads (query parameters are declared in `gateway.params`)."""
+
+    name: str
+    schema: Mapping[str, Any]
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    summary: str
+    tag: str
+    responses: Mapping[int, Body]
+    access: Access = "user"
+    request: tuple[Body, ...] = ()
+    request_required: bool = True
+    headers: tuple[Header, ...] = ()
+    path: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    description: str = ""
+
+
+Operations = Mapping[tuple[str, str], Operation]
+DOCS: web.AppKey[Operations] = web.AppKey("api_docs")
 
 REF = "#/components/schemas/{model}"
 PROBLEM = "application/problem+json"
 UNDOCUMENTED = "x-undocumented"
 _VARIABLE = re.compile(r"\{[^}]*\}")
-ERROR_TITLES = {
+ERROR_MEANINGS = {
     400: "Malformed JSON or a bad query parameter",
     401: "No or invalid credentials",
     403: "Authenticated but not allowed",
@@ -71,7 +116,7 @@ def _camel(type_name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", type_name) if part)
 
 
-def _models(operations: Mapping[tuple[str, str], Operation]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+def _models(operations: Operations) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
     found: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(schemas.Problem, "serialization"): None}
     for op in operations.values():
         for body in op.request:
@@ -86,7 +131,7 @@ def _models(operations: Mapping[tuple[str, str], Operation]) -> list[tuple[type[
 class _Components:
     """The component schemas of every model the operations and job types use, named once."""
 
-    def __init__(self, operations: Mapping[tuple[str, str], Operation], registry: Registry) -> None:
+    def __init__(self, operations: Operations, registry: Registry) -> None:
         specs: list[AnySpec] = list(registry)
         wanted = _models(operations)
         wanted += [(JobRequest, "validation")]
@@ -167,7 +212,7 @@ def _media(body: Body, components: _Components) -> dict[str, Any]:
     return out
 
 
-def _error_statuses(op: Operation, has_path_params: bool) -> list[int]:
+def _error_statuses(op: Operation, *, has_path_params: bool, has_query_params: bool) -> list[int]:
     statuses = set(op.errors)
     if op.access != "public":
         statuses |= {401, 429, 503}
@@ -177,26 +222,31 @@ def _error_statuses(op: Operation, has_path_params: bool) -> list[int]:
         statuses |= {400, 413, 415, 422}
     if has_path_params:
         statuses.add(404)
+    if has_query_params:
+        statuses.add(400)
     return sorted(statuses)
 
 
-def _parameters(path: str, op: Operation) -> list[dict[str, Any]]:
-    params: list[dict[str, Any]] = [
+def _parameters(method: str, path: str, op: Operation) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": dict(op.path.get(name, ID_SCHEMA))}
         for name in re.findall(r"\{([^}:]+)", path)
     ]
-    for p in op.params:
-        entry: dict[str, Any] = {"name": p.name, "in": p.location, "required": p.required, "schema": dict(p.schema)}
-        if p.description:
-            entry["description"] = p.description
-        params.append(entry)
-    return params
+    declared = [("query", q.name, q.schema, q.description, False) for q in params.QUERY.get((method, path), ())]
+    declared += [("header", h.name, h.schema, h.description, h.required) for h in op.headers]
+    for location, name, schema, description, required in declared:
+        entry: dict[str, Any] = {"name": name, "in": location, "required": required, "schema": dict(schema)}
+        if description:
+            entry["description"] = description
+        out.append(entry)
+    return out
 
 
 def _operation(method: str, path: str, op: Operation, components: _Components) -> dict[str, Any]:
-    params = _parameters(path, op)
+    params = _parameters(method, path, op)
     responses: dict[str, Any] = {str(s): _response(b, components, s) for s, b in sorted(op.responses.items())}
-    for status in _error_statuses(op, any(p["in"] == "path" for p in params)):
+    where = {p["in"] for p in params}
+    for status in _error_statuses(op, has_path_params="path" in where, has_query_params="query" in where):
         responses.setdefault(str(status), {"$ref": f"#/components/responses/{status}"})
     out: dict[str, Any] = {
         "operationId": _operation_id(method, path),
@@ -231,12 +281,12 @@ def _undocumented(method: str, docstring: str) -> Operation:
 def _error_responses(components: _Components) -> dict[str, Any]:
     problem = components.ref(schemas.Problem, "serialization")
     out: dict[str, Any] = {}
-    for status, title in ERROR_TITLES.items():
+    for status, meaning in ERROR_MEANINGS.items():
         headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
         if status in (429, 503):
             headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
         out[str(status)] = {
-            "description": f"{HTTPStatus(status).phrase}: {title}",
+            "description": f"{title_for(status)}: {meaning}",
             "headers": headers,
             "content": {PROBLEM: {"schema": problem}},
         }
@@ -246,7 +296,8 @@ def _error_responses(components: _Components) -> dict[str, Any]:
 def build_document(app: web.Application, *, version: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route of `app`, with the payload and result schemas of its registry."""
     found = list(routes(app))
-    table = {key: OPERATIONS[key] for key in (template_key(m, p) for m, p, _ in found) if key in OPERATIONS}
+    documented = app[DOCS]
+    table = {key: documented[key] for key in (template_key(m, p) for m, p, _ in found) if key in documented}
     components = _Components(table, app[REGISTRY])
     paths: dict[str, dict[str, Any]] = {}
     for method, path, docstring in found:

@@ -6,6 +6,7 @@ from typing import Any
 
 from shared.json import rfc3339
 from shared.ledger import JobRecord
+from shared.sealing import redact
 
 API = "/api/v1"
 
@@ -23,6 +24,7 @@ def job_resource(job: JobRecord, *, progress: dict[str, Any] | None = None) -> d
         "status": job.status,
         "priority": job.priority,
         "owner": job.owner,
+        "payload": redact(job.payload),  # as stored: sealed (secret) values show "[redacted]", never opened
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "timeout_s": job.timeout_s,

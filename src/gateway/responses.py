@@ -1,13 +1,18 @@
-"""orjson-backed JSON and problem+json response helpers, and request body parsing."""
+"""orjson-backed JSON and problem+json response helpers, and request body parsing and validation."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
+from gateway.errors import BodyTooLarge
+from gateway.keys import SETTINGS
 from shared import json
 from shared.errors import BadRequest, InvalidInput, UnsupportedMediaType
+
+M = TypeVar("M", bound=BaseModel)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -53,7 +58,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     size limit, 422 past MAX_DEPTH levels of nesting."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as `application/json`")
-    raw = await request.read()  # bounded by the app's client_max_size (MAX_BODY_BYTES): larger is a 413
+    try:
+        raw = await request.read()  # bounded by the app's client_max_size (MAX_BODY_BYTES)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyTooLarge(request.app[SETTINGS].gateway.max_body_bytes) from exc
     try:
         body = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -67,3 +75,29 @@ async def read_json(request: web.Request) -> dict[str, Any]:
             errors=[{"loc": ["body"], "msg": "must be an object", "type": "dict_type"}],
         )
     return body
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """`7.0` as `7`: JSON Schema counts a number with no fractional part as an integer, and so do we."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
+
+
+def validate_body(model: type[M], body: dict[str, Any], *, context: dict[str, Any] | None = None) -> M:
+    """`body` as `model`, with no coercion the published schema does not allow: a boolean is never a number,
+    a number never a time, a string never a number (pydantic's strict mode, over JSON).
+
+    Raises:
+        ValidationError: the body does not match (the error middleware answers 422).
+    """
+    return model.model_validate_json(json.dumps(_integral_floats_as_ints(body)), strict=True, context=context)
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    """The request body (see `read_json`) validated as `model` by `validate_body`."""
+    return validate_body(model, await read_json(request))

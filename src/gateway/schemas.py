@@ -65,6 +65,9 @@ class Job(Doc):
     status: JobStatus
     priority: Priority
     owner: str
+    payload: dict[str, JsonValue] = Field(
+        description='As submitted (with the type\'s defaults filled in); secret fields show `"[redacted]"`.'
+    )
     attempts: int
     max_attempts: int
     timeout_s: float

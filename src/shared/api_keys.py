@@ -1,4 +1,5 @@
-"""API keys: create (the token is returned once), list, revoke and verify; only a salted hash is stored.
+"""API keys: the creation request, create (the token is returned once), list, revoke and verify; only a
+salted hash is stored.
 
 A token is `cvk_<16 hex>_<43 url-safe chars>`: the hex part names the row (`key_<hex>`), so verifying is
 one primary-key read and a constant-time comparison. The secret is 32 random bytes, so a salted SHA-256
@@ -15,9 +16,10 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Annotated, Literal
 
 import asyncpg
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from shared import pages
 from shared.db import Connection, Pool
@@ -25,6 +27,18 @@ from shared.db import Connection, Pool
 KEY_PREFIX = "cvk_"
 _TOKEN = re.compile(r"cvk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 Role = Literal["user", "admin"]
+# Surrounding whitespace is stripped, so at least one other character is needed (the pattern says so).
+_Text = StringConstraints(strip_whitespace=True, min_length=1, pattern=r"\S")
+
+
+class KeyRequest(BaseModel):
+    """The body of `POST /api/v1/api-keys`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, _Text, StringConstraints(max_length=100)]
+    sub: Annotated[str, _Text, StringConstraints(max_length=200)]
+    role: Role = "user"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +90,9 @@ async def list_keys(conn: Connection | Pool, *, limit: int, cursor: str | None) 
 
 
 async def revoke(conn: Connection | Pool, key_id: str) -> ApiKey | None:
-    """Revoke a key (again is harmless: the first revocation time stays); None when there is no such key."""
+    """Revoke a live key; None when there is no such key or it is revoked already (its revocation time stays)."""
     row = await conn.fetchrow(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING *", key_id
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING *", key_id
     )
     return None if row is None else ApiKey.from_row(row)
 

@@ -31,8 +31,18 @@ METADATA: Final = frozenset(
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 
 
+# Said with every refusal, so whoever reads the failed job learns which setting lifts the guard.
+ALLOW_PRIVATE_HINT: Final = "WEBHOOK_ALLOW_PRIVATE=true allows private destinations (for development only)"
+
+
 class AddressRefused(OSError):
-    """The target resolves only to addresses webhooks may not reach (loopback, private, metadata...)."""
+    """The target resolves only to addresses webhooks may not reach (loopback, private, metadata...).
+
+    Its message names the refused address and why, then ALLOW_PRIVATE_HINT.
+    """
+
+    def __init__(self, refused: str) -> None:
+        super().__init__(f"{refused}; {ALLOW_PRIVATE_HINT}")
 
 
 def refusal(ip: IPAddress) -> str | None:
@@ -68,6 +78,12 @@ def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
+def shown(ip: IPAddress) -> str:
+    """The address as a refusal names it, with the IPv4 address an IPv6 one stands for."""
+    embedded = _embedded_ipv4(ip)
+    return f"{ip} (that is {embedded})" if embedded is not None else str(ip)
+
+
 def parse_ip(host: str) -> IPAddress:
     return ipaddress.ip_address(host.split("%", 1)[0])  # an IPv6 scope (fe80::1%eth0) is not part of it
 
@@ -84,8 +100,8 @@ class GuardedResolver(AbstractResolver):
         resolved = await self._inner.resolve(host, port, family)
         allowed = [r for r in resolved if refusal(parse_ip(r["host"])) is None]
         if not allowed:
-            reasons = sorted({f"{r['host']} ({refusal(parse_ip(r['host']))})" for r in resolved})
-            raise AddressRefused(f"{host} resolves only to refused addresses: {', '.join(reasons)}")
+            reasons = sorted({f"{shown(parse_ip(r['host']))} ({refusal(parse_ip(r['host']))})" for r in resolved})
+            raise AddressRefused(f"refused {host}, which resolves only to refused addresses: {', '.join(reasons)}")
         return allowed
 
     async def close(self) -> None:
@@ -95,9 +111,10 @@ class GuardedResolver(AbstractResolver):
 def guarded_socket(addr_info: AddrInfo) -> socket.socket:
     """The connector's socket factory: the last check, on the very address about to be connected to."""
     family, type_, proto, _, sockaddr = addr_info
-    reason = refusal(parse_ip(str(sockaddr[0])))
+    ip = parse_ip(str(sockaddr[0]))
+    reason = refusal(ip)
     if reason is not None:
-        raise AddressRefused(f"{sockaddr[0]} is a {reason} address")
+        raise AddressRefused(f"refused {shown(ip)}, a {reason} address")
     return socket.socket(family=family, type=type_, proto=proto)
 
 

@@ -95,10 +95,37 @@ async def test_a_revoked_key_is_refused_at_once_on_every_replica(api: Api, servi
 
     status, listing, _ = await api.request("GET", KEYS, as_="root", role="admin")
     assert listing["items"][0]["revoked_at"] is not None
+
+
+async def test_deleting_a_deleted_or_unknown_key_is_a_404_and_keeps_the_revocation_time(api: Api) -> None:
+    key = await create_key(api)
     status, _, _ = await api.request("DELETE", f"{KEYS}/{key['id']}", as_="root", role="admin")
-    assert status == 204  # revoking again changes nothing and is not an error
-    status, _, _ = await api.request("DELETE", f"{KEYS}/key_0000000000000000", as_="root", role="admin")
-    assert status == 404
+    assert status == 204
+    _, listing, _ = await api.request("GET", KEYS, as_="root", role="admin")
+    revoked_at = listing["items"][0]["revoked_at"]
+
+    for key_id in (key["id"], "key_0000000000000000"):
+        status, problem, resp = await api.request("DELETE", f"{KEYS}/{key_id}", as_="root", role="admin")
+        assert status == 404, key_id
+        assert resp.content_type == "application/problem+json"
+        assert (problem["type"], problem["status"]) == ("/problems/not-found", 404)
+        assert key_id in problem["detail"]
+
+    _, listing, _ = await api.request("GET", KEYS, as_="root", role="admin")
+    assert listing["items"][0]["revoked_at"] == revoked_at, "a second DELETE does not move the revocation time"
+
+
+async def test_a_name_or_subject_of_only_whitespace_is_refused_as_the_document_says(api: Api) -> None:
+    _, doc, _ = await api.request("GET", "/api/v1/openapi.json")
+    schema = doc["components"]["schemas"]["KeyRequest"]["properties"]["sub"]
+
+    status, problem, _ = await api.request(
+        "POST", KEYS, as_="root", role="admin", json={"name": "ci", "sub": "\u00a0 ", "role": "user"}
+    )
+
+    assert schema["pattern"] == "\\S", "the document refuses what the server refuses"
+    assert status == 422
+    assert problem["errors"][0]["loc"] == ["sub"]
 
 
 async def test_key_routes_are_for_admins_only(api: Api, pg: Conn) -> None:

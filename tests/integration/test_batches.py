@@ -44,10 +44,12 @@ async def test_batch_runs_and_completes_once_with_its_id(api: Api, start_worker:
         "id": batch["id"], "total": 3, "succeeded": 3, "failed": 0, "cancelled": 0, "pending": 0,
         "status": "succeeded", "on_complete_job_id": view["on_complete_job_id"],
     }  # fmt: skip
-    await api.wait_status(view["on_complete_job_id"], "succeeded")
+    on_complete = await api.wait_status(view["on_complete_job_id"], "succeeded")
     payload = json.loads(await pg.fetchval("SELECT payload FROM jobs WHERE id = $1", view["on_complete_job_id"]))
     assert payload["batch_id"] == batch["id"], "on_complete gets the batch id merged into its payload"
     assert payload["data"] == "done"
+    assert on_complete["payload"]["batch_id"] == batch["id"], "and the job resource shows it"
+    assert on_complete["payload"]["data"] == "done"
 
 
 async def test_one_bad_member_records_nothing(api: Api, pg: Conn, jobs_redis: Redis) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections import defaultdict
+from typing import Any
 
 import jwt
 import pytest
 
+from gateway.errors import TITLES
 from shared import json
 from support.helpers import TEST_JWT_SECRET, make_token
 from support.stack import Api, Conn
@@ -143,6 +146,7 @@ async def test_body_over_the_limit_is_413(api: Api) -> None:
 
     assert status == 413
     assert resp.content_type == "application/problem+json"
+    assert "at most 1048576 bytes (1 MiB, MAX_BODY_BYTES)" in _body["detail"]
 
 
 async def test_unknown_fields_are_422(api: Api) -> None:
@@ -156,9 +160,41 @@ async def test_unknown_route_and_wrong_method_are_problem_json(api: Api) -> None
     status, content_type, _, _ = await _raw(api, "GET", "/nowhere")
     assert (status, content_type) == (404, "application/problem+json")
 
-    status, content_type, headers, _ = await _raw(api, "DELETE", "/api/v1/jobs", headers=api.auth())
+    status, content_type, headers, body = await _raw(api, "DELETE", "/api/v1/jobs", headers=api.auth())
     assert (status, content_type) == (405, "application/problem+json")
     assert "POST" in headers["Allow"]
+    detail = json.loads(body)["detail"]
+    assert "method method" not in detail.lower()
+    assert detail.startswith("DELETE is not allowed"), detail
+    assert "allows GET, HEAD, POST" in detail
+
+
+async def test_one_status_has_one_title_whichever_part_of_the_gateway_refused(api: Api) -> None:
+    deep: object = 1
+    for _ in range(40):
+        deep = [deep]
+    json_headers = {"Content-Type": "application/json"}
+    cases: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", "/nowhere", {}),  # aiohttp's router
+        ("GET", "/api/v1/jobs/job_nothing", {}),  # NotFound
+        ("DELETE", "/api/v1/jobs", {}),  # the router's 405
+        ("GET", "/api/v1/jobs?limit=0", {}),  # a query parameter
+        ("POST", "/api/v1/jobs", {"data": b"{", "headers": json_headers}),  # malformed JSON
+        ("POST", "/api/v1/jobs", {"json": {"type": "system.echo", "prio": 1}}),  # pydantic validation
+        ("POST", "/api/v1/jobs", {"json": {"type": "no.such.type"}}),  # InvalidInput
+        ("POST", "/api/v1/jobs", {"json": {"type": "system.echo", "payload": {"data": deep}}}),  # too deep
+        ("POST", "/api/v1/jobs", {"data": b"x", "headers": {"Content-Type": "text/plain"}}),  # 415
+        ("POST", "/api/v1/jobs", {"data": io.BytesIO(b" " * (1024 * 1024 + 1)), "headers": json_headers}),  # 413
+        ("POST", "/api/v1/uploads", {}),  # an empty upload
+    ]
+    titles: dict[int, set[str]] = defaultdict(set)
+    for method, path, options in cases:
+        status, problem, resp = await api.request(method, path, **options)
+        assert resp.content_type == "application/problem+json", (method, path, status)
+        titles[status].add(problem["title"])
+
+    assert set(titles) == {400, 404, 405, 413, 415, 422}
+    assert titles == {status: {TITLES[status]} for status in titles}
 
 
 async def test_request_id_is_echoed_or_minted(api: Api) -> None:
@@ -292,3 +328,42 @@ async def test_a_null_idempotency_field_defers_to_the_header(api: Api) -> None:
 
     assert status == 202
     assert job["idempotency_key"] == "hdr"
+
+
+def _violations(schema: dict[str, object]) -> list[str]:
+    """Values that break one constraint of a query parameter's schema each (none is a NUL or too long)."""
+    known = {"type", "enum", "minLength", "maxLength", "pattern", "minimum", "maximum", "default", "description"}
+    assert set(schema) <= known, f"a constraint this test cannot break: {sorted(set(schema) - known)}"
+    values: list[str] = []
+    if "enum" in schema:
+        values.append("not-one-of-them")
+    if schema["type"] == "integer":
+        values += ["abc", "1.5"]
+        values += [str(schema["minimum"] - 1)] if "minimum" in schema else []  # type: ignore[operator]
+        values += [str(schema["maximum"] + 1)] if "maximum" in schema else []  # type: ignore[operator]
+    if "minLength" in schema:
+        values.append("x" * (schema["minLength"] - 1))  # type: ignore[operator]
+    if "maxLength" in schema:
+        values.append("x" * (schema["maxLength"] + 1))  # type: ignore[operator]
+    if "pattern" in schema:
+        assert schema["pattern"] == "^[A-Za-z0-9_-]*$", "add a value that breaks this pattern"
+        values += ["not+base64url", "abc\n"]
+    return values
+
+
+async def test_every_documented_query_constraint_is_enforced(api: Api) -> None:
+    _, doc, _ = await api.request("GET", "/api/v1/openapi.json")
+    checked = 0
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for param in (p for p in op.get("parameters", []) if p["in"] == "query"):
+                for value in _violations(param["schema"]):
+                    status, problem, resp = await api.request(
+                        method.upper(), path, params={param["name"]: value}, as_="root", role="admin"
+                    )
+                    where = f"{method.upper()} {path}?{param['name']}={value!r}"
+                    assert status == 400, where
+                    assert resp.content_type == "application/problem+json", where
+                    assert problem["errors"][0]["loc"] == ["query", param["name"]], where
+                    checked += 1
+    assert checked >= 20

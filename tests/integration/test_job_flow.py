@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from redis.asyncio import Redis
 
+from shared import json
 from support.stack import Api, Conn, StartWorker
 
 
@@ -143,3 +145,48 @@ async def test_expired_job_fails_without_running(api: Api, start_worker: StartWo
     assert failed["result"] is None
     assert failed["started_at"] is None, "an expired job never starts"
     assert failed["attempts"] == 0
+
+
+async def _first_event(api: Api, job_id: str) -> dict[str, Any]:
+    """The `event: job` a job's event stream opens with."""
+    async with api.session.get(f"{api.base}/api/v1/jobs/{job_id}/events", headers=api.auth()) as resp:
+        assert resp.status == 200
+        event = ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "job":
+                data: dict[str, Any] = json.loads(line.removeprefix("data: "))
+                return data
+    raise AssertionError("the stream ended without an `event: job`")
+
+
+async def test_the_job_resource_shows_its_payload_everywhere(api: Api) -> None:
+    created = await api.submit("system.echo", {"data": {"order": 42}, "sleep_s": 1.5})
+    _, listed, _ = await api.request("GET", "/api/v1/jobs")
+    fetched = await api.job(created["id"])
+    streamed = await _first_event(api, created["id"])
+
+    assert created["payload"]["data"] == {"order": 42}
+    assert created["payload"]["sleep_s"] == 1.5
+    assert fetched["payload"] == created["payload"]
+    assert listed["items"][0]["payload"] == created["payload"]
+    assert streamed["payload"] == created["payload"]
+
+
+async def test_a_secret_payload_field_shows_redacted_and_is_never_opened(api: Api, pg: Conn) -> None:
+    payload = {"url": "https://hooks.example.com/in", "event": "order.paid", "headers": {"Authorization": "Bearer s3"}}
+    created = await api.submit("webhook.deliver", payload)
+    status, raw, _ = await api.request("GET", f"/api/v1/jobs/{created['id']}")
+    _, listed, _ = await api.request("GET", "/api/v1/jobs")
+    streamed = await _first_event(api, created["id"])
+
+    assert status == 200
+    for shown in (created, raw, listed["items"][0], streamed):
+        assert shown["payload"]["headers"] == "[redacted]"
+        assert shown["payload"]["url"] == payload["url"]
+        assert shown["payload"]["event"] == "order.paid"
+    assert "Bearer s3" not in json.dumps(listed).decode()
+    stored = json.loads(await pg.fetchval("SELECT payload FROM jobs WHERE id = $1", created["id"]))
+    assert set(stored["headers"]) == {"$sealed"}, "sealed at rest, and only redacted on the way out"

@@ -125,6 +125,7 @@ async def test_past_max_upload_bytes_is_a_413_and_nothing_is_kept(
     assert (status, status_declared) == (413, 413)
     assert resp.content_type == "application/problem+json"
     assert problem["code"] == "payload_too_large"
+    assert "at most 100000 bytes (97.7 KiB, MAX_UPLOAD_BYTES)" in problem["detail"]
     assert _count(api, "too_large") == 2
     assert status_exact == 201
     assert len(_files(tmp_path)) == 1  # only the upload of exactly the limit
@@ -264,3 +265,31 @@ async def test_concurrent_uploads_of_one_owner_cannot_together_pass_the_quota(
     assert sorted(status for status, _, _ in results) == [201, 413, 413, 413]
     assert await pg.fetchval("SELECT sum(size) FROM files WHERE owner = 'alice'") == 600
     assert len(_files(tmp_path)) == 1
+
+
+async def test_an_empty_upload_is_a_400_and_nothing_is_kept(
+    services: Services, pg: Conn, jobs_redis: Redis, tmp_path: Path
+) -> None:
+    empty_file = aiohttp.FormData()
+    empty_file.add_field("file", b"", filename="empty.csv", content_type="text/csv")
+    async with _gateway(services, tmp_path) as api:
+        results = [
+            await api.request("POST", "/api/v1/uploads"),  # no body at all
+            await api.request("POST", "/api/v1/uploads?filename=a.csv", data=b""),  # Content-Length: 0
+            await api.request("POST", "/api/v1/uploads", data=_chunks(b"")),  # chunked, no chunk
+            await api.request("POST", "/api/v1/uploads", data=empty_file),  # an empty file field
+        ]
+        _, doc, _ = await api.request("GET", "/api/v1/openapi.json")
+
+    for status, problem, resp in results:
+        assert status == 400, problem
+        assert resp.content_type == "application/problem+json"
+        assert "the upload is empty" in problem["detail"]
+    assert _files(tmp_path) == []
+    assert await pg.fetchval("SELECT count(*) FROM files") == 0
+    body = doc["paths"]["/api/v1/uploads"]["post"]["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/octet-stream"]["schema"]["minLength"] == 1
+    multipart = body["content"]["multipart/form-data"]["schema"]
+    assert multipart["properties"]["file"]["minLength"] == 1
+    assert multipart["additionalProperties"] is False

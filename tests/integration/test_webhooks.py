@@ -169,7 +169,10 @@ async def test_private_addresses_are_refused(
     assert done["attempts"] == 1
     assert done["error"]["type"] == "WebhookAddressRefused"
     assert done["error"]["retryable"] is False
-    assert "loopback" in done["error"]["message"]
+    message = done["error"]["message"]
+    assert "loopback" in message
+    assert ("localhost" if host == "localhost" else "127.0.0.1") in message, "it names the refused address"
+    assert "WEBHOOK_ALLOW_PRIVATE=true allows private destinations" in message
     assert receiver.hits == []
 
 

@@ -99,15 +99,19 @@ def test_public_addresses_are_allowed(address: str) -> None:
 async def test_resolver_refuses_a_name_that_resolves_only_to_loopback() -> None:
     resolver = GuardedResolver()
     try:
-        with pytest.raises(AddressRefused, match="loopback"):
+        with pytest.raises(AddressRefused, match="loopback") as refused:
             await resolver.resolve("localhost", 80, socket.AF_UNSPEC)
+        assert "localhost" in str(refused.value)
+        assert "WEBHOOK_ALLOW_PRIVATE=true" in str(refused.value)
     finally:
         await resolver.close()
 
 
 def test_socket_factory_refuses_a_literal_private_address() -> None:
-    with pytest.raises(AddressRefused, match="private"):
+    with pytest.raises(AddressRefused, match="private") as refused:
         guarded_socket((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 443)))
+    assert "10.0.0.1" in str(refused.value)
+    assert "WEBHOOK_ALLOW_PRIVATE=true allows private destinations (for development only)" in str(refused.value)
     sock = guarded_socket((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)))
     sock.close()
 

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from gateway.keys import PG_POOL, PRINCIPAL
 from gateway.lookup import well_formed_id
 from gateway.params import page
-from gateway.responses import json_response, read_json
+from gateway.responses import json_response, read_model
 from shared import api_keys
 from shared.errors import NotFound
 from shared.json import rfc3339
 
 routes = web.RouteTableDef()
-
-
-class KeyRequest(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-    sub: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    role: api_keys.Role = "user"
 
 
 def _resource(key: api_keys.ApiKey) -> dict[str, Any]:
@@ -38,7 +29,7 @@ def _resource(key: api_keys.ApiKey) -> dict[str, Any]:
 @routes.post("/api/v1/api-keys")
 async def create_key(request: web.Request) -> web.Response:
     """POST /api/v1/api-keys: admin. 201 with `token`, shown this once. Errors: 400, 401, 403, 415, 422."""
-    body = KeyRequest.model_validate(await read_json(request))
+    body = await read_model(request, api_keys.KeyRequest)
     created = await api_keys.create(
         request.app[PG_POOL], name=body.name, sub=body.sub, role=body.role, created_by=request[PRINCIPAL].sub
     )
@@ -60,9 +51,9 @@ async def list_keys(request: web.Request) -> web.Response:
 @routes.delete("/api/v1/api-keys/{key_id}")
 async def revoke_key(request: web.Request) -> web.Response:
     """DELETE /api/v1/api-keys/{id}: admin; 204, and the key is refused from the next request on, on every
-    gateway (keys are checked against PostgreSQL on each use). Revoking a revoked key is a 204 again.
-    Errors: 401, 403, 404."""
+    gateway (keys are checked against PostgreSQL on each use). Errors: 401, 403, 404 for an unknown key or
+    one already revoked (it still shows in the list, with `revoked_at`)."""
     key_id = request.match_info["key_id"]
     if not well_formed_id(key_id) or await api_keys.revoke(request.app[PG_POOL], key_id) is None:
-        raise NotFound(f"no API key {key_id!r}")
+        raise NotFound(f"no live API key {key_id!r} (unknown, or revoked already)")
     return web.Response(status=204)

@@ -7,7 +7,7 @@ from aiohttp import web
 from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
 from gateway.lookup import well_formed_id
 from gateway.ratelimit import guard_queue
-from gateway.responses import json_response, read_json
+from gateway.responses import json_response, read_model
 from shared import batches, submission
 from shared.errors import NotFound
 
@@ -19,7 +19,7 @@ async def create_batch(request: web.Request) -> web.Response:
     """POST /api/v1/batches: any role. 202 once the batch and every member are committed (all or none).
     Errors: 400, 401, 413, 415, 422 (locations start at `jobs[i]` or `on_complete`), 429 past
     MAX_QUEUED_PER_OWNER waiting jobs (the whole batch counts)."""
-    body = submission.BatchRequest.model_validate(await read_json(request))
+    body = await read_model(request, submission.BatchRequest)
     app, owner = request.app, request[PRINCIPAL].sub
     batch_id = batches.new_batch_id()
     members = submission.prepare_batch(

@@ -10,6 +10,7 @@ from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
+from gateway.errors import BodyTooLarge, human_bytes
 from gateway.keys import METRICS, PG_POOL, PRINCIPAL, SETTINGS
 from gateway.params import page
 from gateway.responses import json_response
@@ -50,8 +51,26 @@ def _resource(f: storage.StoredFile) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _too_large(limit: int, actual: int) -> web.HTTPRequestEntityTooLarge:
-    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=actual)
+class EmptyUpload(BadRequest):
+    """No bytes: no body at all, or an empty file field (nearly always a client's mistake)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the upload is empty: send the file's bytes as the body, or as the one file field of a"
+            " multipart/form-data body; nothing was kept",
+            errors=[{"loc": ["body"], "msg": "at least one byte", "type": "too_short"}],
+        )
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(limit, what="the file", setting="MAX_UPLOAD_BYTES")
+
+
+def _over_quota(exc: storage_quota.QuotaExceeded) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"your uploads and artifacts use {exc.used} of your {exc.quota} bytes ({human_bytes(exc.quota)},"
+        " STORAGE_QUOTA_BYTES) of storage; delete some to make room; nothing was kept"
+    )
 
 
 def _raw_filename(request: web.Request) -> str | None:
@@ -105,14 +124,16 @@ async def _source(request: web.Request) -> _Source:
 async def create_upload(request: web.Request) -> web.Response:
     """POST /api/v1/uploads: any role; a raw body (its Content-Type; `?filename=` or Content-Disposition) or
     multipart/form-data with one file field. Streamed to disk while hashed, never held whole in memory.
-    Errors: 400 malformed or cut-short body, 401, 413 past MAX_UPLOAD_BYTES or past the owner's
+    Errors: 400 malformed, cut-short or empty body, 401, 413 past MAX_UPLOAD_BYTES or past the owner's
     STORAGE_QUOTA_BYTES (`storage_quota_exceeded`; nothing is kept)."""
     config, metrics = request.app[SETTINGS].storage, request.app[METRICS]
     limit = config.max_upload_bytes
     slack = MULTIPART_SLACK_BYTES if request.content_type == "multipart/form-data" else 0
     if request.content_length is not None and request.content_length > limit + slack:
         metrics.uploads.labels("too_large").inc()
-        raise _too_large(limit, request.content_length)
+        raise _too_large(limit)
+    if not request.body_exists:
+        raise EmptyUpload
     source = await _source(request)
     try:
         async with storage.write_upload(
@@ -121,12 +142,14 @@ async def create_upload(request: web.Request) -> web.Response:
         ) as writer:  # fmt: skip
             async for chunk in source.chunks:
                 await writer.write(chunk)
+            if writer.size == 0:
+                raise EmptyUpload  # the temp file is discarded, nothing recorded
     except storage.FileTooLarge as exc:
         metrics.uploads.labels("too_large").inc()
-        raise _too_large(limit, limit + 1) from exc
+        raise _too_large(limit) from exc
     except storage_quota.QuotaExceeded as exc:
         metrics.uploads.labels("over_quota").inc()
-        raise QuotaExceeded(str(exc)) from exc
+        raise _over_quota(exc) from exc
     except BodyCut:
         metrics.uploads.labels("aborted").inc()
         raise
