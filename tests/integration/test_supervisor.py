@@ -16,12 +16,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from test_supervisor_harness import CONVEYOR, alive, conveyor_run, get_json, services_env
 
 from shared.supervisor import RestartPolicy
 from shared.supervisor.stopping import StopRequest
 from support.helpers import eventually, make_token
 from support.stack import Conn, Services, SmtpSink, free_port
+from support.supervisor import CONVEYOR, alive, conveyor_run, get_json, services_env
 
 
 @contextlib.contextmanager

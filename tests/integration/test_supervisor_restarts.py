@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from test_supervisor_harness import Run, conveyor_run, services_env
 
 from support.helpers import eventually, make_token
 from support.stack import Conn, Services, SmtpSink, free_port
+from support.supervisor import Run, conveyor_run, services_env
 
 JOBS = 2000
 TICKS = 10  # one SIGKILL every TICK_S, for 30 s

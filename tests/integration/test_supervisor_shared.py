@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from test_supervisor_harness import clean_env, conveyor_run
 
 from shared.embedded import fallback_home
 from support.helpers import eventually
 from support.stack import Services, SmtpSink, free_port
+from support.supervisor import clean_env, conveyor_run
 
 
 def _url(banner: str, label: str) -> str:
