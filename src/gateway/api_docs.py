@@ -35,11 +35,18 @@ QUEUE_PATH = {"name": {"type": "string", "enum": [q.value for q in Queue], "desc
 IDEMPOTENCY_KEY = Header(
     "Idempotency-Key",
     {"type": "string", "minLength": 1, "maxLength": 255},
-    "Same as `idempotency_key` in the body: a repeat within 24 h returns the original job (200).",
+    "Same as `idempotency_key` in the body (given both, they must be equal, else 422): a repeat within 24 h"
+    " returns the original job (200).",
 )
 BINARY: Mapping[str, Any] = {"type": "string", "contentMediaType": "application/octet-stream"}
 # An empty file is refused (400): an empty body is nearly always a client's mistake.
-FILE: Mapping[str, Any] = {**BINARY, "minLength": 1, "description": "The file's bytes; at least one."}
+# `format: binary` as well: fuzzers then generate bytes for it, and no "wrong type" for what is bytes on the wire.
+FILE: Mapping[str, Any] = {
+    **BINARY,
+    "format": "binary",
+    "minLength": 1,
+    "description": "The file's bytes; at least one.",
+}
 UPLOAD_BODIES = (
     Body("The file as the raw body (any media type).", media_type="application/octet-stream", schema=FILE),
     Body(

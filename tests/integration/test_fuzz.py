@@ -1,5 +1,10 @@
 """Property-based fuzzing (schemathesis) of every operation the OpenAPI document lists, against the real
-gateway over HTTP: no 5xx, and every status, content type, header and body is the one the document promises.
+gateway over HTTP: no 5xx, every status, content type, header and body is the one the document promises,
+and a request the document calls invalid is refused (a documented `maxLength` the server ignores fails).
+
+Two passes: random cases (hypothesis, fixed seeds), and the boundary cases `schemathesis run` derives in its
+coverage phase from every constraint of the document (one past `maxLength`, a missing required body, a
+value of the wrong type...).
 
 The gateway serves on the test's event loop; schemathesis sends its (blocking) requests from a worker
 thread, so the loop stays free to answer them.
@@ -26,6 +31,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Err
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -41,6 +47,7 @@ CHECKS: list[CheckFunction] = [
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
+    negative_data_rejection,
 ]
 # Negative cases send bad tokens by the dozen; the per-IP auth-failure limit would soon answer only 429s.
 UNLIMITED = SecurityConfig(rate_limit_per_minute=1_000_000, auth_failures_per_minute=1_000_000)
@@ -102,6 +109,54 @@ class Outcome:
         return None
 
 
+# Schema-violating bodies the gateway still accepts, each until the named fix lands; anything else fails.
+PENDING_REFUSALS: list[tuple[str, re.Pattern[str]]] = [
+    # shared.submission.prepare validates a payload leniently (a boolean passes for a number).
+    ("POST /api/v1/batches", re.compile(r"payload -> \w+: Incorrect type")),
+    # shared.submission overwrites the client's `on_complete.payload.batch_id` instead of checking it.
+    ("POST /api/v1/batches", re.compile(r"on_complete -> payload -> batch_id: ")),
+    # gateway.routes.queues validates its body leniently (gateway.responses.read_model would not).
+    ("POST /api/v1/queues/{name}/clean", re.compile(r"older_than_s: Incorrect type")),
+]
+
+
+def _unexpected(label: str, exc: BaseException) -> list[str]:
+    """The failures in `exc` that PENDING_REFUSALS does not list."""
+    failures = list(exc.exceptions) if isinstance(exc, FailureGroup) else [exc]
+    return [
+        str(f)
+        for f in failures
+        if not (
+            "Schema-violating request accepted" in str(f)
+            and any(label == op and pattern.search(str(f)) for op, pattern in PENDING_REFUSALS)
+        )
+    ]
+
+
+def boundaries_all(doc: dict[str, Any], base: str, token: str) -> list[str]:
+    """Send every operation (streams aside) the coverage-phase cases of `schemathesis run`; the failures."""
+    schema = schemathesis.openapi.from_dict(doc)
+    headers = {"Authorization": f"Bearer {token}"}
+    modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+    failures: list[str] = []
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            if isinstance(result, Err):
+                failures.append(f"the document does not load: {result.err()}")
+                continue
+            operation = result.ok()
+            if _endless(doc, operation.method, operation.path):
+                continue
+            config = schema.config.generation_for(operation=operation, phase="coverage")
+            for case in schema.iter_coverage_cases(operation, generation_modes=modes, generation_config=config):
+                response = case.call(base_url=base, session=session, headers=headers, timeout=30)
+                try:
+                    case.validate_response(response, checks=CHECKS, headers=headers)
+                except (Exception, FailureGroup) as exc:  # noqa: BLE001 - report every case's failure, not the first
+                    failures += [f"{operation.label}: {f}" for f in _unexpected(operation.label, exc)]
+    return failures
+
+
 def fuzz_all(doc: dict[str, Any], base: str, token: str) -> Outcome:
     """Fuzz every operation of the document (streams aside), collecting every operation's failure."""
     schema = schemathesis.openapi.from_dict(doc)
@@ -156,3 +211,15 @@ async def test_every_operation_keeps_to_the_document_under_fuzzing(
     assert all(outcome.statuses.values())  # every operation was called
     # The document is precise enough for a client to write requests the gateway accepts.
     assert outcome.statuses["POST /api/v1/jobs"][202] > 0, outcome.statuses["POST /api/v1/jobs"]
+
+
+@pytest.mark.timeout(300)
+async def test_every_documented_constraint_is_kept_at_its_boundaries(
+    services: Services, pg: Conn, jobs_redis: Redis
+) -> None:
+    settings = gateway_settings(services, security=UNLIMITED)
+    async with running_gateway(settings) as api:
+        async with api.session.get(api.base + "/api/v1/openapi.json") as resp:
+            doc = await resp.json()
+        failures = await asyncio.to_thread(boundaries_all, doc, api.base, make_token("fuzzer", role="admin"))
+    assert not failures, f"{len(failures)} failing case(s):\n\n" + "\n\n".join(failures[:20])
