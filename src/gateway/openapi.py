@@ -312,7 +312,8 @@ def build_document(app: web.Application, *, version: str | None = None) -> dict[
         "info": {
             "title": "Conveyor",
             "version": version or _version(),
-            "description": "Background jobs over HTTP. Errors are application/problem+json (RFC 9457).",
+            "description": "Background jobs over HTTP. Errors are application/problem+json (RFC 9457). No string"
+            " in a body or a query parameter may hold U+0000 (NUL): such a request is refused with a 400.",
         },
         "security": [{"bearer": []}],
         "paths": dict(sorted(paths.items())),
