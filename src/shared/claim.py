@@ -3,9 +3,9 @@
 The ledger (`queues` table) is the durable record of a queue's pause flag; the gate is its copy in Redis db 1,
 next to arq's keys, so that the check which allows a start happens inside the claim itself. The gate holds
 `<version>:open` or `<version>:paused`; the version grows with every pause or resume in the ledger, and a
-write carrying an older version than the gate's is ignored, so a worker re-copying the ledger can never
-undo a newer pause. A queue with no gate (Redis restarted empty, or flushed) starts nothing until a worker
-has copied the ledger's state again: the gate fails closed.
+write carrying an older version than the gate's is refused, so a worker re-copying the ledger can never
+undo a newer pause (`shared.pause` publishes the ledger's flag). A queue with no gate (Redis restarted
+empty, or flushed) starts nothing until a worker has copied the ledger's state again: the gate fails closed.
 """
 
 from __future__ import annotations
@@ -24,15 +24,16 @@ if TYPE_CHECKING:
 
 GATE_PREFIX: Final = "conveyor:gate:"
 
-# KEYS[1] the gate; ARGV[1] version, ARGV[2] 'open' | 'paused'. Returns 1 if written, 0 if the gate is newer.
+# KEYS[1] the gate; ARGV[1] version, ARGV[2] 'open' | 'paused'. Returns -1 if written, else the gate's own
+# (newer) version, which it keeps.
 _SET_GATE: Final = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local version = tonumber(string.match(current, '^(%d+):'))
-  if version and version > tonumber(ARGV[1]) then return 0 end
+  if version and version > tonumber(ARGV[1]) then return version end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
-return 1
+return -1
 """
 
 # KEYS[1] the queue's sorted set, KEYS[2] the gate, KEYS[3..] the in-progress keys of the candidates;
@@ -82,11 +83,12 @@ def gate_key(queue: str) -> str:
     return GATE_PREFIX + queue
 
 
-async def set_gate(redis: ArqRedis, queue: str, *, version: int, paused: bool) -> bool:
-    """Copy the ledger's pause flag (at `version`) to the queue's gate; False if the gate already holds a newer one."""
+async def set_gate(redis: ArqRedis, queue: str, *, version: int, paused: bool) -> int | None:
+    """Copy a pause flag (at `version`) to the queue's gate. None once written; the gate's own version when it
+    already holds a newer one (and keeps it): see `shared.pause` for how the ledger still wins then."""
     state = Gate.PAUSED if paused else Gate.OPEN
-    reply = await cast("Awaitable[Any]", redis.eval(_SET_GATE, 1, gate_key(queue), str(version), state.value))
-    return bool(int(reply))
+    reply = int(await cast("Awaitable[Any]", redis.eval(_SET_GATE, 1, gate_key(queue), str(version), state.value)))
+    return None if reply < 0 else reply
 
 
 async def claim(

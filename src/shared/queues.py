@@ -43,6 +43,22 @@ async def set_paused(conn: Connection | Pool, name: str, paused: bool) -> PauseF
     return PauseFlag(bool(row["paused"]), int(row["version"]))
 
 
+async def raise_version(conn: Connection | Pool, name: str, *, above: int) -> PauseFlag:
+    """Give the queue's flag a version above `above`, keeping its value (the ledger's flag must win over a
+    gate left by another ledger: a restored or recreated database)."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO queues (name, paused, version) VALUES ($1, false, $2 + 1)
+        ON CONFLICT (name) DO UPDATE SET version = greatest(queues.version, $2) + 1, updated_at = now()
+        RETURNING paused, version
+        """,
+        name,
+        above,
+    )
+    assert row is not None  # noqa: S101 - an upsert with RETURNING always returns its row
+    return PauseFlag(bool(row["paused"]), int(row["version"]))
+
+
 async def pause_flag(conn: Connection | Pool, name: str) -> PauseFlag:
     """The queue's flag; a queue never paused is running at version 0."""
     row = await conn.fetchrow("SELECT paused, version FROM queues WHERE name = $1", name)

@@ -15,8 +15,10 @@ from typing import Final
 
 from arq.worker import Worker
 
-from shared import claim, db, queue, queues, redis
+from shared import db, queue, redis
+from shared import pause as queue_pause
 from shared.db import POSTGRES_ERRORS
+from shared.errors import Conflict
 from shared.jobs import Queue, Registry
 from shared.jobtypes import builtin_registry
 from shared.mail import MailSender, SmtpMailSender
@@ -179,8 +181,7 @@ class WorkerProcess:
         """Copy the queue's pause flag from the ledger to its start gate in Redis and record this worker as
         live. The gate, not this copy, decides every start (see `shared.claim`): this only makes sure Redis
         holds the ledger's flag again after a restart or flush, and never undoes a newer pause."""
-        flag = await queues.pause_flag(ctx.pg, ctx.queue)
-        await claim.set_gate(ctx.jobs_redis, ctx.queue, version=flag.version, paused=flag.paused)
+        flag = await queue_pause.publish(ctx.pg, ctx.jobs_redis, ctx.queue)
         if flag.paused != self.paused:
             logger.info("worker.paused" if flag.paused else "worker.resumed", extra={"queue": ctx.queue})
         self.paused = flag.paused
@@ -202,7 +203,7 @@ class WorkerProcess:
                     # arq checks cancels only while it takes jobs; keep honouring them during the grace period.
                     await worker._cancel_aborted_jobs()  # arq 0.28 (pinned)
                 await self._control_step(ctx)
-            except (*queue.REDIS_ERRORS, *POSTGRES_ERRORS) as exc:
+            except (*queue.REDIS_ERRORS, *POSTGRES_ERRORS, Conflict) as exc:
                 logger.warning("worker.control_unavailable", extra={"reason": type(exc).__name__})
 
     async def started(self) -> None:

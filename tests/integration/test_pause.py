@@ -18,10 +18,13 @@ from shared import claim
 from shared.claim import Gate
 from shared.queue import open_jobs_redis
 from support.helpers import eventually
-from support.stack import Api, Conn, Services, redis_config
+from support.stack import Api, Conn, Services, StartWorker, redis_config
 
 ADMIN = {"as_": "root", "role": "admin"}
 SLOTS_PER_WORKER = 2
+# Long enough that a worker stalled between its claim and recording the start (a loaded machine) cannot let a
+# whole round of later jobs record theirs first.
+JOB_S = 0.25
 
 StartWorkers = Callable[[int], Awaitable[None]]
 
@@ -80,7 +83,7 @@ async def test_nothing_starts_after_pause_answers_and_resume_runs_high_priority_
 
     # At once, right behind the pause: every worker is polling, none has re-read the ledger yet.
     priorities = ["high" if i % 5 == 0 else "normal" for i in range(50)]
-    jobs = await asyncio.gather(*(api.submit("system.echo", {"sleep_s": 0.05}, priority=p) for p in priorities))
+    jobs = await asyncio.gather(*(api.submit("system.echo", {"sleep_s": JOB_S}, priority=p) for p in priorities))
     expiring = await api.submit("system.echo", {}, expires_in_s=1)
     cancelled = await api.submit("system.echo", {})
     status, _, _ = await api.request("POST", f"/api/v1/jobs/{cancelled['id']}/cancel")
@@ -131,15 +134,36 @@ async def test_a_queue_whose_gate_redis_lost_starts_nothing_until_the_ledger_fla
 
 async def test_an_older_copy_of_the_flag_never_undoes_a_newer_pause(services: Services, jobs_redis: Redis) -> None:
     async with open_jobs_redis(redis_config(services)) as redis:
-        assert await claim.set_gate(redis, "default", version=3, paused=True)
-        assert not await claim.set_gate(redis, "default", version=2, paused=False)
+        assert await claim.set_gate(redis, "default", version=3, paused=True) is None
+        assert await claim.set_gate(redis, "default", version=2, paused=False) == 3, "refused: the gate is newer"
         await jobs_redis.zadd("conveyor:queue:default", {"some-job": 0})
         found = await claim.claim(
             redis, "conveyor:queue:default", "default", ["some-job"], limit=1, lease_ms=1000, now_ms=1
         )
         assert found == claim.Claimed(Gate.PAUSED)
-        assert await claim.set_gate(redis, "default", version=4, paused=False)
+        assert await claim.set_gate(redis, "default", version=4, paused=False) is None
         found = await claim.claim(
             redis, "conveyor:queue:default", "default", ["some-job"], limit=1, lease_ms=1000, now_ms=1
         )
         assert found == claim.Claimed(Gate.OPEN, (("some-job", 0),))
+
+
+async def test_the_ledger_wins_over_a_gate_left_by_another_ledger(
+    api: Api, pg: Conn, jobs_redis: Redis, start_worker: StartWorker
+) -> None:
+    # A database restored or recreated under a Redis that kept its data: the gate's version is ahead.
+    await jobs_redis.set(claim.gate_key("default"), b"7:open")
+    status, queue, _ = await api.request("POST", "/api/v1/queues/default/pause", **ADMIN)
+    assert (status, queue["paused"]) == (200, True)
+    assert await jobs_redis.get(claim.gate_key("default")) == b"8:paused"
+
+    await start_worker("default")
+    job = await api.submit("system.echo", {})
+    await jobs_redis.set(claim.gate_key("default"), b"20:paused")  # and the other way round
+    await api.request("POST", "/api/v1/queues/default/resume", **ADMIN)
+    await api.wait_status(job["id"], "succeeded")
+
+    await jobs_redis.set(claim.gate_key("default"), b"50:paused")  # a stale pause the ledger never had
+    job = await api.submit("system.echo", {})
+    await api.wait_status(job["id"], "succeeded")  # the worker publishes the ledger's flag over it
+    assert await pg.fetchval("SELECT version FROM queues WHERE name = 'default'") > 50

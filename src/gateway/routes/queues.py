@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.keys import JOBS_REDIS, PG_POOL, SETTINGS
 from gateway.responses import json_response, read_json
-from shared import claim, ledger, queue, queues, submission
+from shared import ledger, pause, queue, queues, submission
 from shared.errors import DependencyUnavailable, NotFound
 from shared.jobs import Queue
 
@@ -95,9 +95,8 @@ async def _set_paused(request: web.Request, paused: bool) -> web.Response:
             to the gate as soon as Redis answers (a worker cannot start a job without Redis either).
     """
     app, name = request.app, _queue_name(request)
-    flag = await queues.set_paused(app[PG_POOL], name, paused)
     try:
-        await claim.set_gate(app[JOBS_REDIS], name, version=flag.version, paused=flag.paused)
+        await pause.set_paused(app[PG_POOL], app[JOBS_REDIS], name, paused)
     except queue.REDIS_ERRORS as exc:
         what = "pause" if paused else "resume"
         raise DependencyUnavailable(
