@@ -108,6 +108,7 @@ class WorkerProcess:
         s, d = self.settings, self.definition
         runtime = Runtime(ctx, self.handlers)
         self._worker = worker = PriorityWorker(
+            gate_queue=d.queue.value,
             functions=[runtime.arq_function()],
             queue_name=queue.queue_key(d.queue.value),
             redis_pool=ctx.jobs_redis,
@@ -124,7 +125,6 @@ class WorkerProcess:
         )
         # The in-progress key is the job's lease: short, and renewed below while the job runs.
         worker.in_progress_timeout_s = s.worker.lease_s
-        worker.gate_queue = d.queue.value
         await self._control_step(ctx)  # a queue paused before start-up stays paused
         if self._stop_requested:  # stopped while still connecting: never take a job
             return

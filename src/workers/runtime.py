@@ -335,7 +335,9 @@ class PriorityWorker(Worker):
     once a pause has reached Redis, whatever this worker read before.
     """
 
-    gate_queue = "default"  # the queue's name (not its arq key), set by the worker process
+    def __init__(self, *, gate_queue: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.gate_queue = gate_queue  # the queue's name (not its arq key): whose pause gate every claim checks
 
     async def _poll_iteration(self) -> None:
         count = self.queue_read_limit
