@@ -1,18 +1,27 @@
-"""Entry point: load GatewaySettings, configure logging, run create_app(settings) until SIGTERM/SIGINT."""
+"""Entry point: load GatewaySettings, configure logging, run create_app(settings) until SIGTERM/SIGINT.
+
+`--ready-fd N` has it write one JSON line, `{"listening": "HOST:PORT"}`, to that inherited pipe once it
+listens (its start-up hooks done and its socket bound), then close it: how `conveyor run` knows it is up.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.app import create_app
+from shared import json
+from shared.embedded import follow_parent
 from shared.logging import configure_logging
 from shared.settings import GatewaySettings, describe_errors
 
@@ -24,7 +33,15 @@ MAX_HEADERS = 128
 _BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="Run the Conveyor gateway.")
+    parser.add_argument("--ready-fd", type=int, metavar="FD", help="pipe to report readiness on")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    follow_parent()  # started by `conveyor run`: stop when it dies
     try:
         settings = GatewaySettings()
     except ValidationError as exc:
@@ -40,26 +57,52 @@ def main() -> int:
     logging.getLogger(__name__).info(
         "gateway.starting", extra={"host": settings.gateway.host, "port": settings.gateway.port}
     )
+    address = f"{settings.gateway.host}:{settings.gateway.port}"
+    reporter = _ReadyReporter(args.ready_fd, address)
     try:
-        _serve(settings, loop_factory)
+        _serve(settings, loop_factory, reporter if args.ready_fd is not None else None)
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise
-        address = f"{settings.gateway.host}:{settings.gateway.port}"
         reason = os.strerror(exc.errno).lower()
         print(f"gateway: cannot listen on {address}: {reason} (set API_HOST / API_PORT)", file=sys.stderr)  # noqa: T201
         return 2
+    finally:
+        reporter.close()  # never up: the EOF tells a reader still waiting
     return 0
 
 
-def _serve(settings: GatewaySettings, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> None:
+class _ReadyReporter:
+    """Called by `run_app` once every site listens: its `print` hook, the one that runs after start-up and bind."""
+
+    def __init__(self, fd: int | None, address: str) -> None:
+        self.fd, self.address = fd, address
+
+    def __call__(self, *_: Any) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):  # whoever started us is gone: nothing to tell
+                os.write(self.fd, json.dumps({"listening": self.address}) + b"\n")
+        self.close()
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _serve(
+    settings: GatewaySettings,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    on_listening: Callable[..., None] | None,
+) -> None:
     web.run_app(
         create_app(settings),
         host=settings.gateway.host,
         port=settings.gateway.port,
         shutdown_timeout=settings.gateway.shutdown_grace_s,
         access_log=None,
-        print=None,
+        print=on_listening,
         handle_signals=True,
         loop=loop_factory() if loop_factory else None,
         max_line_size=MAX_LINE_BYTES,

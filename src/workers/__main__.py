@@ -17,6 +17,7 @@ import sys
 from pydantic import ValidationError
 
 from shared import json
+from shared.embedded import follow_parent
 from shared.logging import configure_logging
 from shared.settings import WorkerSettings, describe_errors
 from workers.health_server import PortUnavailable
@@ -61,6 +62,7 @@ async def _serve(process: WorkerProcess, ready_fd: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    follow_parent()  # started by `conveyor run`: stop (gracefully) when it dies
     try:
         settings = WorkerSettings()
     except ValidationError as exc:

@@ -28,6 +28,11 @@ CHECK_INTERVAL_S: Final = 0.25
 KINDS: Final = ("redis", "postgres")
 
 
+def _unexpected(kind: Kind, exc: Exception) -> str:
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"the embedded {kind} failed to start: {reason}"
+
+
 def _server(kind: Kind, var_dir: Path, project_dir: Path) -> ServerProcess:
     if kind == "redis":
         return EmbeddedRedis(var_dir / "redis")
@@ -44,18 +49,18 @@ class Keeper:
         self.me = ProcessRef.of(os.getpid())
         self.stop = asyncio.Event()
 
-    def _update(self, **fields: Any) -> bool:
+    async def _update(self, **fields: Any) -> bool:
         """Merge `fields` into our entry; False if the entry is no longer ours."""
-        with locked(self.var_dir) as data:
+        async with locked(self.var_dir) as data:
             entry = data.get(self.kind)
             if not isinstance(entry, dict) or ProcessRef.load(entry.get("keeper")) != self.me:
                 return False
             entry.update(fields)
             return True
 
-    def _release_if_unused(self) -> bool:
+    async def _release_if_unused(self) -> bool:
         """Under the lock: with no live user left, mark the entry `stopping` (no one joins it) and say so."""
-        with locked(self.var_dir) as data:
+        async with locked(self.var_dir) as data:
             entry = data.get(self.kind)
             if not isinstance(entry, dict) or ProcessRef.load(entry.get("keeper")) != self.me:
                 return True
@@ -66,8 +71,8 @@ class Keeper:
             entry["state"] = "stopping"
             return True
 
-    def _forget(self) -> None:
-        with locked(self.var_dir) as data:
+    async def _forget(self) -> None:
+        async with locked(self.var_dir) as data:
             entry = data.get(self.kind)
             if isinstance(entry, dict) and ProcessRef.load(entry.get("keeper")) == self.me:
                 del data[self.kind]
@@ -75,18 +80,19 @@ class Keeper:
     async def run(self) -> int:
         try:
             await self.server.start()
-        except (EmbeddedServerError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the users waiting for the server must hear it
             await self.server.stop()
-            logger.error("embedded.start_failed", extra={"server": self.kind, "reason": str(exc).splitlines()[0]})
-            self._update(state="failed", error=str(exc))
+            reason = str(exc) if isinstance(exc, EmbeddedServerError) else _unexpected(self.kind, exc)
+            logger.error("embedded.start_failed", extra={"server": self.kind, "reason": reason.splitlines()[0]})
+            await self._update(state="failed", error=reason)
             return 1
         try:
             pid = self.server.pid
             server = ProcessRef.of(pid).dump() if pid else None
-            if not self._update(state="ready", url=self.server.url, detail=self.server.detail, server=server):
+            if not await self._update(state="ready", url=self.server.url, detail=self.server.detail, server=server):
                 return 0
             exited = asyncio.ensure_future(self.server.exited())
-            while not exited.done() and not self.stop.is_set() and not self._release_if_unused():
+            while not exited.done() and not self.stop.is_set() and not await self._release_if_unused():
                 await asyncio.wait({exited}, timeout=CHECK_INTERVAL_S)
             if exited.done():
                 logger.error("embedded.server_exited", extra={"server": self.kind, "exit_code": exited.result()})
@@ -96,7 +102,7 @@ class Keeper:
             return 0
         finally:
             await self.server.stop()
-            self._forget()
+            await self._forget()
 
 
 async def _main(kind: Kind, var_dir: Path, project_dir: Path) -> int:

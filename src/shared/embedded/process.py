@@ -25,6 +25,7 @@ HOST: Final = "127.0.0.1"
 # The machine's own servers usually sit on these; an embedded server must never take them.
 RESERVED_PORTS: Final = frozenset({6379, 5432})
 _PR_SET_PDEATHSIG: Final = 1
+PARENT_PID_ENV: Final = "CONVEYOR_PARENT_PID"  # see follow_parent()
 _LOG_TAIL_LINES: Final = 25
 PROBE_INTERVAL_S: Final = 0.1
 
@@ -42,6 +43,22 @@ def free_port(host: str = HOST) -> int:
         if port not in RESERVED_PORTS:
             return port
     raise EmbeddedServerError(f"could not find a free port on {host}")
+
+
+def follow_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """At start-up of a child of `conveyor run`: receive `sig` once the parent dies, even by SIGKILL (Linux only).
+
+    The parent names itself in PARENT_PID_ENV (removed here, so it does not reach our own children). If that
+    process is no longer our parent, it died before we got here: `sig` is delivered at once. Done by the
+    child itself, so the parent needs no `preexec_fn` (unsafe in a process with threads). Without the
+    variable (not started by `conveyor run`), nothing happens.
+    """
+    parent = os.environ.pop(PARENT_PID_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), sig)
 
 
 def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:

@@ -2,9 +2,10 @@
 
 `var/embedded.json` holds, per server kind, the keeper process that owns the server (see
 `shared.embedded.keeper`), its URL and its users (the processes of `conveyor run` that use it, each as a
-pid and its start time, so a reused pid never counts). Every change happens under `flock` on
-`var/embedded.lock`. The first user starts a keeper; the keeper stops the server once no user is alive,
-so a user killed with SIGKILL does not keep the server running.
+pid and its start time, so a reused pid never counts), and the processes each of them started, so a
+server outlives every process that uses it. Every change happens under `flock` on `var/embedded.lock`.
+The first user starts a keeper; the keeper stops the server once no user is alive, so a user killed
+with SIGKILL does not keep the server running once its children are gone too.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import IO, Any, Final, Literal, TypeVar
 
 from shared.embedded.process import EmbeddedServerError
 
@@ -31,6 +32,8 @@ KEEPER_LOG: Final = "embedded.log"
 START_TIMEOUT_S: Final = 180.0
 STOP_TIMEOUT_S: Final = 40.0
 POLL_S: Final = 0.1
+LOCK_POLL_S: Final = 0.01
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,25 +90,59 @@ class SharedServer:
     joined: bool
 
 
-@contextlib.contextmanager
-def locked(var_dir: Path) -> Iterator[dict[str, Any]]:
-    """The registry, read and (when the block ends without error) written back, under the directory's lock."""
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a thread, off the event loop; run to completion even if the caller is cancelled meanwhile
+    (the registry lock is held around it and must not be released while it still reads or writes)."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        raise
+
+
+def _open_lock(var_dir: Path) -> IO[str]:
     var_dir.mkdir(parents=True, exist_ok=True)
-    with (var_dir / LOCK_FILE).open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    return (var_dir / LOCK_FILE).open("a")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        data = {}  # a torn or foreign file: start afresh (live servers are found again by their keepers)
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True))
+    partial.replace(path)
+
+
+@contextlib.asynccontextmanager
+async def locked(var_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """The registry, read and (when the block ends without error) written back, under the directory's lock.
+
+    The lock is polled without blocking and the file is read and written in a thread: the event loop of the
+    process waiting for it keeps answering signals.
+    """
+    lock = await _in_thread(_open_lock, var_dir)
+    try:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(LOCK_POLL_S)
         path = var_dir / REGISTRY_FILE
-        try:
-            data = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError):
-            data = {}  # a torn or foreign file: start afresh (live servers are found again by their keepers)
-        if not isinstance(data, dict):
-            data = {}
+        data = await _in_thread(_read, path)
         before = json.dumps(data, sort_keys=True)
         yield data
         if json.dumps(data, sort_keys=True) != before:
-            partial = path.with_suffix(".tmp")
-            partial.write_text(json.dumps(data, indent=2, sort_keys=True))
-            partial.replace(path)
+            await _in_thread(_write, path, data)
+    finally:
+        lock.close()  # releases the lock
 
 
 def live_users(entry: dict[str, Any]) -> list[ProcessRef]:
@@ -134,12 +171,17 @@ def _spawn_keeper(kind: Kind, var_dir: Path, project_dir: Path) -> ProcessRef:
     return ProcessRef.of(proc.pid)
 
 
-def _join(kind: Kind, var_dir: Path, project_dir: Path, me: ProcessRef) -> _Step:
-    with locked(var_dir) as data:
+async def _join(kind: Kind, var_dir: Path, project_dir: Path, me: ProcessRef) -> _Step:
+    async with locked(var_dir) as data:
         entry = data.get(kind)
         if isinstance(entry, dict):
             keeper = ProcessRef.load(entry.get("keeper"))
             users = [ref for raw in entry.get("users", []) if (ref := ProcessRef.load(raw)) is not None]
+            if entry.get("state") == "starting" and me in users and (keeper is None or not keeper.alive()):
+                # The keeper we wait for died before it could say why: every waiting user fails now.
+                entry["state"] = "failed"
+                log = var_dir / KEEPER_LOG
+                entry["error"] = f"the keeper of the embedded {kind} exited during start-up (see {log})"
             if entry.get("state") == "failed" and me in users:
                 entry["users"] = [u.dump() for u in users if u != me]
                 return _Step("failed", entry)
@@ -150,7 +192,8 @@ def _join(kind: Kind, var_dir: Path, project_dir: Path, me: ProcessRef) -> _Step
                 entry = None
         spawned = not isinstance(entry, dict)
         if not isinstance(entry, dict):
-            entry = {"state": "starting", "keeper": _spawn_keeper(kind, var_dir, project_dir).dump(), "users": []}
+            keeper_ref = await _in_thread(_spawn_keeper, kind, var_dir, project_dir)
+            entry = {"state": "starting", "keeper": keeper_ref.dump(), "users": []}
             data[kind] = entry
         if entry.get("state") == "stopping":
             return _Step("wait", entry)  # the last user just left; a fresh server starts once it is down
@@ -160,24 +203,60 @@ def _join(kind: Kind, var_dir: Path, project_dir: Path, me: ProcessRef) -> _Step
         return _Step("ready" if entry.get("state") == "ready" else "wait", dict(entry), spawned)
 
 
-def _leave(kind: Kind, var_dir: Path, me: ProcessRef) -> bool:
+async def _leave(kinds: Sequence[Kind], var_dir: Path, me: ProcessRef) -> bool:
     """Drop `me` from the users; True if no live user is left (the keeper stops the server then)."""
-    with locked(var_dir) as data:
-        entry = data.get(kind)
-        if not isinstance(entry, dict):
-            return False
-        users = [u for u in live_users(entry) if u != me]
-        entry["users"] = [u.dump() for u in users]
-        return not users
+    left = False
+    async with locked(var_dir) as data:
+        for kind in kinds:
+            entry = data.get(kind)
+            if isinstance(entry, dict):
+                users = [u for u in live_users(entry) if u != me]
+                entry["users"] = [u.dump() for u in users]
+                left = left or not users
+    return left
 
 
-def _gone(kind: Kind, var_dir: Path) -> bool:
-    with locked(var_dir) as data:
+async def _add(kinds: Sequence[Kind], var_dir: Path, ref: ProcessRef) -> None:
+    async with locked(var_dir) as data:
+        for kind in kinds:
+            entry = data.get(kind)
+            if isinstance(entry, dict) and entry.get("state") == "ready":
+                users = live_users(entry)
+                if ref not in users and ref.alive():
+                    entry["users"] = [u.dump() for u in [*users, ref]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerUsers:
+    """The embedded servers one `conveyor run` uses, so the processes it starts count as their users too:
+    if `conveyor run` itself is killed, the servers stay up until the last of its children has exited."""
+
+    var_dir: Path
+    kinds: tuple[Kind, ...]
+
+    async def add(self, pid: int) -> ProcessRef:
+        """Register process `pid` (just started) as a user of every server."""
+        ref = ProcessRef.of(pid)
+        if self.kinds:
+            await _add(self.kinds, self.var_dir, ref)
+        return ref
+
+    async def drop(self, ref: ProcessRef) -> None:
+        """Unregister a process that has exited (the keepers would skip it anyway: it is no longer alive)."""
+        if self.kinds:
+            await _leave(self.kinds, self.var_dir, ref)
+
+
+async def _stopped_or_used(kind: Kind, var_dir: Path) -> bool:
+    """True once the server's keeper is gone, or someone uses the server again (then it keeps running)."""
+    async with locked(var_dir) as data:
         entry = data.get(kind)
         if not isinstance(entry, dict):
             return True
         keeper = ProcessRef.load(entry.get("keeper"))
-        return keeper is None or not keeper.alive()
+        if keeper is None or not keeper.alive():
+            return True
+        return entry.get("state") != "stopping" and bool(live_users(entry))
 
 
 @contextlib.asynccontextmanager
@@ -185,7 +264,8 @@ async def shared_server(kind: Kind, var_dir: Path, project_dir: Path) -> AsyncIt
     """Use the embedded server of `kind` for `var_dir` (absolute, like `project_dir`), starting it if none runs;
     leave it when the block ends.
 
-    When this was the last user, wait (bounded) until the server has stopped, so it is down when we exit.
+    When this was the last user, wait (bounded) until the server has stopped, so it is down when we exit;
+    not if another user joins meanwhile: the server then keeps running for it.
 
     Raises:
         EmbeddedServerError: the server could not start (the message holds the server's log tail).
@@ -196,7 +276,7 @@ async def shared_server(kind: Kind, var_dir: Path, project_dir: Path) -> AsyncIt
     joined = True  # until this process turns out to be the one that started the server
     try:
         while True:
-            step = _join(kind, var_dir, project_dir, me)
+            step = await _join(kind, var_dir, project_dir, me)
             joined = joined and not step.spawned
             if step.state == "failed":
                 raise EmbeddedServerError(str(step.entry.get("error") or f"the embedded {kind} failed to start"))
@@ -208,14 +288,14 @@ async def shared_server(kind: Kind, var_dir: Path, project_dir: Path) -> AsyncIt
                 )
             await asyncio.sleep(POLL_S)
     except BaseException:
-        _leave(kind, var_dir, me)
+        await _leave((kind,), var_dir, me)
         raise
     try:
         yield SharedServer(kind, str(step.entry["url"]), str(step.entry.get("detail", "")), joined=joined)
     finally:
-        if _leave(kind, var_dir, me):
+        if await _leave((kind,), var_dir, me):
             stop_deadline = loop.time() + STOP_TIMEOUT_S
-            while not _gone(kind, var_dir):
+            while not await _stopped_or_used(kind, var_dir):
                 if loop.time() >= stop_deadline:
                     break
                 await asyncio.sleep(POLL_S)

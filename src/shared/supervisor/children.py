@@ -13,9 +13,8 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Final
 
-import aiohttp
-
-from shared.embedded import die_with_parent
+from shared.embedded import PARENT_PID_ENV
+from shared.embedded.registry import ProcessRef, ServerUsers
 from shared.supervisor.options import ChildSpec, RestartPolicy
 
 logger = logging.getLogger(__name__)
@@ -24,7 +23,6 @@ Process = asyncio.subprocess.Process
 
 KILL_MARGIN_S: Final = 5.0  # on top of SHUTDOWN_GRACE_S, the time a child has to exit before SIGKILL
 EXIT_CONFIG: Final = 2  # what the gateway and workers exit with when they refuse their configuration
-_HEALTH_POLL_S: Final = 0.2
 
 
 class SupervisorError(Exception):
@@ -63,17 +61,20 @@ class Child:
     after a backoff; too many exits in a short time, or a refused configuration, raise ChildFailed from the
     task `start()` returns.
 
-    A worker reports readiness (its bound metrics port) on a pipe; the gateway when its /health answers.
+    Each child reports readiness on an inherited pipe (`--ready-fd`): the gateway once it listens, a worker
+    once it takes jobs (with its bound metrics port). Each incarnation counts as a user of the embedded
+    servers (`users`) while it runs, so they outlive it even if this process is killed.
     """
 
     def __init__(
-        self, spec: ChildSpec, env: Mapping[str, str], policy: RestartPolicy, *, health_url: str | None = None
+        self, spec: ChildSpec, env: Mapping[str, str], policy: RestartPolicy, *, users: ServerUsers | None = None
     ) -> None:
         self.spec = spec
         self.name = spec.name
-        self.env = spec.env(env)
+        # The child sets its own parent-death signal (shared.embedded.follow_parent): no preexec_fn here.
+        self.env = {**spec.env(env), PARENT_PID_ENV: str(os.getpid())}
         self.policy = policy
-        self.health_url = health_url
+        self.users = users
         self.proc: Process | None = None
         self.metrics_port: int | None = None
         self.ready = asyncio.Event()
@@ -96,8 +97,13 @@ class Child:
         self._grace_s, self._forced = grace_s, forced
         self._stopping.set()
         if self._task is not None:
-            with contextlib.suppress(ChildFailed):
-                await self._task
+            # Whatever ended the task (ChildFailed, an OSError from spawning: reported by whoever awaited it
+            # first), stopping goes on; and the process, if one is left, must not outlive us.
+            await asyncio.wait({self._task})
+            if not self._task.cancelled():
+                self._task.exception()
+        if self.proc is not None and self.proc.returncode is None:
+            await self._terminate(self.proc)
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,6 +140,18 @@ class Child:
     async def _run_once(self, restarts: int) -> tuple[int | None, float | None]:
         """Run one incarnation: (exit code, seconds it was ready) or (None, None) when stopped on request."""
         proc, ready_pipe = await self._spawn(restarts)
+        user: ProcessRef | None = None
+        try:
+            if self.users is not None:
+                user = await self.users.add(proc.pid)
+            return await self._watch(proc, ready_pipe)
+        finally:
+            if proc.returncode is None:
+                await self._terminate(proc)  # cancelled, or an error above: never leave it running
+            if self.users is not None and user is not None:
+                await self.users.drop(user)
+
+    async def _watch(self, proc: Process, ready_pipe: BinaryIO) -> tuple[int | None, float | None]:
         readiness = asyncio.create_task(self._await_ready(proc, ready_pipe))
         exited = asyncio.ensure_future(proc.wait())
         stopping = asyncio.ensure_future(self._stopping.wait())
@@ -143,8 +161,7 @@ class Child:
             stopping.cancel()
             readiness.cancel()
             await asyncio.gather(readiness, stopping, return_exceptions=True)
-            if ready_pipe is not None:
-                ready_pipe.close()  # already closed unless the wait was cut short
+            ready_pipe.close()  # already closed unless the wait was cut short
         loop = asyncio.get_running_loop()
         healthy_s = loop.time() - self._ready_at if self._ready_at is not None else None
         self.ready.clear()
@@ -154,8 +171,8 @@ class Child:
             return None, None
         return await exited, healthy_s
 
-    async def _spawn(self, restarts: int) -> tuple[Process, BinaryIO | None]:
-        read_fd, write_fd = (None, None) if self.spec.is_gateway else os.pipe()
+    async def _spawn(self, restarts: int) -> tuple[Process, BinaryIO]:
+        read_fd, write_fd = os.pipe()
         try:
             # Own session: a terminal's Ctrl-C (or a signal to our group) reaches only us; each child is
             # signalled once, by us, in order.
@@ -164,24 +181,18 @@ class Child:
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM),  # no orphans even if we are SIGKILLed
-                pass_fds=() if write_fd is None else (write_fd,),
+                pass_fds=(write_fd,),
             )
         except BaseException:
-            for fd in (read_fd, write_fd):
-                if fd is not None:
-                    os.close(fd)
+            os.close(read_fd)
             raise
-        if write_fd is not None:
+        finally:
             os.close(write_fd)
         logger.info("supervisor.child_started", extra={"child": self.name, "pid": proc.pid, "restarts": restarts})
-        return proc, None if read_fd is None else os.fdopen(read_fd, "rb", buffering=0)
+        return proc, os.fdopen(read_fd, "rb", buffering=0)
 
-    async def _await_ready(self, proc: Process, ready_pipe: BinaryIO | None) -> None:
-        if ready_pipe is not None:
-            ready = await self._read_ready_line(ready_pipe)
-        else:
-            ready = await self._health_answers(proc)
+    async def _await_ready(self, proc: Process, ready_pipe: BinaryIO) -> None:
+        ready = await self._read_ready_line(ready_pipe)
         if ready and proc.returncode is None:
             self._ready_at = asyncio.get_running_loop().time()
             self.ready.set()
@@ -189,7 +200,7 @@ class Child:
             logger.info("supervisor.child_ready", extra={"child": self.name, "pid": proc.pid, **port})
 
     async def _read_ready_line(self, pipe: BinaryIO) -> bool:
-        """The worker writes one JSON line, `{"metrics_port": N}`, once it takes jobs; EOF if it died first."""
+        """The child writes one JSON line once it is up (a worker: `{"metrics_port": N}`); EOF if it died first."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
@@ -204,17 +215,6 @@ class Child:
         port = report.get("metrics_port") if isinstance(report, dict) else None
         self.metrics_port = port if isinstance(port, int) else None
         return True
-
-    async def _health_answers(self, proc: Process) -> bool:
-        assert self.health_url is not None  # noqa: S101 - set for the gateway, the only child without a pipe
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while proc.returncode is None:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(self.health_url) as response:
-                        if response.status == 200:
-                            return True
-                await asyncio.sleep(_HEALTH_POLL_S)
-        return False
 
     async def _terminate(self, proc: Process) -> None:
         if proc.returncode is not None:

@@ -11,6 +11,7 @@ from typing import Final, Literal
 PROCESS_NAMES: Final = ("gateway", "default", "heavy", "scheduler")
 WORKER_NAMES: Final = ("default", "heavy", "scheduler")
 LogFormat = Literal["json", "console"]
+_QUIET_RESOURCE_TRACKER: Final = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +66,11 @@ class ChildSpec:
     def is_gateway(self) -> bool:
         return self.process == "gateway"
 
-    def argv(self, ready_fd: int | None) -> list[str]:
+    def argv(self, ready_fd: int) -> list[str]:
+        """The command; the child writes one JSON line to `ready_fd` once it is up."""
         if self.is_gateway:
-            return [sys.executable, "-m", "gateway"]
-        argv = [sys.executable, "-m", "workers", self.process, "--name", self.name]
-        return argv if ready_fd is None else [*argv, "--ready-fd", str(ready_fd)]
+            return [sys.executable, "-m", "gateway", "--ready-fd", str(ready_fd)]
+        return [sys.executable, "-m", "workers", self.process, "--name", self.name, "--ready-fd", str(ready_fd)]
 
     def env(self, base: Mapping[str, str]) -> dict[str, str]:
         env = dict(base)
@@ -77,6 +78,12 @@ class ChildSpec:
             for key in [k for k in env if k.upper() == "WORKER_METRICS_PORT"]:
                 del env[key]
             env["WORKER_METRICS_PORT"] = str(self.metrics_port)
+        if not self.is_gateway:
+            # A worker's CPU pool (multiprocessing, spawn) has a resource tracker process. When the worker is
+            # SIGKILLed, the tracker unlinks the pool's semaphores, as it should, and warns about each "leak";
+            # under `conveyor run` a killed worker is expected (it is restarted), so only the warning goes.
+            given = env.get("PYTHONWARNINGS", "")
+            env["PYTHONWARNINGS"] = ",".join(filter(None, (given, _QUIET_RESOURCE_TRACKER)))
         return env
 
 

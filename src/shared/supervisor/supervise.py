@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shared.embedded import HOST
-from shared.embedded.registry import shared_server
+from shared.embedded.registry import Kind, ServerUsers, shared_server
 from shared.mailcatcher import catch_mail
 from shared.settings import (
     AuthConfig,
@@ -23,7 +23,7 @@ from shared.settings import (
     WorkerConfig,
     WorkerSettings,
 )
-from shared.supervisor.banner import banner, gateway_url
+from shared.supervisor.banner import banner
 from shared.supervisor.children import Child, SupervisorError
 from shared.supervisor.options import WORKER_NAMES, RunOptions, plan
 from shared.supervisor.stopping import STOP_SIGNALS, StopRequest
@@ -66,16 +66,23 @@ def _put(env: MutableMapping[str, str], name: str, value: str | None) -> None:
         env[name] = value
 
 
-async def _start_services(stack: AsyncExitStack, env: dict[str, str], options: RunOptions) -> list[tuple[str, str]]:
-    """Start (or join) what the environment does not configure, point `env` at it; banner lines (label, text)."""
+async def _start_services(
+    stack: AsyncExitStack, env: dict[str, str], options: RunOptions
+) -> tuple[list[tuple[str, str]], ServerUsers]:
+    """Start (or join) what the environment does not configure, point `env` at it.
+
+    Returns the banner lines (label, text), and the embedded servers in use, whose users the children become.
+    """
     var, project = options.var_dir.resolve(), Path.cwd()
     notes: list[tuple[str, str]] = []
+    kinds: list[Kind] = []
     # Each Redis URL left unset points at the embedded server: never at a default 6379 someone else owns.
     unset = [name for name in ("REDIS_CACHE_URL", "REDIS_JOBS_URL") if not _configured(env, name)]
     if not unset:
         notes.append(("redis", "as configured (REDIS_CACHE_URL / REDIS_JOBS_URL)"))
     else:
         redis = await stack.enter_async_context(shared_server("redis", var, project))
+        kinds.append("redis")
         for name in unset:
             _put(env, name, f"{redis.url}/{0 if name == 'REDIS_CACHE_URL' else 1}")
         how = "embedded, shared with another `conveyor run` here" if redis.joined else "embedded"
@@ -84,14 +91,16 @@ async def _start_services(stack: AsyncExitStack, env: dict[str, str], options: R
         notes.append(("postgres", "as configured (DATABASE_URL)"))
     else:
         pg = await stack.enter_async_context(shared_server("postgres", var, project))
+        kinds.append("postgres")
         _put(env, "DATABASE_URL", pg.url)
         how = "embedded, shared with another `conveyor run` here" if pg.joined else "embedded"
         notes.append(("postgres", f"{pg.url} ({how}; {pg.detail})"))
+    users = ServerUsers(var, tuple(kinds))
     if not any(name in WORKER_NAMES for name in options.only):
-        return notes  # only workers send mail
+        return notes, users  # only workers send mail
     if _configured(env, "SMTP_HOST"):
         notes.append(("mail", "as configured (SMTP_HOST)"))
-        return notes
+        return notes, users
     mail_dir = var / "mail"
     port = await stack.enter_async_context(catch_mail(mail_dir, host=HOST))
     _put(env, "SMTP_HOST", HOST)
@@ -100,7 +109,7 @@ async def _start_services(stack: AsyncExitStack, env: dict[str, str], options: R
     for name in ("SMTP_TLS", "SMTP_USERNAME", "SMTP_PASSWORD"):
         _put(env, name, None)
     notes.append(("mail", f"smtp://{HOST}:{port} (embedded catcher; every message saved as {mail_dir}/*.eml)"))
-    return notes
+    return notes, users
 
 
 async def _all_ready(children: Sequence[Child]) -> None:
@@ -145,18 +154,18 @@ async def _watch(children: Sequence[Child], stop: StopRequest, announce: Callabl
 async def _stop_in_order(
     children: Sequence[Child], gateway_grace_s: float, worker_grace_s: float, stop: StopRequest
 ) -> None:
-    """The gateway first (no new work is accepted), then every worker at once, each given its grace period."""
+    """The gateway first (no new work is accepted), then every worker at once, each given its grace period.
+
+    Every child is stopped, whatever stopping (or running) another one raised.
+    """
     logger.info("supervisor.stopping_children", extra={"children": [child.name for child in children]})
-    for child in children:
-        if child.spec.is_gateway:
-            await child.stop(gateway_grace_s, stop.forced)
+    gateways = [child for child in children if child.spec.is_gateway]
     workers = [child for child in children if not child.spec.is_gateway]
-    outcomes = await asyncio.gather(
-        *(child.stop(worker_grace_s, stop.forced) for child in workers), return_exceptions=True
-    )
-    for child, outcome in zip(workers, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            logger.error("supervisor.stop_failed", extra={"child": child.name, "reason": repr(outcome)})
+    for group, grace_s in ((gateways, gateway_grace_s), (workers, worker_grace_s)):
+        outcomes = await asyncio.gather(*(child.stop(grace_s, stop.forced) for child in group), return_exceptions=True)
+        for child, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                logger.error("supervisor.stop_failed", extra={"child": child.name, "reason": repr(outcome)})
 
 
 def _validated(options: RunOptions) -> tuple[GatewayConfig, AuthConfig, WorkerConfig, RunConfig]:
@@ -190,12 +199,11 @@ async def run(options: RunOptions) -> int:
     try:
         async with AsyncExitStack() as services:  # exits last: servers outlive every child
             try:
-                notes = await _unless_stopped(_start_services(services, env, options), stop.requested)
+                notes, users = await _unless_stopped(_start_services(services, env, options), stop.requested)
             except _StoppedDuringStartup:
                 return 0
-            health_url = f"{gateway_url(gateway)}/health"
             children = [
-                Child(spec, env, options.restart, health_url=health_url if spec.is_gateway else None)
+                Child(spec, env, options.restart, users=users)
                 for spec in plan(options.only, counts, worker.metrics_port)
             ]
 
