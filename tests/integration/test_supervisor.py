@@ -10,15 +10,21 @@ import pty
 import signal
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
 from shared.supervisor import RestartPolicy
+from shared.supervisor.children import Child
+from shared.supervisor.options import ChildSpec
 from shared.supervisor.stopping import StopRequest
+from shared.supervisor.supervise import _stop_in_order
 from support.helpers import eventually, make_token
 from support.stack import Conn, Services, SmtpSink, free_port
 from support.supervisor import CONVEYOR, alive, conveyor_run, get_json, services_env
@@ -35,6 +41,25 @@ def listening(port: int) -> Iterator[int]:
             if exc.errno != errno.EADDRINUSE or port == 0:
                 raise
         yield int(sock.getsockname()[1]) if port == 0 else port
+
+
+@contextlib.asynccontextmanager
+async def another_gateway() -> AsyncIterator[int]:
+    """A server on a free port that answers 200 on /health, as a second checkout's gateway does; its port."""
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
 
 
 @pytest.mark.slow
@@ -114,7 +139,13 @@ async def test_a_configured_port_that_is_taken_fails_with_one_clear_line(
     setting: str,
     error: str,
 ) -> None:
-    with listening(0) as taken:
+    async with contextlib.AsyncExitStack() as holder:
+        # The gateway's port is held by someone else's gateway: its /health answers, ours never bound.
+        taken = (
+            await holder.enter_async_context(another_gateway())
+            if process == "gateway"
+            else holder.enter_context(listening(0))
+        )
         env = {**services_env(services, smtp.port, free_port()), setting: str(taken)}
         async with conveyor_run("--only", process, "--workers", "1", env=env, cwd=tmp_path) as run:
             assert await asyncio.wait_for(run.proc.wait(), timeout=60) == 1
@@ -209,6 +240,39 @@ async def test_a_child_that_keeps_dying_is_restarted_with_backoff_then_given_up(
     assert run.events("supervisor.child_killed") == [], "the others were stopped, not killed"
     assert not alive(survivor)
     assert "Traceback" not in text
+
+
+@dataclass(frozen=True, slots=True)
+class _Command(ChildSpec):
+    """A child that runs `command` (`{fd}` standing for its ready pipe)."""
+
+    command: tuple[str, ...] = ()
+
+    def argv(self, ready_fd: int) -> list[str]:
+        return [arg.replace("{fd}", str(ready_fd)) for arg in self.command]
+
+
+_UP_AND_WAITING = "import os, sys, time; os.write(int(sys.argv[1]), b'{}\\n'); time.sleep(120)"
+
+
+@pytest.mark.timeout(60)
+async def test_every_worker_is_stopped_even_when_the_gateway_failed_with_something_unexpected(tmp_path: Path) -> None:
+    gateway = Child(_Command("gateway", "gateway", command=(str(tmp_path / "missing"),)), os.environ, RestartPolicy())
+    worker = Child(
+        _Command("default-1", "default", 0, command=(sys.executable, "-c", _UP_AND_WAITING, "{fd}")),
+        os.environ,
+        RestartPolicy(),
+    )
+    gateway_task, _ = gateway.start(), worker.start()
+    await asyncio.wait_for(worker.ready.wait(), timeout=30)
+    await asyncio.wait({gateway_task}, timeout=30)
+    assert isinstance(gateway_task.exception(), FileNotFoundError)  # not a ChildFailed: spawning it failed
+    pid = worker.pid
+    assert pid is not None
+
+    await _stop_in_order([gateway, worker], 1.0, 1.0, StopRequest())
+
+    assert not alive(pid)
 
 
 def test_one_stop_however_many_signals_and_only_a_later_ctrl_c_forces() -> None:
