@@ -86,6 +86,11 @@ class Run:
         ready = [e["pid"] for e in self.events("supervisor.child_ready") if e["child"] == child]
         return ready[-1] if ready else None
 
+    def metrics_port(self, child: str) -> int | None:
+        """The metrics port of `child`'s latest incarnation, once it has reported ready."""
+        ready = [e.get("metrics_port") for e in self.events("supervisor.child_ready") if e["child"] == child]
+        return ready[-1] if ready else None
+
     async def banner(self, within: float = 90) -> str:
         """The banner, once printed; fails at once if `conveyor run` exits first."""
 
