@@ -4,7 +4,7 @@ The table (`gateway.api_docs`, in `app[DOCS]`) says what the router cannot, in t
 (Body, Header, Operation); query parameters come from their one declaration in `gateway.params`, which
 the server enforces. Every route of the router is in the document (a route the table lacks still appears,
 marked `x-undocumented`); every schema comes from a pydantic model, and every job type of the app's
-registry gets its own job-request variant, payload and result schema.
+registry gets its own job-request variants (with and without an idempotency key), payload and result schema.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway import params, schemas
 from gateway.errors import title_for
 from gateway.keys import REGISTRY
 from shared.jobs import AnySpec, Registry
-from shared.submission import JobRequest
+from shared.submission import JobRequest, KeylessJobRequest
 
 Access = Literal["public", "user", "admin"]
 ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 64, "description": "An opaque id."}
@@ -67,6 +67,8 @@ class Operation:
 
 
 Operations = Mapping[tuple[str, str], Operation]
+# The job request models, each published as one variant per job type.
+JOB_REQUESTS: tuple[type[KeylessJobRequest], ...] = (JobRequest, KeylessJobRequest)
 DOCS: web.AppKey[Operations] = web.AppKey("api_docs")
 
 REF = "#/components/schemas/{model}"
@@ -134,12 +136,13 @@ class _Components:
     def __init__(self, operations: Operations, registry: Registry) -> None:
         specs: list[AnySpec] = list(registry)
         wanted = _models(operations)
-        wanted += [(JobRequest, "validation")]
+        wanted += [(model, "validation") for model in JOB_REQUESTS]
         wanted += [(s.payload_model, "validation") for s in specs] + [(s.result_model, "serialization") for s in specs]
         refs, defs = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF)
         self.refs = refs
         self.schemas: dict[str, Any] = dict(defs.get("$defs", {}))
-        self._job_requests(specs)
+        for model in JOB_REQUESTS:
+            self._job_requests(model, specs)
         self._job_results(specs)
 
     def ref(self, model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
@@ -148,10 +151,10 @@ class _Components:
     def _name(self, model: type[BaseModel], mode: JsonSchemaMode) -> str:
         return str(self.refs[(model, mode)]["$ref"]).rsplit("/", 1)[-1]
 
-    def _job_requests(self, specs: list[AnySpec]) -> None:
-        """JobRequest becomes one variant per type (its `type` a constant, its `payload` that type's schema),
-        so every model embedding a job request (batches, schedules) documents each type's payload."""
-        name = self._name(JobRequest, "validation")
+    def _job_requests(self, model: type[KeylessJobRequest], specs: list[AnySpec]) -> None:
+        """A job request model becomes one variant per type (its `type` a constant, its `payload` that type's
+        schema), so every model embedding a job request (batches, schedules) documents each type's payload."""
+        name = self._name(model, "validation")
         base = self.schemas[name]
         variants: dict[str, str] = {}
         for spec in specs:
@@ -166,13 +169,13 @@ class _Components:
                     "anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": cap}, {"type": "null"}],
                     "description": f"Overrides the type's {spec.timeout_s:g} s, up to {cap:g} s.",
                 }
-            if self.schemas[payload_name].get("required"):
+            if _needs_payload(spec):
                 variant["required"] = sorted({*variant.get("required", ()), "payload"})
-            component = self._free(f"{_camel(spec.name)}JobRequest")
+            component = self._free(f"{_camel(spec.name)}{name}")
             self.schemas[component] = variant
             variants[spec.name] = REF.format(model=component)
         self.schemas[name] = {
-            "title": "JobRequest",
+            "title": name,
             "description": base.get("description", ""),
             "oneOf": [{"$ref": ref} for ref in variants.values()],
             "discriminator": {"propertyName": "type", "mapping": variants},
@@ -192,6 +195,15 @@ class _Components:
         while candidate in self.schemas:
             candidate, n = f"{name}{n}", n + 1
         return candidate
+
+
+def _needs_payload(spec: AnySpec) -> bool:
+    """Whether the type refuses an empty payload (the default when `payload` is left out)."""
+    try:
+        spec.payload_model.model_validate({})
+    except ValidationError:
+        return True
+    return False
 
 
 def _response(body: Body, components: _Components, status: int) -> dict[str, Any]:

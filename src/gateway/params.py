@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.schemas import JobStatus
+from shared import pages
 from shared.errors import BadRequest
 
 API_PREFIX: Final = "/api/v1/"
@@ -80,11 +81,9 @@ class QueryParam:
 LIMIT: Final = QueryParam(
     "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}, "Items per page."
 )
-# Cursors are URL-safe base64; bounds here keep a documented URL well within a server's request-line limit.
+# Every string of the cursor's form is a position (shared.pages), so the pattern is the whole check.
 CURSOR: Final = QueryParam(
-    "cursor",
-    {"type": "string", "maxLength": MAX_PARAM_CHARS, "pattern": "^[A-Za-z0-9_-]*$"},
-    "`next_cursor` of the previous page.",
+    "cursor", {"type": "string", "pattern": pages.CURSOR_PATTERN}, "`next_cursor` of the previous page."
 )
 PAGE: Final = (LIMIT, CURSOR)
 
@@ -147,7 +146,7 @@ def page_limit(query: Mapping[str, str]) -> int:
 
 
 def page(query: Mapping[str, str]) -> tuple[int, str | None]:
-    """`?limit=` and `?cursor=` of a list route (the cursor itself is checked when it is decoded)."""
+    """`?limit=` and `?cursor=` of a list route (the middleware checked the cursor against its pattern)."""
     return page_limit(query), query.get("cursor") or None
 
 

@@ -10,7 +10,6 @@ class ServiceError(Exception):
     """Base of every error the service reports to a caller."""
 
     code: ClassVar[str] = "service_error"
-    title: ClassVar[str] = "Service error"
 
     def __init__(
         self,
@@ -27,49 +26,40 @@ class ServiceError(Exception):
 
 class BadRequest(ServiceError):
     code = "bad_request"
-    title = "Bad request"
 
 
 class InvalidInput(ServiceError):
     code = "invalid_input"
-    title = "Invalid input"
 
 
 class NotFound(ServiceError):
     code = "not_found"
-    title = "Not found"
 
 
 class Conflict(ServiceError):
     code = "conflict"
-    title = "Conflict"
 
 
 class Unauthenticated(ServiceError):
     code = "unauthenticated"
-    title = "Unauthenticated"
 
 
 class PermissionDenied(ServiceError):
     code = "permission_denied"
-    title = "Permission denied"
 
 
 class QuotaExceeded(ServiceError):
     """A stored file would take its owner past a quota (storage)."""
 
     code = "storage_quota_exceeded"
-    title = "Storage quota exceeded"
 
 
 class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
-    title = "Unsupported media type"
 
 
 class RateLimited(ServiceError):
     code = "rate_limited"
-    title = "Too many requests"
 
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)
@@ -80,7 +70,6 @@ class DependencyUnavailable(ServiceError):
     """Redis, PostgreSQL or SMTP could not be reached."""
 
     code = "dependency_unavailable"
-    title = "Dependency unavailable"
 
 
 class JobError(Exception):

@@ -5,12 +5,24 @@ The built-in types live one per module in `shared.jobtypes`."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
 
 class Queue(StrEnum):
@@ -18,6 +30,50 @@ class Queue(StrEnum):
     HEAVY = "heavy"
     SCHEDULER = "scheduler"
 
+
+# RFC 3339's date-time, the published `format: date-time`, in the years 2000 to 8999 as written: a time with
+# its offset, far from the ends of what Python and PostgreSQL can hold (an offset can move a time across a
+# year). pydantic alone would also take `2030-01-01 09:00Z`, `+0100` or a Unix time in a string.
+TIMESTAMP_PATTERN: Final = (
+    r"^(2[0-9]{3}|[3-8][0-9]{3})-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN.removesuffix("$"))
+_TIME = TypeAdapter(AwareDatetime)
+
+
+def _rfc3339(value: object) -> object:
+    """A string as the time it writes, or ValueError (other values are left to the field's own validation)."""
+    if not isinstance(value, str):
+        return value
+    if _TIMESTAMP.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time with an offset, in the years 2000 to 8999")
+    try:
+        # Parsed here, not by the field: after this validator even a strict field would refuse a string.
+        return _TIME.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"]) from None
+
+
+# A time from outside (a request or a payload).
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN}),
+]
+
+
+def _unpadded(value: object) -> object:
+    if isinstance(value, str) and value != value.strip():
+        raise ValueError("an email address has no surrounding spaces")
+    return value
+
+
+# A mail address, internationalized ones included (SMTPUTF8): published as `idn-email`; pydantic alone would
+# also take (and strip) surrounding spaces, which that format refuses.
+EmailAddress = Annotated[
+    EmailStr, BeforeValidator(_unpadded), WithJsonSchema({"type": "string", "format": "idn-email"})
+]
 
 # Marks a payload field secret: `Field(..., json_schema_extra=SECRET)`. It is encrypted at rest (Redis and
 # PostgreSQL, see shared.sealing), shown as "[redacted]", and flagged `x-secret` in the published schema.

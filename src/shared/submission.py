@@ -11,11 +11,11 @@ from typing import Any, Literal, Self
 
 from arq.connections import ArqRedis
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -25,7 +25,7 @@ from pydantic import (
 from shared import batches, json, ledger, pages, queue
 from shared.db import Pool
 from shared.errors import InvalidInput, PermanentJobError, PermissionDenied
-from shared.jobs import Registry
+from shared.jobs import AnySpec, Payload, Registry, Timestamp
 from shared.sealing import SEALED, Sealer, contains_sealed
 
 logger = logging.getLogger(__name__)
@@ -37,30 +37,48 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
 # Validation context of a request Conveyor stored itself (a schedule's job, a batch's on_complete): its
-# sealed values are its own.
+# sealed values are its own, and its payload was checked strictly when it was accepted.
 STORED_KEY = "stored"
 STORED: dict[str, Any] = {STORED_KEY: True}
+# What the model validators below refuse, stated in the published schema: `delay_s` or `run_at`, not both.
+_ONE_START_TIME: dict[str, JsonValue] = {
+    "anyOf": [
+        {"title": "no delay_s", "properties": {"delay_s": {"type": "null"}}},
+        {"title": "no run_at", "properties": {"run_at": {"type": "null"}}},
+    ]
+}
 
 
-class JobRequest(BaseModel):
-    """The body of `POST /api/v1/jobs` (and each member of a batch)."""
+class KeylessJobRequest(BaseModel):
+    """A job request without an idempotency key: a member of a batch, the job of a schedule (each is unique
+    already)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_ONE_START_TIME)
 
     type: str = Field(min_length=1, max_length=100, description="A registered job type, e.g. `email.send`.")
     payload: dict[str, JsonValue] = Field(default_factory=dict)
     priority: Literal["low", "normal", "high"] = "normal"
-    delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S)
-    run_at: AwareDatetime | None = None
+    delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S, description="Not with `run_at`.")
+    run_at: Timestamp | None = Field(
+        None,
+        description=f"From {pages.MIN_TIME.year}-01-01T00:00:00Z to {MAX_DELAY_S / 86400:g} days from now (a later"
+        " or earlier time is a 422); not with `delay_s`.",
+    )
     max_attempts: int | None = Field(None, ge=1, le=25)
     timeout_s: float | None = Field(None, gt=0)
     expires_in_s: float | None = Field(None, gt=0, le=MAX_DELAY_S)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    _stored: bool = PrivateAttr(False)
+
+    @property
+    def stored(self) -> bool:
+        """Validated with STORED: a request Conveyor stored itself, checked when it was accepted."""
+        return self._stored
 
     @model_validator(mode="after")
-    def _one_start_time(self) -> Self:
+    def _one_start_time(self, info: ValidationInfo) -> Self:
         if self.delay_s is not None and self.run_at is not None:
             raise ValueError("give `delay_s` or `run_at`, not both")
+        self._stored = bool((info.context or {}).get(STORED_KEY))
         return self
 
     @field_validator("payload")
@@ -94,12 +112,39 @@ class JobRequest(BaseModel):
         return utc
 
 
+class JobRequest(KeylessJobRequest):
+    """The body of `POST /api/v1/jobs` (and a batch's `on_complete`)."""
+
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="A repeat within 24 h returns the original job; also accepted as the Idempotency-Key header"
+        " (given both, they must be equal, else 422).",
+    )
+
+
 def _invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> InvalidInput:
     return InvalidInput("the request does not match its schema", errors=[{"loc": loc, "msg": msg, "type": kind}])
 
 
+def _payload(spec: AnySpec, request: KeylessJobRequest, sealer: Sealer) -> Payload:
+    """The request's payload (sealed values opened) as the type's model.
+
+    A new request is validated strictly, as its published schema says (a boolean is no number, a string no
+    number); a stored one as it was when it was accepted.
+
+    Raises:
+        ValidationError: the payload does not match.
+    """
+    opened = sealer.open(request.payload)
+    if request.stored:
+        return spec.payload_model.model_validate(opened)  # type: ignore[no-any-return]
+    return spec.payload_model.model_validate_json(json.dumps(opened), strict=True)  # type: ignore[no-any-return]
+
+
 def prepare(
-    request: JobRequest,
+    request: KeylessJobRequest,
     registry: Registry,
     *,
     sealer: Sealer,
@@ -120,7 +165,7 @@ def prepare(
     if spec is None:
         raise _invalid(["type"], f"unknown job type; known types: {', '.join(registry.names())}", "unknown_type")
     try:
-        payload = spec.payload_model.model_validate(sealer.open(request.payload))
+        payload = _payload(spec, request, sealer)
     except ValidationError as exc:
         raise InvalidInput(
             f"the payload does not match the schema of `{spec.name}`",
@@ -139,6 +184,7 @@ def prepare(
         scheduled_for = request.run_at.astimezone(dt.UTC)
     else:
         scheduled_for = now + dt.timedelta(seconds=request.delay_s or 0)
+    idempotency_key = request.idempotency_key if isinstance(request, JobRequest) else None
     fingerprint = request.model_dump(mode="json", exclude={"idempotency_key"})
     return ledger.NewJob(
         id=job_id or ledger.new_job_id(),
@@ -151,8 +197,8 @@ def prepare(
         timeout_s=timeout_s,
         scheduled_for=scheduled_for,
         expires_at=now + dt.timedelta(seconds=request.expires_in_s) if request.expires_in_s else None,
-        idempotency_key=request.idempotency_key,
-        request_hash=hashlib.sha256(json.canonical(fingerprint)).hexdigest() if request.idempotency_key else None,
+        idempotency_key=idempotency_key,
+        request_hash=hashlib.sha256(json.canonical(fingerprint)).hexdigest() if idempotency_key else None,
         request_id=request_id,
         status="scheduled" if scheduled_for > now else "queued",
     )
@@ -196,13 +242,22 @@ async def resubmit(redis: ArqRedis, records: list[ledger.JobRecord], *, enqueue_
 MAX_BATCH = 1000
 
 
+# `batch_id` in an on_complete payload is Conveyor's to set: the published schema says so, and the check
+# in prepare_batch keeps it.
+_BATCH_ID_UNSET: dict[str, JsonValue] = {"properties": {"payload": {"properties": {"batch_id": {"type": "null"}}}}}
+
+
 class BatchRequest(BaseModel):
     """The body of `POST /api/v1/batches`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    jobs: list[JobRequest] = Field(min_length=1, max_length=MAX_BATCH)
-    on_complete: JobRequest | None = None
+    jobs: list[KeylessJobRequest] = Field(min_length=1, max_length=MAX_BATCH)
+    on_complete: JobRequest | None = Field(
+        None,
+        description="Enqueued once every member is finished, with the batch's id as `payload.batch_id`.",
+        json_schema_extra=_BATCH_ID_UNSET,
+    )
 
 
 def _prefixed(exc: InvalidInput, *loc: str | int) -> InvalidInput:
@@ -216,7 +271,18 @@ def _on_complete_request(on_complete: dict[str, Any], batch_id: str) -> JobReque
     return JobRequest.model_validate({**on_complete, "payload": payload}, context=STORED)
 
 
-def sealed_request(request: JobRequest, registry: Registry, *, sealer: Sealer) -> JobRequest:
+def _with_batch_id(on_complete: JobRequest, batch_id: str) -> JobRequest:
+    """A client's on_complete request as it will run: `batch_id` set in its payload.
+
+    Raises:
+        InvalidInput: the client set `payload.batch_id` itself.
+    """
+    if on_complete.payload.get("batch_id") is not None:
+        raise _invalid(["payload", "batch_id"], "set by Conveyor to the batch's id; leave it out or null")
+    return on_complete.model_copy(update={"payload": {**on_complete.payload, "batch_id": batch_id}})
+
+
+def sealed_request(request: KeylessJobRequest, registry: Registry, *, sealer: Sealer) -> KeylessJobRequest:
     """The request to store for later (a schedule's job, a batch's on_complete): its secret fields sealed.
 
     Call it after `prepare` accepted the request (an unknown type or a bad payload is returned as is).
@@ -225,7 +291,7 @@ def sealed_request(request: JobRequest, registry: Registry, *, sealer: Sealer) -
     if spec is None:
         return request
     try:
-        payload = spec.payload_model.model_validate(sealer.open(request.payload))
+        payload = _payload(spec, request, sealer)
     except ValidationError:
         return request
     return request.model_copy(update={"payload": sealer.seal(request.payload, payload.secret_paths())})
@@ -248,13 +314,6 @@ def prepare_batch(
     """
     members: list[ledger.NewJob] = []
     for i, member in enumerate(request.jobs):
-        if member.idempotency_key is not None:
-            raise InvalidInput(
-                "batch members take no idempotency key",
-                errors=[
-                    {"loc": ["jobs", i, "idempotency_key"], "msg": "not allowed in a batch", "type": "value_error"}
-                ],
-            )
         try:
             new = prepare(member, registry, sealer=sealer, owner=owner, request_id=request_id, for_anyone=for_anyone)
         except InvalidInput as exc:
@@ -263,7 +322,7 @@ def prepare_batch(
     if request.on_complete is not None:
         try:
             prepare(
-                _on_complete_request(request.on_complete.model_dump(mode="json"), batch_id),
+                _with_batch_id(request.on_complete, batch_id),
                 registry,
                 sealer=sealer,
                 owner=owner,

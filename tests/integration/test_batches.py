@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from shared import db, json, queue, submission
@@ -78,6 +79,31 @@ async def test_invalid_on_complete_is_refused_up_front(api: Api) -> None:
 
     assert status == 422
     assert body["errors"][0]["loc"] == ["on_complete", "type"]
+
+
+@pytest.mark.parametrize("batch_id", ["bat_forged", {}, 7])
+async def test_on_complete_may_not_set_its_batch_id(api: Api, pg: Conn, batch_id: object) -> None:
+    on_complete = {"type": "system.echo", "payload": {"batch_id": batch_id}}
+
+    status, body, _ = await api.request(
+        "POST", "/api/v1/batches", json={"jobs": [_echo(1)], "on_complete": on_complete}
+    )
+
+    assert status == 422, body
+    assert body["errors"][0]["loc"][:3] == ["on_complete", "payload", "batch_id"]
+    assert await pg.fetchval("SELECT count(*) FROM batches") == 0
+
+
+async def test_members_take_no_idempotency_key_and_no_loosely_typed_payload(api: Api, pg: Conn) -> None:
+    for member, loc in [
+        ({**_echo(1), "idempotency_key": "k"}, ["jobs", 1, "idempotency_key"]),
+        ({"type": "system.echo", "payload": {"fail_times": True}}, ["jobs", 1, "payload", "fail_times"]),
+        ({"type": "system.echo", "payload": {"sleep_s": "1"}}, ["jobs", 1, "payload", "sleep_s"]),
+    ]:
+        status, body, _ = await api.request("POST", "/api/v1/batches", json={"jobs": [_echo(0), member]})
+        assert status == 422, member
+        assert body["errors"][0]["loc"] == loc, body
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 0
 
 
 async def test_concurrent_last_finishers_complete_the_batch_exactly_once(

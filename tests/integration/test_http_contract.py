@@ -111,8 +111,18 @@ async def test_listing_filters_by_status_and_type(api: Api, pg: Conn) -> None:
     assert none == {"items": [], "next_cursor": None}
 
 
+async def test_every_cursor_of_the_published_form_is_a_position(api: Api) -> None:
+    ids = [(await api.submit("system.echo", {"data": i}))["id"] for i in range(2)]
+
+    _, below_all, _ = await api.request("GET", "/api/v1/jobs?cursor=0.a")  # before 1970: nothing is older
+    _, above_all, _ = await api.request("GET", "/api/v1/jobs", params={"cursor": "99999999999999999.-"})
+
+    assert below_all == {"items": [], "next_cursor": None}
+    assert [j["id"] for j in above_all["items"]] == list(reversed(ids))
+
+
 @pytest.mark.parametrize(
-    "query", ["?limit=0", "?limit=201", "?limit=abc", "?status=done", "?cursor=%%%", "?colour=blue"]
+    "query", ["?limit=0", "?limit=201", "?limit=abc", "?status=done", "?cursor=%%%", "?cursor=", "?colour=blue"]
 )
 async def test_bad_query_parameters_are_400(api: Api, query: str) -> None:
     status, body, resp = await api.request("GET", "/api/v1/jobs" + query)
@@ -346,8 +356,8 @@ def _violations(schema: dict[str, object]) -> list[str]:
     if "maxLength" in schema:
         values.append("x" * (schema["maxLength"] + 1))  # type: ignore[operator]
     if "pattern" in schema:
-        assert schema["pattern"] == "^[A-Za-z0-9_-]*$", "add a value that breaks this pattern"
-        values += ["not+base64url", "abc\n"]
+        assert schema["pattern"] == r"^[0-9]{1,17}\.[A-Za-z0-9_-]{1,64}$", "add a value that breaks this pattern"
+        values += ["", "1.", ".a", "1.a.b", "1.a\n", "1.a+b", "123456789012345678.a", "1." + "a" * 65, "\uff11.a"]
     return values
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from shared import json
@@ -103,6 +104,27 @@ async def test_bad_payload_is_422_and_nothing_is_queued(api: Api, pg: Conn, jobs
     assert ["payload", "to", 0] in locs
     assert await pg.fetchval("SELECT count(*) FROM jobs") == 0
     assert await jobs_redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "loc"),
+    [
+        ({"fail_times": False}, ["payload", "fail_times"]),  # a boolean is no number
+        ({"sleep_s": "0.5"}, ["payload", "sleep_s"]),  # nor a string
+        ({"fail_times": 1.5}, ["payload", "fail_times"]),  # nor a fraction an integer
+    ],
+)
+async def test_a_payload_is_held_to_its_schema_without_coercion(api: Api, payload: object, loc: list[str]) -> None:
+    status, body, _ = await api.request("POST", "/api/v1/jobs", json={"type": "system.echo", "payload": payload})
+
+    assert status == 422, body
+    assert body["errors"][0]["loc"] == loc
+
+
+async def test_a_whole_number_written_as_a_float_is_an_integer(api: Api) -> None:
+    job = await api.submit("system.echo", {"fail_times": 2.0, "sleep_s": 0})  # JSON Schema: 2.0 is an integer
+
+    assert job["payload"]["fail_times"] == 2
 
 
 async def test_unknown_type_is_422(api: Api) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,10 +58,11 @@ def _resolve(doc: dict[str, Any], ref: str) -> Any:
     return node
 
 
-def _validator(doc: dict[str, Any], component: str) -> jsonschema_rs.Validator:
-    """A validator for one component schema, its references resolved inside the document."""
+def _validator(doc: dict[str, Any], component: str, *, formats: bool = False) -> jsonschema_rs.Validator:
+    """A validator for one component schema, its references resolved inside the document (`formats`: the
+    `format` keywords checked, as schemathesis does)."""
     root = {"$schema": DRAFT_2020_12, "$ref": REF.format(model=component), "components": doc["components"]}
-    return jsonschema_rs.validator_for(root)
+    return jsonschema_rs.validator_for(root, validate_formats=formats)
 
 
 def _job_request_variant(doc: dict[str, Any], type_name: str) -> dict[str, Any]:
@@ -142,10 +144,16 @@ async def test_every_job_type_has_its_payload_and_result_schema_in_the_document(
             r["$ref"] for r in job_results if _resolve(doc, r["$ref"])["title"] == spec.result_model.__name__
         )
         _assert_model_documented(doc, result_ref, spec.result_model, "serialization")
-    # Batches and schedules embed the same per-type job requests.
-    batch = doc["components"]["schemas"]["BatchRequest"]["properties"]["jobs"]["items"]
-    assert batch == {"$ref": REF.format(model="JobRequest")}
-    assert doc["components"]["schemas"]["ScheduleRequest"]["properties"]["job"] == batch
+    # Batches and schedules embed the same per-type job requests, without an idempotency key.
+    schemas = doc["components"]["schemas"]
+    keyless = schemas["KeylessJobRequest"]["discriminator"]["mapping"]
+    assert set(keyless) == {s.name for s in specs}
+    for type_name, ref in keyless.items():
+        assert set(_resolve(doc, ref)["properties"]) == set(_job_request_variant(doc, type_name)["properties"]) - {
+            "idempotency_key"
+        }
+    assert schemas["BatchRequest"]["properties"]["jobs"]["items"] == {"$ref": REF.format(model="KeylessJobRequest")}
+    assert schemas["ScheduleRequest"]["properties"]["job"]["$ref"] == REF.format(model="KeylessJobRequest")
 
 
 async def test_the_document_accepts_and_refuses_job_requests_as_the_gateway_does(api: Api) -> None:
@@ -168,6 +176,70 @@ async def test_the_document_accepts_and_refuses_job_requests_as_the_gateway_does
         assert status == 422, body
         assert resp.content_type == "application/problem+json"
         assert _validator(doc, "Problem").is_valid(problem)
+
+
+IN_AN_HOUR = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+EMAIL = {"to": ["ann@example.com"], "subject": "Hello"}
+REPORT = {"from": "2030-01-01T00:00:00Z", "to": "2030-01-02T00:00:00Z"}
+HOOK = {"url": "https://hooks.example.com/in", "event": "ping"}
+# Rules that span several fields or constrain a format, each stated by the document: (body, gateway status).
+JOB_RULES: list[tuple[dict[str, Any], int]] = [
+    ({"type": "system.echo", "delay_s": 5}, 202),
+    ({"type": "system.echo", "run_at": IN_AN_HOUR}, 202),
+    ({"type": "system.echo", "delay_s": 5, "run_at": IN_AN_HOUR}, 422),
+    ({"type": "system.echo", "delay_s": None, "run_at": IN_AN_HOUR}, 202),
+    ({"type": "system.echo", "run_at": "2030-01-01 09:00:00Z"}, 422),  # not RFC 3339
+    ({"type": "system.echo", "run_at": "1900000000"}, 422),  # a Unix time is no date-time either
+    ({"type": "email.send", "payload": {**EMAIL, "text": "hi"}}, 202),
+    ({"type": "email.send", "payload": {**EMAIL, "html": "<p>hi</p>", "text": None}}, 202),
+    ({"type": "email.send", "payload": {**EMAIL, "template": "welcome", "context": {"k": "v"}}}, 202),
+    ({"type": "email.send", "payload": {**EMAIL, "template": "welcome", "text": "hi"}}, 422),
+    ({"type": "email.send", "payload": EMAIL}, 422),
+    ({"type": "email.send", "payload": {**EMAIL, "text": "hi", "context": {"k": "v"}}}, 422),
+    ({"type": "email.send", "payload": {**EMAIL, "text": "hi", "secret_context": ["k"]}}, 422),
+    ({"type": "email.send", "payload": {**EMAIL, "subject": "two\nlines", "text": "hi"}}, 422),
+    ({"type": "email.send", "payload": {**EMAIL, "to": ["ann@example.com "], "text": "hi"}}, 422),
+    ({"type": "email.send", "payload": {**EMAIL, "to": ["zoë@example.com"], "text": "hi"}}, 202),
+    ({"type": "report.generate", "payload": {"period": "day"}}, 202),
+    ({"type": "report.generate", "payload": REPORT}, 202),
+    ({"type": "report.generate"}, 422),
+    ({"type": "report.generate", "payload": {"period": "day", "from": REPORT["from"]}}, 422),
+    ({"type": "report.generate", "payload": {"from": REPORT["from"]}}, 422),
+    ({"type": "webhook.deliver", "payload": {**HOOK, "headers": {"X-Token": "t"}}}, 202),
+    ({"type": "webhook.deliver", "payload": {**HOOK, "headers": {"content-TYPE": "text/plain"}}}, 422),
+    ({"type": "webhook.deliver", "payload": {**HOOK, "headers": {"X-Token\n": "t"}}}, 422),
+    ({"type": "webhook.deliver", "payload": {**HOOK, "headers": {"X-Token": "a\r\nb"}}}, 422),
+    ({"type": "webhook.deliver", "payload": {**HOOK, "url": "ftp://files.example.com/"}}, 422),
+    ({"type": "webhook.deliver", "payload": {**HOOK, "url": " https://hooks.example.com/in"}}, 422),
+]
+
+
+async def test_the_document_states_the_rules_that_span_fields_and_the_gateway_keeps_them(api: Api) -> None:
+    doc = await _document(api)
+    request = _validator(doc, "JobRequest", formats=True)
+    for body, expected in JOB_RULES:
+        status, answer, _ = await api.request("POST", "/api/v1/jobs", json=body)
+        assert status == expected, (body, answer)
+        assert request.is_valid(body) == (expected == 202), body
+    batch = _validator(doc, "BatchRequest", formats=True)
+    echo = {"type": "system.echo"}
+    for body, expected in [
+        ({"jobs": [echo], "on_complete": {**echo, "payload": {"batch_id": None}}}, 202),
+        ({"jobs": [{**echo, "idempotency_key": "k"}]}, 422),
+        ({"jobs": [echo], "on_complete": {**echo, "payload": {"batch_id": "bat_mine"}}}, 422),
+    ]:
+        status, answer, _ = await api.request("POST", "/api/v1/batches", json=body)
+        assert status == expected, (body, answer)
+        assert batch.is_valid(body) == (expected == 202), body
+    schedule = _validator(doc, "ScheduleRequest", formats=True)
+    for body, expected in [
+        ({"name": "a", "cron": "0 2 * * *", "timezone": "Europe/Paris", "job": echo}, 201),
+        ({"name": "b", "cron": "0 2 * * *", "job": {**echo, "idempotency_key": "k"}}, 422),
+        ({"name": "c", "cron": "0 2 * * *", "timezone": "Mars/Olympus_Mons", "job": echo}, 422),
+    ]:
+        status, answer, _ = await api.request("POST", "/api/v1/schedules", json=body)
+        assert status == expected, (body, answer)
+        assert schedule.is_valid(body) == (expected == 201), body
 
 
 async def test_every_request_example_matches_its_schema(api: Api) -> None:

@@ -121,6 +121,20 @@ async def test_clean_refuses_unfinished_statuses(api: Api) -> None:
     assert body["errors"][0]["loc"][0] == "statuses"
 
 
+@pytest.mark.parametrize("older_than_s", [False, "3600", None])
+async def test_clean_takes_no_value_its_schema_refuses(api: Api, pg: Conn, older_than_s: object) -> None:
+    await api.submit("system.echo", {})
+    await pg.execute("UPDATE jobs SET status = 'succeeded', finished_at = now() - interval '2 hours'")
+
+    status, body, _ = await api.request(
+        "POST", "/api/v1/queues/default/clean", json={"older_than_s": older_than_s}, **ADMIN
+    )
+
+    assert status == 422, body  # `false` is no number of seconds (it would have meant 0: clean everything)
+    assert body["errors"][0]["loc"] == ["older_than_s"]
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 1
+
+
 async def test_retry_failed_reruns_every_failed_job_of_the_queue(api: Api, start_worker: StartWorker, pg: Conn) -> None:
     jobs = [await api.submit("system.echo", {"data": i}) for i in range(2)]
     await pg.execute("UPDATE jobs SET status = 'failed', attempts = 5, finished_at = now()")

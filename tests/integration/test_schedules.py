@@ -45,6 +45,34 @@ async def test_bad_cron_and_unknown_time_zone_are_422(api: Api) -> None:
     assert body["errors"][0]["loc"][:2] == ["job", "payload"]
 
 
+async def test_a_schedule_takes_no_value_its_schema_refuses(api: Api) -> None:
+    _, schedule = await _create(api)
+    path = f"/api/v1/schedules/{schedule['id']}"
+
+    for patch, loc in [
+        ({"end_at": 0}, ["end_at"]),  # a number is no time (it would have meant 1970: never fire again)
+        ({"end_at": "2030-01-01 02:00:00Z"}, ["end_at"]),  # not RFC 3339
+        ({"end_at": "0093-01-04T16:32:41Z"}, ["end_at"]),  # before 2000 (and shown as `93-01-04…`)
+        ({"enabled": "false"}, ["enabled"]),
+        ({"job": {**ECHO, "idempotency_key": "k"}}, ["job", "idempotency_key"]),
+    ]:
+        status, body, _ = await api.request("PATCH", path, json=patch)
+        assert status == 422, patch
+        assert body["errors"][0]["loc"] == loc, body
+    _, unchanged, _ = await api.request("GET", path)
+    assert unchanged == schedule
+
+
+async def test_times_are_taken_up_to_the_year_8999(api: Api) -> None:
+    status, schedule = await _create(api, start_at="8999-12-31T23:59:59-23:59")
+    assert status == 201, schedule
+    assert schedule["next_run_at"].startswith("9000-01-02T02:00:00")
+
+    status, body = await _create(api, name="later", start_at="9999-12-31T23:59:59Z")  # its first run overflowed: 500
+    assert status == 422, body
+    assert body["errors"][0]["loc"] == ["start_at"]
+
+
 async def test_names_are_unique_per_owner(api: Api) -> None:
     assert (await _create(api))[0] == 201
     assert (await _create(api))[0] == 409

@@ -93,6 +93,10 @@ def test_every_source_of_an_error_gives_its_status_the_same_title() -> None:
     assert titles == {status: {TITLES[status]} for status in titles}
 
 
+def test_the_title_table_is_the_only_source_of_titles() -> None:
+    assert not [cls.__name__ for cls in STATUS if hasattr(cls, "title")]
+
+
 def test_a_405_names_the_method_and_the_allowed_ones_once() -> None:
     status, body = from_http_exception(web.HTTPMethodNotAllowed("DELETE", ["POST", "GET"]), None)
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.keys import JOBS_REDIS, PG_POOL, SETTINGS
-from gateway.responses import json_response, read_json
+from gateway.responses import json_response, read_model
 from shared import ledger, pause, queue, queues, submission
 from shared.errors import DependencyUnavailable, NotFound
 from shared.jobs import Queue
@@ -122,7 +122,7 @@ async def clean_queue(request: web.Request) -> web.Response:
     """POST /api/v1/queues/{name}/clean: admin; removes finished jobs from the ledger and Redis.
     Errors: 400, 401, 403, 404, 415, 422."""
     name = _queue_name(request)
-    body = CleanRequest.model_validate(await read_json(request)) if request.can_read_body else CleanRequest()
+    body = await read_model(request, CleanRequest) if request.can_read_body else CleanRequest()
     removed = await queues.clean(request.app[PG_POOL], name, statuses=body.statuses, older_than_s=body.older_than_s)
     with contextlib.suppress(*queue.REDIS_ERRORS):  # arq's copies expire with RESULT_TTL_S anyway
         await queue.drop_results(request.app[JOBS_REDIS], removed)

@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER
 from gateway.lookup import well_formed_id
 from gateway.params import page
-from gateway.responses import json_response, read_json
+from gateway.responses import json_response, read_model
 from shared import schedules, submission
 from shared.errors import InvalidInput, NotFound
 from shared.json import rfc3339
@@ -29,7 +29,7 @@ def _resource(s: schedules.Schedule) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _checked_job(request: web.Request, job: submission.JobRequest, owner: str) -> submission.JobRequest:
+def _checked_job(request: web.Request, job: submission.KeylessJobRequest, owner: str) -> submission.KeylessJobRequest:
     """The scheduled job must be one that `POST /jobs` would accept now (type, payload, timeout); it is
     stored with its secret fields sealed."""
     app = request.app
@@ -54,7 +54,7 @@ async def _visible(request: web.Request) -> schedules.Schedule:
 @routes.post("/api/v1/schedules")
 async def create_schedule(request: web.Request) -> web.Response:
     """POST /api/v1/schedules: any role. Errors: 400, 401, 409 (name taken by this owner), 415, 422."""
-    body = schedules.ScheduleRequest.model_validate(await read_json(request))
+    body = await read_model(request, schedules.ScheduleRequest)
     owner = request[PRINCIPAL].sub
     body = body.model_copy(update={"job": _checked_job(request, body.job, owner)})
     created = await schedules.create(request.app[PG_POOL], owner, body)
@@ -82,7 +82,7 @@ async def get_schedule(request: web.Request) -> web.Response:
 async def update_schedule(request: web.Request) -> web.Response:
     """PATCH /api/v1/schedules/{id}: `enabled`, `cron`, `timezone`, `job`, `end_at`. Errors: 400, 401, 404, 422."""
     current = await _visible(request)
-    patch = schedules.SchedulePatch.model_validate(await read_json(request))
+    patch = await read_model(request, schedules.SchedulePatch)
     if patch.job is not None:
         patch = patch.model_copy(update={"job": _checked_job(request, patch.job, current.owner)})
     return json_response(_resource(await schedules.update(request.app[PG_POOL], current, patch)))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from shared.jobs import Backoff, JobSpec, Payload, Queue, Result
+from shared.jobs import Backoff, EmailAddress, JobSpec, Payload, Queue, Result
 
 
 class Attachment(BaseModel):
@@ -16,24 +16,54 @@ class Attachment(BaseModel):
     )
 
 
+# `_has_a_body` as the published schema states it: a `template` (with its `context`), or `text` and/or
+# `html` (and no context). That `secret_context` names keys of `context` is said in its description: JSON
+# Schema cannot compare two values.
+_ONE_BODY: dict[str, JsonValue] = {
+    "oneOf": [
+        {
+            "title": "template",
+            "required": ["template"],
+            "properties": {"template": {"type": "string"}, "text": {"type": "null"}, "html": {"type": "null"}},
+        },
+        {
+            "title": "text and/or html",
+            "properties": {
+                "template": {"type": "null"},
+                "context": {"maxProperties": 0},
+                "secret_context": {"maxItems": 0},
+            },
+            "anyOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["html"], "properties": {"html": {"type": "string"}}},
+            ],
+        },
+    ]
+}
+
+
 class EmailPayload(Payload):
-    to: list[EmailStr] = Field(min_length=1, max_length=50)
-    cc: list[EmailStr] = Field(default_factory=list, max_length=50)
-    bcc: list[EmailStr] = Field(default_factory=list, max_length=50)
-    subject: str = Field(min_length=1, max_length=998)
-    text: str | None = Field(None, max_length=512 * 1024)
-    html: str | None = Field(None, max_length=512 * 1024)
-    reply_to: EmailStr | None = None
+    model_config = ConfigDict(json_schema_extra=_ONE_BODY)
+
+    to: list[EmailAddress] = Field(min_length=1, max_length=50)
+    cc: list[EmailAddress] = Field(default_factory=list, max_length=50)
+    bcc: list[EmailAddress] = Field(default_factory=list, max_length=50)
+    subject: str = Field(min_length=1, max_length=998, pattern=r"^[^\r\n]*$", description="One line.")
+    text: str | None = Field(None, max_length=512 * 1024, description="Not with `template`.")
+    html: str | None = Field(None, max_length=512 * 1024, description="Not with `template`.")
+    reply_to: EmailAddress | None = None
     template: str | None = Field(
         None, pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$",
         description="Render the body from this template (`<name>.txt` and/or `<name>.html` in the template folders).",
     )  # fmt: skip
     context: dict[str, JsonValue] = Field(
-        default_factory=dict, max_length=100, description="Variables for the template (HTML is autoescaped)."
-    )
+        default_factory=dict, max_length=100,
+        description="Variables for the template (HTML is autoescaped); only with `template`.",
+    )  # fmt: skip
     secret_context: list[str] = Field(
         default_factory=list, max_length=100,
-        description="Keys of `context` whose values are secret: encrypted at rest, redacted when shown.",
+        description="Keys of `context` whose values are secret: encrypted at rest, redacted when shown. A name"
+        " that is not a key of `context` is a 422.",
     )  # fmt: skip
     attachments: list[Attachment] = Field(default_factory=list, max_length=10)
 
@@ -47,8 +77,6 @@ class EmailPayload(Payload):
             raise ValueError("`context` is only used with `template`")
         if unknown := set(self.secret_context) - set(self.context):
             raise ValueError(f"`secret_context` names keys not in `context`: {sorted(unknown)}")
-        if any(c in self.subject for c in "\r\n"):
-            raise ValueError("subject must be a single line")
         return self
 
     def secret_paths(self) -> list[tuple[str, ...]]:

@@ -5,20 +5,40 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal, Self
 
-from pydantic import ConfigDict, EmailStr, Field, model_validator
+from pydantic import ConfigDict, Field, JsonValue, model_validator
 
-from shared.jobs import Backoff, JobSpec, Payload, Queue, Result
+from shared.jobs import Backoff, EmailAddress, JobSpec, Payload, Queue, Result, Timestamp
+
+MAX_SPAN = dt.timedelta(days=366)
+# `_one_period` as the published schema states it (that `from` comes before `to`, at most MAX_SPAN apart, is
+# said in their descriptions: JSON Schema cannot compare two values).
+_ONE_PERIOD: dict[str, JsonValue] = {
+    "oneOf": [
+        {
+            "title": "period",
+            "required": ["period"],
+            "properties": {"period": {"type": "string"}, "from": {"type": "null"}, "to": {"type": "null"}},
+        },
+        {
+            "title": "from and to",
+            "required": ["from", "to"],
+            "properties": {"period": {"type": "null"}, "from": {"type": "string"}, "to": {"type": "string"}},
+        },
+    ]
+}
 
 
 class ReportPayload(Payload):
-    # `from` is a Python keyword: the field is `from_`, stored and shown as `from`.
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True)
+    # `from` is a Python keyword: the field is `from_`, stored and shown as `from` (and only taken as `from`).
+    model_config = ConfigDict(frozen=True, extra="forbid", serialize_by_alias=True, json_schema_extra=_ONE_PERIOD)
 
-    period: Literal["day", "week", "month"] | None = Field(None, description="The last day, week or month.")
-    from_: dt.datetime | None = Field(None, alias="from", description="Start (inclusive), with `to`.")
-    to: dt.datetime | None = Field(None, description="End (exclusive), with `from`.")
+    period: Literal["day", "week", "month"] | None = Field(
+        None, description="The last day, week or month; or give `from` and `to`."
+    )
+    from_: Timestamp | None = Field(None, alias="from", description="Start (inclusive), before `to`.")
+    to: Timestamp | None = Field(None, description=f"End (exclusive), at most {MAX_SPAN.days} days after `from`.")
     format: Literal["csv", "json"] = "csv"
-    email_to: list[EmailStr] = Field(default_factory=list, max_length=50, description="Mail the report here.")
+    email_to: list[EmailAddress] = Field(default_factory=list, max_length=50, description="Mail the report here.")
 
     @model_validator(mode="after")
     def _one_period(self) -> Self:
@@ -27,12 +47,10 @@ class ReportPayload(Payload):
         if self.period is None:
             if self.from_ is None or self.to is None:
                 raise ValueError("`from` and `to` go together")
-            if self.from_.tzinfo is None or self.to.tzinfo is None:
-                raise ValueError("`from` and `to` need a time zone (RFC 3339)")
             if self.from_ >= self.to:
                 raise ValueError("`from` must be before `to`")
-            if self.to - self.from_ > dt.timedelta(days=366):
-                raise ValueError("a report covers at most 366 days")
+            if self.to - self.from_ > MAX_SPAN:
+                raise ValueError(f"a report covers at most {MAX_SPAN.days} days")
         return self
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import AnyHttpUrl, Field, JsonValue, field_validator
+from pydantic import AnyHttpUrl, BeforeValidator, Field, JsonValue, field_validator
 
 from shared.jobs import SECRET, Backoff, JobSpec, Payload, Queue, Result
 
+MAX_URL_CHARS = 2048
+# What the URL must look like as given (then it is parsed, and normalized: an IRI's non-ASCII is
+# percent-encoded): http(s), and no spaces or control characters, which a parser would otherwise strip.
+_URL = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f]+$")
+MAX_HEADER_VALUE_CHARS = 4096
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 # Set by Conveyor itself; a caller may not override them.
 RESERVED_HEADERS = frozenset(
@@ -16,20 +22,47 @@ RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 
 
+def _any_case(name: str) -> str:
+    """A JSON Schema pattern for `name` in any case (ECMA-262 patterns take no inline flags)."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in name)
+
+
+# `_sane_headers` as the published schema states it.
+_HEADERS_SCHEMA: dict[str, JsonValue] = {
+    "propertyNames": {
+        "pattern": _HEADER_NAME.pattern,
+        "not": {"pattern": f"^({'|'.join(_any_case(n) for n in sorted(RESERVED_HEADERS))})$"},
+    },
+    "additionalProperties": {"type": "string", "maxLength": MAX_HEADER_VALUE_CHARS, "pattern": "^[^\\r\\n]*$"},
+    **SECRET,
+}
+
+
+def _plain_url(value: object) -> object:
+    if isinstance(value, str):
+        if len(value) > MAX_URL_CHARS:
+            raise ValueError(f"the URL is longer than {MAX_URL_CHARS} characters")
+        if _URL.fullmatch(value) is None:
+            raise ValueError("must be an http:// or https:// URL with no spaces or control characters")
+    return value
+
+
 class WebhookPayload(Payload):
-    url: AnyHttpUrl = Field(description="http or https; private addresses are refused unless allowed.")
+    url: Annotated[AnyHttpUrl, BeforeValidator(_plain_url)] = Field(
+        description="http or https (an IRI's other characters are percent-encoded when sent); private addresses"
+        " are refused unless allowed; no credentials (use `headers`).",
+        json_schema_extra={"format": "iri", "maxLength": MAX_URL_CHARS, "pattern": _URL.pattern},
+    )
     event: str = Field(min_length=1, max_length=200, description="Sent as `Conveyor-Event` and in the body.")
     data: JsonValue = None
     headers: dict[str, str] = Field(
-        default_factory=dict, max_length=20, json_schema_extra=SECRET,
+        default_factory=dict, max_length=20, json_schema_extra=_HEADERS_SCHEMA,
         description="Extra request headers (secret: encrypted at rest, redacted when shown).",
     )  # fmt: skip
 
     @field_validator("url")
     @classmethod
     def _sane_url(cls, url: AnyHttpUrl) -> AnyHttpUrl:
-        if len(str(url)) > 2048:
-            raise ValueError("the URL is longer than 2048 characters")
         if url.username or url.password:
             raise ValueError("credentials in the URL are not allowed; use `headers`")
         return url
@@ -38,11 +71,11 @@ class WebhookPayload(Payload):
     @classmethod
     def _sane_headers(cls, headers: dict[str, str]) -> dict[str, str]:
         for name, value in headers.items():
-            if not _HEADER_NAME.match(name):
+            if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid header name")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by Conveyor")
-            if len(value) > 4096 or any(c in value for c in "\r\n\0"):
+            if len(value) > MAX_HEADER_VALUE_CHARS or any(c in value for c in "\r\n\0"):
                 raise ValueError(f"the value of header {name!r} is too long or not a single line")
         return headers
 
