@@ -12,11 +12,13 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_runner import GracefulExit
 from pydantic import ValidationError
 
 from gateway.app import create_app
@@ -41,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    follow_parent()  # started by `conveyor run`: stop when it dies
+    follow_parent()  # started by `conveyor run`: stop when it dies (see _stop_once)
     try:
         settings = GatewaySettings()
     except ValidationError as exc:
@@ -91,13 +93,32 @@ class _ReadyReporter:
                 os.close(fd)
 
 
+async def _stop_once(_: web.Application) -> None:
+    """An `on_startup` hook (run once `run_app` has installed its own handlers): SIGTERM/SIGINT start one
+    graceful stop, and copies change nothing. aiohttp's own handler would end the drain of in-flight
+    requests at the next copy, and a dying `conveyor run` with threads sends several (see follow_parent)."""
+    loop = asyncio.get_running_loop()
+    requested = False
+
+    def graceful_exit() -> None:
+        nonlocal requested
+        if not requested:
+            requested = True
+            raise GracefulExit
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, graceful_exit)
+
+
 def _serve(
     settings: GatewaySettings,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
     on_listening: Callable[..., None] | None,
 ) -> None:
+    app = create_app(settings)
+    app.on_startup.append(_stop_once)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.gateway.host,
         port=settings.gateway.port,
         shutdown_timeout=settings.gateway.shutdown_grace_s,

@@ -13,11 +13,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
 from shared import json
-from shared.embedded import follow_parent
+from shared.embedded import follow_parent, parent_gone
 from shared.logging import configure_logging
 from shared.settings import WorkerSettings, describe_errors
 from workers.health_server import PortUnavailable
@@ -42,10 +43,27 @@ def _report_ready(process: WorkerProcess, fd: int | None) -> None:
             os.write(fd, json.dumps({"metrics_port": port}) + b"\n")
 
 
-async def _serve(process: WorkerProcess, ready_fd: int | None) -> None:
+def _stop_handler(process: WorkerProcess, parent: int | None) -> Callable[[], None]:
+    """SIGTERM/SIGINT: the first stops taking jobs (running ones get their grace period), a second cancels
+    what still runs. Once the `conveyor run` that started us is gone, a repeat is only another copy of its
+    death signal, and changes nothing."""
+    requested = False
+
+    def handler() -> None:
+        nonlocal requested
+        if requested and parent_gone(parent):
+            return
+        requested = True
+        process.stop()
+
+    return handler
+
+
+async def _serve(process: WorkerProcess, ready_fd: int | None, parent: int | None) -> None:
     loop = asyncio.get_running_loop()
+    stop = _stop_handler(process, parent)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, process.stop)
+        loop.add_signal_handler(sig, stop)
     running = asyncio.ensure_future(process.run())
     started = asyncio.ensure_future(process.started())
     try:
@@ -62,7 +80,7 @@ async def _serve(process: WorkerProcess, ready_fd: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    follow_parent()  # started by `conveyor run`: stop (gracefully) when it dies
+    parent = follow_parent()  # started by `conveyor run`: stop (gracefully) when it dies
     try:
         settings = WorkerSettings()
     except ValidationError as exc:
@@ -74,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import uvloop
         except ImportError:  # pragma: no cover
-            asyncio.run(_serve(process, args.ready_fd))
+            asyncio.run(_serve(process, args.ready_fd, parent))
         else:
-            uvloop.run(_serve(process, args.ready_fd))
+            uvloop.run(_serve(process, args.ready_fd, parent))
     except PortUnavailable as exc:
         print(f"workers: {exc}", file=sys.stderr)  # noqa: T201 - one line, not a traceback
         return 2

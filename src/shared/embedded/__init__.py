@@ -9,6 +9,7 @@ from shared.embedded.process import (
     die_with_parent,
     follow_parent,
     free_port,
+    parent_gone,
 )
 from shared.embedded.redis_server import EmbeddedRedis, find_redis_server
 
@@ -26,4 +27,5 @@ __all__ = [
     "find_redis_server",
     "follow_parent",
     "free_port",
+    "parent_gone",
 ]
