@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from arq.connections import ArqRedis
 from pydantic import (
@@ -282,7 +282,10 @@ def _with_batch_id(on_complete: JobRequest, batch_id: str) -> JobRequest:
     return on_complete.model_copy(update={"payload": {**on_complete.payload, "batch_id": batch_id}})
 
 
-def sealed_request(request: KeylessJobRequest, registry: Registry, *, sealer: Sealer) -> KeylessJobRequest:
+R = TypeVar("R", bound=KeylessJobRequest)
+
+
+def sealed_request(request: R, registry: Registry, *, sealer: Sealer) -> R:
     """The request to store for later (a schedule's job, a batch's on_complete): its secret fields sealed.
 
     Call it after `prepare` accepted the request (an unknown type or a bad payload is returned as is).

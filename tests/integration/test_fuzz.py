@@ -30,6 +30,7 @@ from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import CheckFunction, not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Err
+from schemathesis.core.transport import Response
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -134,7 +135,7 @@ UNSTATABLE: tuple[re.Pattern[str], ...] = tuple(
 )
 
 
-def _unstatable(response: requests.Response) -> bool:
+def _unstatable(response: Response) -> bool:
     """Whether the response is a 422 whose every error is one of the UNSTATABLE rules."""
     if response.status_code != 422:
         return False
@@ -142,13 +143,13 @@ def _unstatable(response: requests.Response) -> bool:
     return all(any(p.search(str(e.get("msg", ""))) for p in UNSTATABLE) for e in errors)
 
 
-def _unexpected(exc: BaseException, response: requests.Response) -> list[str]:
+def _unexpected(exc: BaseException, response: Response) -> list[str]:
     """The failures in `exc`, less a schema-valid request refused by an UNSTATABLE rule."""
     failures = list(exc.exceptions) if isinstance(exc, FailureGroup) else [exc]
     return [str(f) for f in failures if not (isinstance(f, RejectedPositiveData) and _unstatable(response))]
 
 
-def _failures(case: AnyCase, response: requests.Response, headers: dict[str, str]) -> list[str]:
+def _failures(case: AnyCase, response: Response, headers: dict[str, str]) -> list[str]:
     """What CHECKS find wrong with the case's response (less the UNSTATABLE refusals), with its body."""
     try:
         case.validate_response(response, checks=CHECKS, headers=headers)

@@ -223,20 +223,22 @@ async def test_the_document_states_the_rules_that_span_fields_and_the_gateway_ke
         assert request.is_valid(body) == (expected == 202), body
     batch = _validator(doc, "BatchRequest", formats=True)
     echo = {"type": "system.echo"}
-    for body, expected in [
+    batches: list[tuple[dict[str, Any], int]] = [
         ({"jobs": [echo], "on_complete": {**echo, "payload": {"batch_id": None}}}, 202),
         ({"jobs": [{**echo, "idempotency_key": "k"}]}, 422),
         ({"jobs": [echo], "on_complete": {**echo, "payload": {"batch_id": "bat_mine"}}}, 422),
-    ]:
+    ]
+    for body, expected in batches:
         status, answer, _ = await api.request("POST", "/api/v1/batches", json=body)
         assert status == expected, (body, answer)
         assert batch.is_valid(body) == (expected == 202), body
     schedule = _validator(doc, "ScheduleRequest", formats=True)
-    for body, expected in [
+    schedules: list[tuple[dict[str, Any], int]] = [
         ({"name": "a", "cron": "0 2 * * *", "timezone": "Europe/Paris", "job": echo}, 201),
         ({"name": "b", "cron": "0 2 * * *", "job": {**echo, "idempotency_key": "k"}}, 422),
         ({"name": "c", "cron": "0 2 * * *", "timezone": "Mars/Olympus_Mons", "job": echo}, 422),
-    ]:
+    ]
+    for body, expected in schedules:
         status, answer, _ = await api.request("POST", "/api/v1/schedules", json=body)
         assert status == expected, (body, answer)
         assert schedule.is_valid(body) == (expected == 201), body
