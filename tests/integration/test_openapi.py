@@ -205,6 +205,7 @@ JOB_RULES: list[tuple[dict[str, Any], int]] = [
     ({"type": "report.generate"}, 422),
     ({"type": "report.generate", "payload": {"period": "day", "from": REPORT["from"]}}, 422),
     ({"type": "report.generate", "payload": {"from": REPORT["from"]}}, 422),
+    ({"type": "report.generate", "payload": {"from_": REPORT["from"], "to": REPORT["to"]}}, 422),  # no alias
     ({"type": "webhook.deliver", "payload": {**HOOK, "headers": {"X-Token": "t"}}}, 202),
     ({"type": "webhook.deliver", "payload": {**HOOK, "headers": {"content-TYPE": "text/plain"}}}, 422),
     ({"type": "webhook.deliver", "payload": {**HOOK, "headers": {"X-Token\n": "t"}}}, 422),
