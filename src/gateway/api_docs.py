@@ -207,14 +207,15 @@ OPERATIONS: Operations = {
         "One queue's statistics", "queues", {200: _ok(schemas.QueueStats)}, access="admin", path=QUEUE_PATH
     ),
     ("POST", "/api/v1/queues/{}/pause"): Operation(
-        "Pause a queue: no new job starts; enqueueing still works",
+        "Pause a queue: once this answers 200 no new job of it starts on any worker; enqueueing still works",
         "queues",
         {200: _ok(schemas.QueueStats)},
         access="admin",
         path=QUEUE_PATH,
+        errors=(409,),  # other pauses and resumes kept landing meanwhile; 503: Redis did not confirm
     ),
     ("POST", "/api/v1/queues/{}/resume"): Operation(
-        "Resume a queue", "queues", {200: _ok(schemas.QueueStats)}, access="admin", path=QUEUE_PATH
+        "Resume a queue", "queues", {200: _ok(schemas.QueueStats)}, access="admin", path=QUEUE_PATH, errors=(409,)
     ),
     ("POST", "/api/v1/queues/{}/clean"): Operation(
         "Remove finished jobs of a queue",
