@@ -29,7 +29,8 @@ from workers import cpu, health_server, outbound, reconciler, retention, schedul
 from workers.background import every, pause
 from workers.context import WorkerContext
 from workers.families import builtin_handlers
-from workers.runtime import ARQ_MAX_TRIES, AnyHandler, PriorityWorker, Runtime
+from workers.priority_worker import PriorityWorker
+from workers.runtime import ARQ_MAX_TRIES, AnyHandler, Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -12,19 +12,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic
 
-from arq.utils import timestamp_ms
-from arq.worker import Function, Retry, Worker, func
+from arq.worker import Function, Retry, func
 from pydantic import BaseModel, ValidationError
 
 from shared import events, ledger, submission
-from shared.claim import claim
 from shared.db import POSTGRES_ERRORS
 from shared.errors import DependencyUnavailable, JobDeferred, JobError, PermanentJobError
 from shared.jobs import AnySpec, JobSpec, Limits, P, R
 from shared.json import utcnow
 from shared.limits import release, try_start
 from shared.logging import job_id_var, job_type_var, request_id_var
-from shared.queue import HORIZON_MS, PRIORITY_BANDS, REDIS_ERRORS, RUN_FUNCTION, due_job_ids, retry_defer_s
+from shared.queue import HORIZON_MS, PRIORITY_BANDS, REDIS_ERRORS, RUN_FUNCTION, retry_defer_s
 from workers.context import JobContext, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -323,50 +321,3 @@ def _early_s(score: int | None) -> float:
 
 class JobTimeout(JobError):
     """An attempt ran past its timeout; retried like any transient failure."""
-
-
-class PriorityWorker(Worker):
-    """arq's worker, reading due jobs high priority first and taking them through the queue's start gate.
-
-    Two of arq 0.28's methods (pinned) are replaced. `_poll_iteration` differs only in its read of due ids
-    (`shared.queue.due_job_ids`): arq reads the front of its sorted set, which would order jobs by score
-    alone. `start_jobs` takes the jobs with one Lua call (`shared.claim.claim`) instead of a WATCH/MULTI
-    round per job: the same checks as arq's, plus the queue's pause gate, atomically, so a job never starts
-    once a pause has reached Redis, whatever this worker read before.
-    """
-
-    def __init__(self, *, gate_queue: str, **options: Any) -> None:
-        super().__init__(**options)
-        self.gate_queue = gate_queue  # the queue's name (not its arq key): whose pause gate every claim checks
-
-    async def _poll_iteration(self) -> None:
-        count = self.queue_read_limit
-        if self.burst and self.max_burst_jobs >= 0:
-            remaining = self.max_burst_jobs - self._jobs_started()
-            if remaining < 1:
-                return
-            count = min(remaining, count)
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            await self.start_jobs(await due_job_ids(self.pool, self.queue_name, limit=count))
-        if self.allow_abort_jobs:
-            await self._cancel_aborted_jobs()
-        for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                task.result()  # as arq does: errors of run_job surface here
-        await self.heart_beat()
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        free = self.max_jobs - self.job_counter
-        if free < 1 or not job_ids:
-            return
-        claimed = await claim(
-            self.pool, self.queue_name, self.gate_queue, [j.decode() for j in job_ids],
-            limit=free, lease_ms=int(self.in_progress_timeout_s * 1000), now_ms=timestamp_ms(),
-        )  # fmt: skip
-        for job_id, score in claimed.jobs:
-            await self.sem.acquire()  # never waits: arq sizes it max_jobs + 1 and at most `free` are taken
-            self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task

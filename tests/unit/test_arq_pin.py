@@ -1,6 +1,6 @@
 """A tripwire for arq upgrades: the worker replaces two of arq's methods and relies on arq internals.
 
-`workers.runtime.PriorityWorker` replaces `Worker.start_jobs` (the claim through the queue's pause gate) and
+`workers.priority_worker.PriorityWorker` replaces `Worker.start_jobs` (the claim through the queue's pause gate) and
 `Worker._poll_iteration` (the read of due ids by priority), and `workers.processes` uses arq's private state
 (`job_counter`, `sem`, `tasks`, `allow_pick_jobs`, the burst switches, `_cancel_aborted_jobs`). A new arq that
 changes any of these must be read before it is taken: this test names what changed.
@@ -36,4 +36,4 @@ def test_the_arq_methods_the_worker_replaces_or_relies_on_are_unchanged() -> Non
         for name, pinned in PINNED.items()
         if (digest := hashlib.sha256(inspect.getsource(getattr(Worker, name)).encode()).hexdigest()[:16]) != pinned
     }
-    assert not changed, f"arq changed {sorted(changed)}: compare with workers/runtime.py, then update PINNED"
+    assert not changed, f"arq changed {sorted(changed)}: compare with workers/priority_worker.py, then update PINNED"
