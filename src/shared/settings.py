@@ -73,6 +73,8 @@ class AuthConfig(BaseSettings):
     jwt_issuer: str | None = Field(None, validation_alias=_env("JWT_ISSUER"))
     jwt_audience: str | None = Field(None, validation_alias=_env("JWT_AUDIENCE"))
     jwt_leeway_s: float = Field(30.0, ge=0, validation_alias=_env("JWT_LEEWAY_S"))
+    # A token whose `exp` lies further than this past its `iat` (or past now, without `iat`) is refused.
+    jwt_max_lifetime_s: float = Field(86400.0, gt=0, validation_alias=_env("JWT_MAX_LIFETIME_S"))
 
     @model_validator(mode="after")
     def _no_dev_secret_in_production(self) -> Self:
@@ -136,6 +138,37 @@ class SecurityConfig(BaseSettings):
     max_queued_per_owner: int = Field(10_000, ge=1, validation_alias=_env("MAX_QUEUED_PER_OWNER"))
     sse_per_principal: int = Field(20, ge=1, validation_alias=_env("SSE_MAX_PER_PRINCIPAL"))
     trust_forwarded_for: bool = Field(False, validation_alias=_env("TRUST_X_FORWARDED_FOR"))
+    # How many proxies of yours append to X-Forwarded-For: the client is that many entries from the right.
+    forwarded_for_hops: int = Field(1, ge=1, le=10, validation_alias=_env("FORWARDED_FOR_HOPS"))
+    max_schedules_per_owner: int = Field(100, ge=1, validation_alias=_env("MAX_SCHEDULES_PER_OWNER"))
+
+
+class JobTypesConfig(BaseSettings):
+    """Which optional job types this deployment offers (read by both sides, so both agree)."""
+
+    model_config = _config()
+
+    environment: Environment = Field(Environment.DEVELOPMENT, validation_alias=_env("ENVIRONMENT"))
+    # `system.echo` (sleeps, fails on demand: a test tool). None: on in development only.
+    system_echo: bool | None = Field(None, validation_alias=_env("SYSTEM_ECHO_ENABLED"))
+
+    @property
+    def echo_enabled(self) -> bool:
+        return self.environment is Environment.DEVELOPMENT if self.system_echo is None else self.system_echo
+
+
+class MailPolicyConfig(BaseSettings):
+    """Who `email.send` may write to, how often, and which links its templates may carry (both sides)."""
+
+    model_config = _config()
+
+    environment: Environment = Field(Environment.DEVELOPMENT, validation_alias=_env("ENVIRONMENT"))
+    # Comma-separated domains (`example.com`) and addresses (`ops@example.org`) a `user` may send to;
+    # admins are unrestricted. Empty: anywhere in development, nowhere otherwise.
+    allowed_recipients: str = Field("", validation_alias=_env("MAIL_ALLOWED_RECIPIENTS"))
+    per_owner_per_hour: int = Field(200, ge=1, validation_alias=_env("MAIL_PER_OWNER_PER_HOUR"))
+    # Comma-separated hosts a template's links may point to, beside PUBLIC_URL's own.
+    link_hosts: str = Field("", validation_alias=_env("MAIL_LINK_HOSTS"))
 
 
 class CryptoConfig(BaseSettings):
@@ -160,6 +193,8 @@ class JobStoreConfig(BaseSettings):
     model_config = _config()
 
     result_ttl_s: int = Field(86400, ge=1, validation_alias=_env("RESULT_TTL_S"))
+    # A result larger than this (JSON bytes) fails its job with ResultTooLarge instead of being stored.
+    result_max_bytes: int = Field(256 * 1024, ge=1024, validation_alias=_env("RESULT_MAX_BYTES"))
     retention_days: float = Field(7, gt=0, validation_alias=_env("RETENTION_DAYS"))
 
 
@@ -174,6 +209,9 @@ class GatewayConfig(BaseSettings):
     sse_heartbeat_s: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_S"))
     alert_failed: int = Field(10, ge=0, validation_alias=_env("QUEUE_ALERT_FAILED"))
     alert_queued: int = Field(50, ge=0, validation_alias=_env("QUEUE_ALERT_QUEUED"))
+    # /metrics on its own listener: None serves it on the API port in development and on 9100 otherwise.
+    metrics_host: str = Field("127.0.0.1", validation_alias=_env("METRICS_HOST"))
+    metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("METRICS_PORT"))
 
 
 class WorkerConfig(BaseSettings):
@@ -190,6 +228,8 @@ class WorkerConfig(BaseSettings):
     reconcile_batch: int = Field(500, ge=1, le=10_000, validation_alias=_env("RECONCILE_BATCH"))
     lease_s: float = Field(30.0, ge=1, le=3600, validation_alias=_env("JOB_LEASE_S"))
     cpu_workers: int = Field(1, ge=1, le=64, validation_alias=_env("WORKER_CPU_PROCESSES"))
+    # While other owners have due jobs on a queue, no owner holds more than this fraction of its slots.
+    owner_share: float = Field(0.5, gt=0, le=1, validation_alias=_env("OWNER_SHARE"))
 
 
 class RunConfig(BaseSettings):
@@ -214,6 +254,8 @@ class GatewaySettings(BaseSettings):
     crypto: CryptoConfig = Field(default_factory=CryptoConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     jobs: JobStoreConfig = Field(default_factory=JobStoreConfig)
+    job_types: JobTypesConfig = Field(default_factory=JobTypesConfig)
+    mail_policy: MailPolicyConfig = Field(default_factory=MailPolicyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
@@ -230,6 +272,8 @@ class WorkerSettings(BaseSettings):
     crypto: CryptoConfig = Field(default_factory=CryptoConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     jobs: JobStoreConfig = Field(default_factory=JobStoreConfig)
+    job_types: JobTypesConfig = Field(default_factory=JobTypesConfig)
+    mail_policy: MailPolicyConfig = Field(default_factory=MailPolicyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
