@@ -7,7 +7,6 @@ slow call is not an unreachable Redis: only the Redis client's own connect and s
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import RedisError
 
+from gateway.client_address import client_ip
 from gateway.keys import CACHE, METRICS, PG_POOL, PRINCIPAL, SETTINGS
 from gateway.local_limits import Failures, LocalBuckets, LocalFailures, Verdict
 from shared import quota
@@ -123,17 +123,6 @@ async def _eval(request: web.Request, script: str, key: str, *args: str) -> list
     """Run a limiter script; no deadline of its own (a late event loop is not a Redis outage)."""
     reply = await cast(Awaitable[Any], request.app[CACHE].eval(script, 1, key, *args))
     return [int(v) for v in reply]
-
-
-def client_ip(request: web.Request) -> str:
-    """The peer address, or the first X-Forwarded-For hop when the proxy in front is trusted to set it."""
-    if request.app[SETTINGS].security.trust_forwarded_for:
-        first = request.headers.get("X-Forwarded-For", "").split(",", 1)[0].strip()
-        try:
-            return str(ipaddress.ip_address(first))
-        except ValueError:
-            pass
-    return request.remote or "unknown"
 
 
 def _seconds(ms: int) -> int:

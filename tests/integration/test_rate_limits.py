@@ -126,19 +126,44 @@ async def test_a_request_without_credentials_is_not_counted_as_a_failure(service
 
 
 async def test_forwarded_for_names_the_client_only_when_trusted(services: Services) -> None:
-    def hop(ip: str) -> dict[str, str]:
-        return {**BAD, "X-Forwarded-For": f"{ip}, 10.0.0.1"}
+    def hop(ip: str, spoofed: str = "192.0.2.1") -> dict[str, str]:
+        # What a client sent (left) and what the proxy in front appended: the address it saw (right).
+        return {**BAD, "X-Forwarded-For": f"{spoofed}, {ip}"}
 
     async with gateway(services, auth_failures_per_minute=2, trust_forwarded_for=True) as api:
-        trusted = [(await _get(api, headers=hop("203.0.113.7")))[0] for _ in range(3)]
+        trusted = [(await _get(api, headers=hop("203.0.113.7", f"192.0.2.{i}")))[0] for i in range(3)]
         neighbour, _, _ = await _get(api, headers=hop("203.0.113.8"))
     async with gateway(services, auth_failures_per_minute=2) as api:
         # Not trusted: every request is the peer's, whatever the header claims.
         untrusted = [(await _get(api, headers=hop(f"198.51.100.{i}")))[0] for i in range(3)]
 
-    assert trusted == [401, 401, 429]
+    assert trusted == [401, 401, 429]  # a new left-most entry each time is no new client
     assert neighbour == 401
     assert untrusted == [401, 401, 429]
+
+
+async def test_forwarded_for_counts_the_configured_hops_from_the_right(services: Services) -> None:
+    def chain(client: str) -> dict[str, str]:
+        return {**BAD, "X-Forwarded-For": f"192.0.2.9, {client}, 10.0.0.2"}  # two proxies of yours
+
+    async with gateway(services, auth_failures_per_minute=2, trust_forwarded_for=True, forwarded_for_hops=2) as api:
+        same = [(await _get(api, headers=chain("203.0.113.20")))[0] for _ in range(3)]
+        other, _, _ = await _get(api, headers=chain("203.0.113.21"))
+
+    assert same == [401, 401, 429]
+    assert other == 401  # the inner proxy's 10.0.0.2 is shared by everyone and keys nobody
+
+
+async def test_an_ipv6_client_is_one_client_across_its_64(services: Services) -> None:
+    def v6(address: str) -> dict[str, str]:
+        return {**BAD, "X-Forwarded-For": address}
+
+    async with gateway(services, auth_failures_per_minute=2, trust_forwarded_for=True) as api:
+        rotating = [(await _get(api, headers=v6(f"2001:db8:1:2::{i:x}")))[0] for i in range(1, 4)]
+        next_block, _, _ = await _get(api, headers=v6("2001:db8:1:3::1"))
+
+    assert rotating == [401, 401, 429]
+    assert next_block == 401
 
 
 async def _echo(api: Api, as_: str = "alice", **extra: Any) -> tuple[int, Any, Any]:
