@@ -1,10 +1,14 @@
-"""Local mail catcher: an aiosmtpd SMTP server that saves every message it receives as an .eml file."""
+"""Local mail catcher: an aiosmtpd SMTP server that saves every message it receives as an .eml file.
+
+Caught mail is as private as a mailbox: the folder is 0700 and each message 0600, whatever the umask.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,7 +42,9 @@ class EmlWriter:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         path = self.directory / f"{stamp}-{secrets.token_hex(3)}.eml"
         partial = path.with_suffix(".part")  # renamed when complete, so watchers never see half a message
-        partial.write_bytes(data)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
         partial.replace(path)
         return path
 
@@ -46,7 +52,7 @@ class EmlWriter:
 @asynccontextmanager
 async def catch_mail(directory: Path = Path("var/mail"), host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
     """Serve SMTP (no TLS, no auth) on `host:port` until the block exits; yields the bound port (useful with 0)."""
-    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
     handler = EmlWriter(directory)
     loop = asyncio.get_running_loop()
     # A fixed hostname: aiosmtpd's default is socket.getfqdn(), a DNS lookup that can stall start-up.

@@ -6,7 +6,6 @@ import asyncio
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 from collections.abc import Awaitable, Callable
@@ -22,13 +21,11 @@ from shared.embedded import EmbeddedPostgres, fallback_home
 from shared.embedded.registry import shared_server
 from support.helpers import eventually, make_token
 from support.stack import Services, SmtpSink, free_port
-from support.supervisor import Run, alive, clean_env, conveyor_run
+from support.supervisor import Run, alive, clean_env, conveyor_run, embedded_url
 
 
 def _url(banner: str, label: str) -> str:
-    match = re.search(rf"^\s+{label}\s+(\S+) \(embedded", banner, re.MULTILINE)
-    assert match, banner
-    return match[1]
+    return embedded_url(banner, label)
 
 
 async def _redis_answers(url: str) -> bool:

@@ -48,6 +48,17 @@ class WorkerLine:
     metrics_port: int
 
 
+def embedded_url(banner: str, label: str) -> str:
+    """The URL of the embedded `label` server (`redis`, `postgres`) as the children get it: the banner shows it
+    without its password, and says in which file under var/ the password is kept."""
+    match = re.search(rf"^\s+{label}\s+(\w+)://(\S+) \(embedded.*; password in (\S+)\)$", banner, re.MULTILINE)
+    assert match, banner
+    scheme, address, password_file = match.groups()
+    user, at, host = address.rpartition("@")
+    password = Path(password_file).read_text().strip()
+    return f"{scheme}://{user}:{password}@{host}" if at else f"{scheme}://:{password}@{host}"
+
+
 _WORKER_LINE = re.compile(r"^\s+(\S+)\s+pid (\d+), metrics http://[^\s/]+:(\d+)/metrics\s*$")
 
 

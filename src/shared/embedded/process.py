@@ -124,16 +124,19 @@ def popen(
     env: dict[str, str] | None,
     output: int | None,
     parent_death: signal.Signals,
+    stdin: int = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
-    # Own session: a Ctrl-C in the terminal reaches only the supervisor, which stops servers last.
+    # Own session: a Ctrl-C in the terminal reaches only the supervisor, which stops servers last. The
+    # parent-death signal needs prctl in the child, which only preexec_fn can do for a binary we do not own.
     return subprocess.Popen(  # noqa: S603 - argv is built here from resolved binary paths, no shell
         [str(a) for a in argv],
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=output,
         stderr=subprocess.STDOUT if output is not None else None,
         cwd=cwd,
         env=env,
         start_new_session=True,
+        umask=0o077,  # its data, logs and sockets are for its owner only (this machine has other accounts)
         preexec_fn=die_with_parent(parent_death),
         user=account.uid if account else None,
         group=account.gid if account else None,
@@ -213,12 +216,17 @@ class ServerProcess(abc.ABC):
         account: Account | None,
         env: dict[str, str] | None,
         parent_death: signal.Signals,
+        stdin: int = subprocess.DEVNULL,
     ) -> subprocess.Popen[bytes]:
-        """Start a child whose output is appended to `log_path`; `log_tail()` then shows only this run's lines."""
+        """Start a child whose output is appended to `log_path` (0600: a server's log may quote its data);
+        `log_tail()` then shows only this run's lines."""
         self.log_path = log_path
         self._log_offset = log_path.stat().st_size if log_path.exists() else 0
-        with log_path.open("ab") as log:
-            return popen(argv, account=account, cwd=cwd, env=env, output=log.fileno(), parent_death=parent_death)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            return popen(argv, account=account, cwd=cwd, env=env, output=fd, parent_death=parent_death, stdin=stdin)
+        finally:
+            os.close(fd)
 
     def _spawn(
         self,

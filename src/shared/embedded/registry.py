@@ -1,11 +1,11 @@
 """Embedded servers shared by every `conveyor run` of one directory: a registry file under a file lock.
 
-`var/embedded.json` holds, per server kind, the keeper process that owns the server (see
-`shared.embedded.keeper`), its URL and its users (the processes of `conveyor run` that use it, each as a
-pid and its start time, so a reused pid never counts), and the processes each of them started, so a
-server outlives every process that uses it. Every change happens under `flock` on `var/embedded.lock`.
-The first user starts a keeper; the keeper stops the server once no user is alive, so a user killed
-with SIGKILL does not keep the server running once its children are gone too.
+`var/embedded.json` (0600: the URLs carry the servers' passwords) holds, per server kind, the keeper
+process that owns the server (see `shared.embedded.keeper`), its URL and its users (the processes of
+`conveyor run` that use it, each as a pid and its start time, so a reused pid never counts), and the
+processes each of them started, so a server outlives every process that uses it. Every change happens
+under `flock` on `var/embedded.lock`. The first user starts a keeper; the keeper stops the server once no
+user is alive, so a user killed with SIGKILL does not keep the server running once its children are gone too.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Literal, TypeVar
 
+from shared.embedded.private import FILE_MODE, private_dir, write_private
 from shared.embedded.process import EmbeddedServerError
 
 Kind = Literal["redis", "postgres"]
@@ -101,9 +102,14 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
+def _private_append(path: Path) -> int:
+    """An fd appending to `path`, created 0600, never through a link."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+
+
 def _open_lock(var_dir: Path) -> IO[str]:
-    var_dir.mkdir(parents=True, exist_ok=True)
-    return (var_dir / LOCK_FILE).open("a")
+    private_dir(var_dir)
+    return os.fdopen(_private_append(var_dir / LOCK_FILE), "a")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -115,9 +121,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True))
-    partial.replace(path)
+    write_private(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 @contextlib.asynccontextmanager
@@ -159,7 +163,7 @@ class _Step:
 
 def _spawn_keeper(kind: Kind, var_dir: Path, project_dir: Path) -> ProcessRef:
     """Start a keeper detached from us (own session, no death signal): it outlives the user that started it."""
-    with (var_dir / KEEPER_LOG).open("ab") as log:
+    with os.fdopen(_private_append(var_dir / KEEPER_LOG), "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
             [sys.executable, "-m", "shared.embedded.keeper", kind, str(var_dir), str(project_dir)],
             stdin=subprocess.DEVNULL,
@@ -167,6 +171,7 @@ def _spawn_keeper(kind: Kind, var_dir: Path, project_dir: Path) -> ProcessRef:
             stderr=log,
             cwd=project_dir,
             start_new_session=True,
+            umask=0o077,  # what it writes under var/ (server data, logs) is this account's alone
         )
     return ProcessRef.of(proc.pid)
 

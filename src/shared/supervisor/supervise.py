@@ -9,9 +9,10 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from shared.embedded import HOST
+from shared.embedded.private import redact
 from shared.embedded.registry import Kind, ServerUsers, shared_server
 from shared.mailcatcher import catch_mail
 from shared.settings import (
@@ -31,6 +32,9 @@ from shared.supervisor.stopping import STOP_SIGNALS, StopRequest
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# What `conveyor run` and everything it starts write under var/ (uploads, artifacts, caught mail, server
+# data) is private to the account running it: other accounts on the machine must not read tenants' files.
+PRIVATE_UMASK: Final = 0o077
 
 
 class _StoppedDuringStartup(Exception):
@@ -86,7 +90,7 @@ async def _start_services(
         for name in unset:
             _put(env, name, f"{redis.url}/{0 if name == 'REDIS_CACHE_URL' else 1}")
         how = "embedded, shared with another `conveyor run` here" if redis.joined else "embedded"
-        notes.append(("redis", f"{redis.url} ({how}, for {' and '.join(unset)}; {redis.detail})"))
+        notes.append(("redis", f"{redact(redis.url)} ({how}, for {' and '.join(unset)}; {redis.detail})"))
     if _configured(env, "DATABASE_URL"):
         notes.append(("postgres", "as configured (DATABASE_URL)"))
     else:
@@ -94,7 +98,7 @@ async def _start_services(
         kinds.append("postgres")
         _put(env, "DATABASE_URL", pg.url)
         how = "embedded, shared with another `conveyor run` here" if pg.joined else "embedded"
-        notes.append(("postgres", f"{pg.url} ({how}; {pg.detail})"))
+        notes.append(("postgres", f"{redact(pg.url)} ({how}; {pg.detail})"))
     users = ServerUsers(var, tuple(kinds))
     if not any(name in WORKER_NAMES for name in options.only):
         return notes, users  # only workers send mail
@@ -179,11 +183,26 @@ def _validated(options: RunOptions) -> tuple[GatewayConfig, AuthConfig, WorkerCo
 async def run(options: RunOptions) -> int:
     """Run the chosen processes until SIGINT/SIGTERM/SIGHUP (exit 0), restarting any that exits on its own.
 
+    A local run is a development setup unless ENVIRONMENT says otherwise: it is set to `development` for
+    the children (and the settings checked here) when the environment does not set it, since the
+    gateway and workers accept the development secrets only when told so explicitly. Everything
+    written meanwhile is private to this account (PRIVATE_UMASK).
+
     Raises:
         pydantic.ValidationError: the environment holds an invalid setting.
         shared.embedded.EmbeddedServerError: an embedded server could not start.
         SupervisorError: a child crash-loops or cannot start; everything else was stopped first.
     """
+    if not _configured(os.environ, "ENVIRONMENT"):
+        os.environ["ENVIRONMENT"] = "development"
+    previous_umask = os.umask(PRIVATE_UMASK)
+    try:
+        return await _run(options)
+    finally:
+        os.umask(previous_umask)
+
+
+async def _run(options: RunOptions) -> int:
     gateway, auth, worker, run_config = _validated(options)
     env = dict(os.environ)
     if options.log_format is not None:
