@@ -2,7 +2,9 @@
 
 Paths come from ids only (never from a client's filename); every file is written to a temp file in its final
 folder, hashed as it goes, and renamed into place only once complete, so a reader never sees half a file.
-Blocking file calls run in threads so a large upload never stalls the event loop.
+Files are created 0600 and the folders 0700, whatever the umask: they hold tenants' data, and only the
+service's own account may read them. Blocking file calls run in threads so a large upload never stalls the
+event loop.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from shared.settings import StorageConfig
 Kind = Literal["upload", "artifact"]
 _FOLDERS: dict[Kind, str] = {"upload": "uploads", "artifact": "artifacts"}
 _FLUSH_BYTES = 1024 * 1024  # gather small chunks so each thread hop writes about this much
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 MAX_FILENAME_CHARS = 255
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _MEDIA_TYPE = re.compile(
@@ -126,8 +130,11 @@ class _TempFile:
 
     async def open(self) -> None:
         def create() -> None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("xb")
+            # The storage root and its folder are ours to make private; the root's parents are the operator's.
+            self.folder.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self.folder.mkdir(mode=DIR_MODE, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+            self._file = os.fdopen(fd, "wb")
 
         await self._run(create)
 
