@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from gateway import schemas
 from gateway.openapi import Body, Header, Operation, Operations
 from gateway.routes.queues import CleanRequest
+from gateway.routes.webhook_keys import SigningKey
 from shared.api_keys import KeyRequest
 from shared.jobs import Queue
 from shared.schedules import SchedulePatch, ScheduleRequest
@@ -197,6 +198,17 @@ OPERATIONS: Operations = {
             ),
         ),
         description="429 past SSE_MAX_PER_PRINCIPAL open streams.",
+    ),
+    # Webhooks
+    ("GET", "/api/v1/webhook-signing-key"): Operation(
+        "The key that signs your webhook deliveries",
+        "webhooks",
+        {200: _ok(SigningKey)},
+        errors=(403, 409),
+        description="Each owner's deliveries are signed with that owner's own key, derived from WEBHOOK_SECRET:"
+        " a receiver checking `Conveyor-Signature` with this key and `Conveyor-Owner` against you accepts only"
+        " deliveries of your jobs. A user reads only its own key (another owner's is a 403); an admin may name"
+        " any owner. 409 when WEBHOOK_SECRET is not set (deliveries are then unsigned).",
     ),
     # Queues (admin)
     ("GET", "/api/v1/queues"): Operation("Queue statistics", "queues", {200: _ok(schemas.QueueList)}, access="admin"),

@@ -27,7 +27,7 @@ KEY_TTL_MS: Final = 24 * 3600 * 1000
 
 
 class CircuitState(IntEnum):
-    """Also the value of the `circuit_breaker_state` gauge."""
+    """Counted, by state, in the `webhook_circuits` gauge (closed ones are not)."""
 
     CLOSED = 0
     HALF_OPEN = 1

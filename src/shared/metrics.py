@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
+from collections import OrderedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 NAMESPACE = "conveyor"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _JOB_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
-# Webhook hosts are chosen by users: at most this many `circuit_breaker_state{host}` series, and only
-# for hosts with a circuit that is not closed (a host whose circuits all close loses its series).
-MAX_CIRCUIT_HOSTS = 100
-# A circuit this process has not seen for this long drops out of the metric (a held job looks again
-# well within it).
+# No label value comes from a tenant: webhook hosts are chosen by users and owners are tenants, so circuits
+# are only counted, by state (which owner and host a circuit is goes to the log, `webhook.circuit_open`).
+# This process keeps at most this many circuits in mind (the least recently seen gives way).
+MAX_TRACKED_CIRCUITS = 10_000
+# A circuit this process has not seen for this long is no longer counted (a held job looks again well
+# within it).
 CIRCUIT_SERIES_TTL_S = 300.0
+# The `state` label of `webhook_circuits`, by circuit state (shared.circuit.CircuitState); closed ones are
+# not counted.
+CIRCUIT_STATES = {1: "half_open", 2: "open"}
 # The gateway's limiters that count in Redis db 0, or in process while it fails.
 RATE_LIMITERS = ("principal", "auth_failures")
 
@@ -79,12 +83,14 @@ class Metrics:
             "webhook_deliveries_total", "Webhook attempts by outcome (delivered, retry, rejected, refused, "
             "circuit_open).", ["outcome"], namespace=NAMESPACE, subsystem="worker", registry=r,
         )  # fmt: skip
-        self.circuit_state = Gauge(
-            "circuit_breaker_state", "Webhook circuits to a host as last seen here, the worst of its owners' "
-            "(1 half-open, 2 open); hosts whose circuits are all closed are not listed.",
-            ["host"], namespace=NAMESPACE, subsystem="worker", registry=r,
+        self.circuits = Gauge(
+            "webhook_circuits", "Webhook circuits (one per owner and target host) that are not closed, by state "
+            "(half_open, open), as this process last saw them.", ["state"], namespace=NAMESPACE, subsystem="worker",
+            registry=r,
         )  # fmt: skip
-        self._circuits: dict[str, dict[str, tuple[int, float]]] = {}  # host -> circuit -> (state, last seen)
+        for name in CIRCUIT_STATES.values():  # both series exist from the start, at 0
+            self.circuits.labels(name).set(0)
+        self._circuits: OrderedDict[str, tuple[int, float]] = OrderedDict()  # circuit -> (state, last seen)
         self._circuits_swept = float("-inf")
         self.notifications = Counter(
             "notifications_total", "Notifications stored by notification.push.",
@@ -116,46 +122,35 @@ class Metrics:
             "sse_streams", "Open event streams.", namespace=NAMESPACE, subsystem="gateway", registry=r,
         )  # fmt: skip
 
-    def show_circuit(self, host: str, circuit: str, state: int, *, now: float | None = None) -> None:
-        """Record one circuit's state (0 closed, 1 half-open, 2 open) in `circuit_breaker_state{host}`.
+    def show_circuit(self, circuit: str, state: int, *, now: float | None = None) -> None:
+        """Count one circuit (0 closed, 1 half-open, 2 open) in `webhook_circuits{state}`.
 
         A circuit not seen for CIRCUIT_SERIES_TTL_S is forgotten (nobody sends there any more, or another
-        process closed it); when MAX_CIRCUIT_HOSTS hosts are shown, the one seen least recently gives way.
+        process closed it); past MAX_TRACKED_CIRCUITS, the one seen least recently gives way.
         """
         now = time.monotonic() if now is None else now
         self._forget_stale(now)
-        circuits = self._circuits.get(host)
-        if state == 0:
-            if circuits is not None:
-                circuits.pop(circuit, None)
-        else:
-            if circuits is None:
-                if len(self._circuits) >= MAX_CIRCUIT_HOSTS:
-                    oldest = min(self._circuits, key=lambda h: max(seen for _, seen in self._circuits[h].values()))
-                    self._circuits[oldest].clear()
-                    self._export_circuits(oldest)
-                circuits = self._circuits[host] = {}
-            if circuit in circuits or len(circuits) < MAX_CIRCUIT_HOSTS:
-                circuits[circuit] = (state, now)
-        self._export_circuits(host)
+        self._forget_circuit(circuit)
+        if state in CIRCUIT_STATES:
+            if len(self._circuits) >= MAX_TRACKED_CIRCUITS:
+                self._forget_circuit(next(iter(self._circuits)))
+            self._circuits[circuit] = (state, now)
+            self.circuits.labels(CIRCUIT_STATES[state]).inc()
 
-    def _export_circuits(self, host: str) -> None:
-        circuits = self._circuits.get(host)
-        if circuits:
-            self.circuit_state.labels(host).set(max(state for state, _ in circuits.values()))
-            return
-        self._circuits.pop(host, None)
-        with contextlib.suppress(KeyError):
-            self.circuit_state.remove(host)
+    def _forget_circuit(self, circuit: str) -> None:
+        known = self._circuits.pop(circuit, None)
+        if known is not None:
+            self.circuits.labels(CIRCUIT_STATES[known[0]]).dec()
 
     def _forget_stale(self, now: float) -> None:
         if now - self._circuits_swept < 1.0:
             return
         self._circuits_swept = now
-        for host, circuits in list(self._circuits.items()):
-            for circuit in [c for c, (_, seen) in circuits.items() if now - seen > CIRCUIT_SERIES_TTL_S]:
-                del circuits[circuit]
-            self._export_circuits(host)
+        while self._circuits:
+            circuit, (_, seen) = next(iter(self._circuits.items()))  # the least recently seen comes first
+            if now - seen <= CIRCUIT_SERIES_TTL_S:
+                break
+            self._forget_circuit(circuit)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,20 +1,30 @@
 """The webhook wire format: body, headers and the `Conveyor-Signature` HMAC, shared by senders and receivers.
 
-A receiver verifies a delivery with `verify(secret, request.headers["Conveyor-Signature"], raw_body)` on the
-raw bytes it received (never on re-serialised JSON), and de-duplicates on `Conveyor-Delivery`, which is the
-same on every retry of one job.
+Every owner's deliveries are signed with that owner's own key, derived from WEBHOOK_SECRET and the owner
+(`signing_key`): a receiver holding owner A's key accepts nothing Conveyor sent on behalf of anyone else,
+whatever `url`, `event` and `data` another tenant chose. An owner reads its key from
+`GET /api/v1/webhook-signing-key`.
+
+A receiver verifies a delivery with `verify(raw_body, request.headers, key, owner="<the owner it
+expects>")` on the raw bytes it received (never on re-serialised JSON), and de-duplicates on
+`Conveyor-Delivery`, which is the same on every retry of one job.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from functools import cache
 from importlib import metadata
 from typing import Final
+from urllib.parse import quote
 
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import JsonValue
 
 from shared import json
@@ -22,41 +32,89 @@ from shared import json
 SIGNATURE_HEADER: Final = "Conveyor-Signature"
 DELIVERY_HEADER: Final = "Conveyor-Delivery"
 EVENT_HEADER: Final = "Conveyor-Event"
+# Whose delivery it is (percent-encoded, see `owner_header`): lets a receiver pick the key before it
+# parses the body. Not proof by itself: only the signature by that owner's key is.
+OWNER_HEADER: Final = "Conveyor-Owner"
 # How old a signed timestamp a receiver accepts by default: bounds replays of a captured delivery.
 DEFAULT_TOLERANCE_S: Final = 300
+KEY_PREFIX: Final = "whsk_"
+KEY_ID_PREFIX: Final = "whk_"
+# HKDF's salt and context: fixed, so every process derives the same key; versioned, so a future scheme
+# can never produce the same keys.
+_HKDF_SALT: Final = b"conveyor webhook signing keys"
+_HKDF_INFO: Final = b"conveyor/webhook-signing-key/v1\x00"
+# Header-safe as it is: visible ASCII but `%`; anything else (spaces, non-ASCII) is percent-encoded.
+_HEADER_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
+def signing_key(secret: str, owner: str) -> str:
+    """The key that signs `owner`'s deliveries: HKDF-SHA256 of WEBHOOK_SECRET with the owner as context.
+
+    One key per owner: holding one says nothing about another owner's key nor about the secret, and the
+    same secret and owner give the same key in every process (gateways and workers agree without storing it).
+    """
+    hkdf = HKDF(algorithm=SHA256(), length=32, salt=_HKDF_SALT, info=_HKDF_INFO + owner.encode())
+    return KEY_PREFIX + base64.urlsafe_b64encode(hkdf.derive(secret.encode())).rstrip(b"=").decode()
+
+
+def key_id(key: str) -> str:
+    """A short public name of a signing key (a hash of it): tells a receiver which key signed a delivery."""
+    return KEY_ID_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def owner_header(owner: str) -> str:
+    """`owner` as the value of `Conveyor-Owner`: as is unless it holds spaces, `%` or non-ASCII."""
+    return quote(owner, safe=_HEADER_SAFE)
+
+
+def sign(key: str, timestamp: int, body: bytes) -> str:
     """Hex HMAC-SHA256 of `"<timestamp>.<body>"`: the timestamp is signed so a replay cannot refresh it."""
-    return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.new(key.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def signature_header(secret: str, timestamp: int, body: bytes) -> str:
-    return f"t={timestamp},v1={sign(secret, timestamp, body)}"
+def signature_header(key: str, timestamp: int, body: bytes) -> str:
+    return f"t={timestamp},k={key_id(key)},v1={sign(key, timestamp, body)}"
+
+
+def signed_headers(secret: str, owner: str, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
+    """`Conveyor-Owner` and `Conveyor-Signature` of `owner`'s delivery `body`, signed with the owner's key."""
+    key = signing_key(secret, owner)
+    when = int(time.time()) if timestamp is None else timestamp
+    return {OWNER_HEADER: owner_header(owner), SIGNATURE_HEADER: signature_header(key, when, body)}
 
 
 def verify(
-    secret: str, header: str, body: bytes, *, tolerance_s: float = DEFAULT_TOLERANCE_S, now: float | None = None
+    body: bytes,
+    headers: Mapping[str, str],
+    key: str,
+    *,
+    owner: str,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
 ) -> bool:
-    """True if `header` carries a `v1` signature of `body` by `secret` made within `tolerance_s` of now.
+    """True if `body` is a delivery for `owner`, signed with `key` (that owner's key) within `tolerance_s`.
 
-    Several `v1=` entries are accepted (any one matching is enough), so a sender may sign with an old and a
-    new secret while they are rotated.
+    `headers` are the request's (looked up case-insensitively). A delivery another owner's job made fails:
+    its `Conveyor-Owner` names that owner, and it is signed with that owner's key. Several `v1=` entries
+    are accepted (any one matching is enough).
     """
+    found = {name.lower(): value for name, value in headers.items()}
+    if found.get(OWNER_HEADER.lower()) != owner_header(owner):
+        return False
     timestamp: int | None = None
     signatures: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
+    for part in found.get(SIGNATURE_HEADER.lower(), "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isascii() and value.isdigit():
             timestamp = int(value)
-        elif key == "v1" and value:
+        elif name == "v1" and value:
             signatures.append(value)
     if timestamp is None or not signatures:
         return False
     if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
         return False
-    expected = sign(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, s) for s in signatures)
+    expected = sign(key, timestamp, body).encode()
+    return any(hmac.compare_digest(expected, s.encode()) for s in signatures)  # bytes: any header text compares
 
 
 def delivery_id(job_id: str) -> str:
@@ -67,9 +125,7 @@ def delivery_id(job_id: str) -> str:
 def body(delivery: str, event: str, data: JsonValue, created_at: dt.datetime, *, owner: str) -> bytes:
     """`{"id", "event", "created_at", "owner", "data"}` as compact JSON: identical bytes on every attempt.
 
-    `owner` is the subject that submitted the delivery. Every delivery is signed with the one
-    WEBHOOK_SECRET while `url`, `event` and `data` are the submitter's, so a receiver must check `owner`
-    against the subject it expects: a valid signature alone only says Conveyor sent it, not for whom.
+    `owner` is the subject that submitted the delivery, the one whose key signs it.
     """
     return json.dumps(
         {"id": delivery, "event": event, "created_at": json.rfc3339(created_at), "owner": owner, "data": data}

@@ -22,7 +22,7 @@ from shared.jobtypes import builtin_specs
 from shared.jobtypes.webhook import WEBHOOK_DELIVER
 from shared.settings import WebhookConfig
 from support.helpers import eventually
-from support.receiver import Receiver, Reply, running_receiver
+from support.receiver import Hit, Receiver, Reply, running_receiver
 from support.stack import Api, Conn, Services, StartWorker, free_port, gateway_settings, running_gateway
 from workers.families import builtin_handlers
 from workers.families.webhook import handle_deliver
@@ -51,8 +51,18 @@ def webhook_metric(process: WorkerProcess, outcome: str) -> float:
     return value or 0.0
 
 
-def circuit_gauge(process: WorkerProcess, host: str = "127.0.0.1") -> float | None:
-    return process.metrics.registry.get_sample_value("conveyor_worker_circuit_breaker_state", {"host": host})
+def open_circuits(process: WorkerProcess) -> float | None:
+    return process.metrics.registry.get_sample_value("conveyor_worker_webhook_circuits", {"state": "open"})
+
+
+def key_of(api_key: dict[str, Any]) -> str:
+    key = api_key["key"]
+    assert isinstance(key, str)
+    return key
+
+
+def verifies(hit: Hit, key: str, owner: str) -> bool:
+    return webhooks.verify(hit.body, hit.headers, key, owner=owner)
 
 
 async def test_delivery_is_signed_and_keeps_its_id_across_a_retry(
@@ -78,13 +88,81 @@ async def test_delivery_is_signed_and_keeps_its_id_across_a_retry(
         assert hit.headers["Content-Type"] == "application/json"
         assert hit.headers["User-Agent"].startswith("Conveyor-Webhooks/")
         assert hit.headers["X-Tenant"] == "acme"
-        assert webhooks.verify(SECRET, hit.headers[webhooks.SIGNATURE_HEADER], hit.body)
-        assert not webhooks.verify("another-secret", hit.headers[webhooks.SIGNATURE_HEADER], hit.body)
+        assert hit.headers[webhooks.OWNER_HEADER] == "alice"
+        assert verifies(hit, webhooks.signing_key(SECRET, "alice"), "alice")
+        assert not verifies(hit, webhooks.signing_key("another-secret", "alice"), "alice")
     body = json.loads(first.body)
     assert body["id"] == delivery
     assert (body["event"], body["data"]) == ("order.paid", {"order": 42})
     assert body["created_at"] == done["created_at"]
-    assert body["owner"] == "alice", "the signed body names who sent it: one secret signs every tenant's deliveries"
+    assert body["owner"] == "alice", "the signed body names whose delivery it is"
+
+
+async def signing_key(api: Api, as_: str, *, role: str = "user", owner: str | None = None) -> dict[str, Any]:
+    query = "" if owner is None else f"?owner={owner}"
+    status, body, resp = await api.request("GET", "/api/v1/webhook-signing-key" + query, as_=as_, role=role)
+    assert status == 200, body
+    assert resp.headers["Cache-Control"] == "no-store", "a secret is never cached"
+    assert isinstance(body, dict)
+    return body
+
+
+async def test_a_delivery_verifies_only_with_its_own_owners_key_read_from_the_gateway(
+    services: Services, pg: Conn, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)  # the gateway derives the keys from the same secret
+    async with stack(services, start_worker, secret=SecretStr(SECRET)) as (api, receiver):
+        alices = await api.submit("webhook.deliver", {"url": receiver.url("/alice"), "event": "invoice.paid"})
+        # bob knows alice's receiver and posts an event of his choosing to it
+        bobs = await api.submit("webhook.deliver", {"url": receiver.url("/alice"), "event": "invoice.paid"}, as_="bob")
+        for job, owner in ((alices, "alice"), (bobs, "bob")):
+            assert (await api.wait_status(job["id"], "succeeded", "failed", as_=owner))["status"] == "succeeded"
+        alice_key, bob_key = await signing_key(api, "alice"), await signing_key(api, "bob")
+        for_alice = await signing_key(api, "root", role="admin", owner="alice")
+        refused, problem, _ = await api.request("GET", "/api/v1/webhook-signing-key?owner=alice", as_="bob")
+
+    by_delivery = {h.headers[webhooks.DELIVERY_HEADER]: h for h in receiver.at("/alice")}
+    alice_hit, bob_hit = (by_delivery[webhooks.delivery_id(j["id"])] for j in (alices, bobs))
+    assert (alice_key["owner"], bob_key["owner"]) == ("alice", "bob")
+    assert key_of(alice_key) != key_of(bob_key)
+    assert verifies(alice_hit, key_of(alice_key), "alice")
+    assert not verifies(bob_hit, key_of(alice_key), "alice"), "alice's receiver refuses bob's delivery"
+    assert verifies(bob_hit, key_of(bob_key), "bob")
+    assert f"k={alice_key['key_id']}," in alice_hit.headers[webhooks.SIGNATURE_HEADER], "the id of the key used"
+    assert for_alice == alice_key, "an admin may read any owner's key"
+    assert refused == 403, problem
+    assert "admin" in problem["detail"]
+    assert key_of(alice_key) not in str(problem)
+
+
+async def test_the_signing_key_route_says_when_signing_is_not_configured(
+    services: Services, pg: Conn, jobs_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
+    async with running_gateway(gateway_settings(services)) as api:
+        status, problem, resp = await api.request("GET", "/api/v1/webhook-signing-key")
+
+    assert status == 409
+    assert resp.content_type == "application/problem+json"
+    assert "webhook signing is not configured" in problem["detail"]
+    assert "WEBHOOK_SECRET" in problem["detail"]
+
+
+async def test_a_webhook_host_a_user_chose_never_shows_in_the_metrics(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    worker = await start_worker("default", handlers=HANDLERS, registry=REGISTRY, webhook=hooks(breaker_failures=1))
+    async with running_gateway(gateway_settings(services), registry=REGISTRY) as api:
+        url = "http://hooks.tenant-only-name.invalid/hook"  # a name that does not resolve: the attempt fails
+        job = await api.submit("webhook.deliver", {"url": url, "event": "e"}, max_attempts=1)
+        done = await api.wait_status(job["id"], "failed", "succeeded")
+        async with api.session.get(f"http://127.0.0.1:{worker.metrics_port}/metrics") as resp:
+            text = await resp.text()
+
+    assert done["error"]["type"] == "WebhookConnectionError"
+    assert "tenant-only-name" not in text
+    assert "alice" not in text
+    assert 'conveyor_worker_webhook_circuits{state="open"} 1.0' in text, "its circuit opened, and is counted"
 
 
 @pytest.mark.parametrize("status", [400, 410])
@@ -152,7 +230,7 @@ async def test_redirects_are_followed_and_caller_headers_stay_with_their_origin(
     assert old.body == new.body == final.body
     assert new.headers["Authorization"] == "Bearer x", "same origin keeps the caller's headers"
     assert "Authorization" not in final.headers, "another origin does not get them"
-    assert webhooks.verify(SECRET, final.headers[webhooks.SIGNATURE_HEADER], final.body)
+    assert verifies(final, webhooks.signing_key(SECRET, "alice"), "alice")
     assert looped["error"]["type"] == "WebhookRedirect"
     assert len(receiver.at("/loop")) == 4, "the first request and three redirects"
 
@@ -195,7 +273,7 @@ async def test_an_open_circuit_holds_jobs_until_a_probe_succeeds(
     )
     async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
         await _open_circuit(api, receiver, failures=2)
-        assert circuit_gauge(worker) == 2, "open"
+        assert open_circuits(worker) == 1
 
         # One attempt only: were the wait counted as an attempt, this job would fail.
         job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"}, max_attempts=1)
@@ -209,7 +287,7 @@ async def test_an_open_circuit_holds_jobs_until_a_probe_succeeds(
     assert done["status"] == "succeeded"
     assert done["attempts"] == 1
     assert len(receiver.hits) == 3, "one probe, which succeeded"
-    assert circuit_gauge(worker) is None, "closed again: a host with no open circuit has no series"
+    assert open_circuits(worker) == 0, "closed again"
 
 
 async def test_a_job_held_by_an_open_circuit_still_expires(
@@ -248,7 +326,7 @@ async def test_one_owners_open_circuit_does_not_hold_another_owners_deliveries(
     assert (done["status"], done["attempts"]) == ("succeeded", 1)
     assert json.loads(receiver.at("/hook")[-1].body)["owner"] == "bob"
     assert still["status"] == "queued", "alice's circuit is still open"
-    assert circuit_gauge(worker) == 2, "the host shows the worst of its circuits"
+    assert open_circuits(worker) == 1, "alice's circuit; bob's is closed"
 
 
 async def test_the_circuit_is_shared_by_worker_processes(

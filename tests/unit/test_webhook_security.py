@@ -1,48 +1,115 @@
-"""Webhook signatures, the SSRF address classification, Retry-After parsing, the guarded resolver and the
-circuit-breaker metric."""
+"""Webhook signatures by each owner's own key, the SSRF address classification, Retry-After parsing, the
+guarded resolver and the circuit-breaker metric (no tenant data in its labels)."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import socket
+from typing import Any
 
 import orjson
 import pytest
 
 from shared import webhooks
 from shared.circuit import CircuitState, circuit
-from shared.metrics import MAX_CIRCUIT_HOSTS, Metrics
+from shared.metrics import MAX_TRACKED_CIRCUITS, Metrics
 from workers.families.webhook import RETRY_AFTER_MAX_S, retry_after_s
 from workers.outbound import AddressRefused, GuardedResolver, guarded_socket, refusal
 
 BODY = b'{"id":"dlv_1","event":"order.paid"}'
 # printf '%s' '1700000000.{"id":"dlv_1","event":"order.paid"}' | openssl dgst -sha256 -hmac whsec_test
 EXPECTED = "d4b8a3fac812b56f706cb6ec338617dacac39e8b1a77b14ccf7ec4e88c04364f"
+# openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt key:whsec_test -kdfopt "salt:conveyor webhook signing
+#   keys" -kdfopt hexinfo:$(printf 'conveyor/webhook-signing-key/v1\0alice' | xxd -p | tr -d '\n') HKDF
+ALICE_KEY_BYTES = "197dac2f1d48cf6030024361e410acd7801709e4b9b9b926436801304573ae02"
+SECRET = "whsec_test"
+NOW = 1700000010
+
+
+def delivery(owner: str, body: bytes = BODY, *, secret: str = SECRET, at: int = 1700000000) -> dict[str, str]:
+    """The headers Conveyor's sender puts on `owner`'s delivery of `body`."""
+    return webhooks.signed_headers(secret, owner, body, timestamp=at)
 
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
     assert webhooks.sign("whsec_test", 1700000000, BODY) == EXPECTED
-    assert webhooks.signature_header("whsec_test", 1700000000, BODY) == f"t=1700000000,v1={EXPECTED}"
+    header = webhooks.signature_header("whsec_test", 1700000000, BODY)
+    assert header == f"t=1700000000,k={webhooks.key_id('whsec_test')},v1={EXPECTED}"
+
+
+def test_each_owner_signs_with_its_own_key_derived_from_the_secret_with_hkdf() -> None:
+    alice = webhooks.signing_key(SECRET, "alice")
+
+    assert alice.startswith("whsk_")
+    assert base64.urlsafe_b64decode(alice.removeprefix("whsk_") + "=").hex() == ALICE_KEY_BYTES
+    assert webhooks.signing_key(SECRET, "alice") == alice, "every process derives the same key"
+    others = {webhooks.signing_key(SECRET, o) for o in ("bob", "Alice", "alice ", "")}
+    assert alice not in others, "one key per owner"
+    assert len(others) == 4
+    assert webhooks.signing_key("another secret", "alice") != alice
+    assert SECRET not in alice
+    assert webhooks.key_id(alice).startswith("whk_")
+    assert webhooks.key_id(alice) != webhooks.key_id(others.pop())
+    assert webhooks.key_id(alice) not in alice
+
+
+def test_a_delivery_verifies_only_for_its_own_owner() -> None:
+    alice, bob = webhooks.signing_key(SECRET, "alice"), webhooks.signing_key(SECRET, "bob")
+    bobs = delivery("bob")  # bob posts `invoice.paid` to alice's receiver
+
+    assert webhooks.verify(BODY, bobs, bob, owner="bob", now=NOW)
+    assert not webhooks.verify(BODY, bobs, alice, owner="alice", now=NOW), "alice's key does not check bob's"
+    assert not webhooks.verify(BODY, bobs, bob, owner="alice", now=NOW), "it names bob, not alice"
+    forged = {**bobs, webhooks.OWNER_HEADER: "alice"}
+    assert not webhooks.verify(BODY, forged, alice, owner="alice", now=NOW), "renaming the owner does not help"
+    assert webhooks.verify(BODY, delivery("alice"), alice, owner="alice", now=NOW)
+
+
+def test_the_old_verify_without_an_owner_is_gone() -> None:
+    header = webhooks.signature_header(SECRET, 1700000000, BODY)
+    verify: Any = webhooks.verify
+
+    with pytest.raises(TypeError):
+        verify(SECRET, header, BODY)
 
 
 def test_verify_accepts_a_fresh_signature_and_rejects_tampering() -> None:
-    header = webhooks.signature_header("whsec_test", 1700000000, BODY)
-    now = 1700000010
+    key = webhooks.signing_key(SECRET, "alice")
+    headers = delivery("alice")
+    header = headers[webhooks.SIGNATURE_HEADER]
 
-    assert webhooks.verify("whsec_test", header, BODY, now=now)
-    assert not webhooks.verify("whsec_test", header, BODY + b" ", now=now), "body changed"
-    assert not webhooks.verify("other", header, BODY, now=now), "wrong secret"
-    assert not webhooks.verify("whsec_test", header.replace("t=1700000000", "t=1700000005"), BODY, now=now)
-    assert not webhooks.verify("whsec_test", header, BODY, now=now + 3600), "too old: a replay"
-    for broken in ("", "v1=abc", f"t=x,v1={EXPECTED}", "t=1700000000"):
-        assert not webhooks.verify("whsec_test", broken, BODY, now=now)
+    assert webhooks.verify(BODY, headers, key, owner="alice", now=NOW)
+    assert webhooks.verify(BODY, {k.lower(): v for k, v in headers.items()}, key, owner="alice", now=NOW)
+    assert not webhooks.verify(BODY + b" ", headers, key, owner="alice", now=NOW), "body changed"
+    assert not webhooks.verify(BODY, headers, SECRET, owner="alice", now=NOW), "the secret is not the key"
+    moved = {**headers, webhooks.SIGNATURE_HEADER: header.replace("t=1700000000", "t=1700000005")}
+    assert not webhooks.verify(BODY, moved, key, owner="alice", now=NOW)
+    assert not webhooks.verify(BODY, headers, key, owner="alice", now=NOW + 3600), "too old: a replay"
+    unnamed = {webhooks.SIGNATURE_HEADER: header}
+    assert not webhooks.verify(BODY, unnamed, key, owner="alice", now=NOW), "no Conveyor-Owner"
+    for broken in ("", "v1=abc", f"t=x,v1={EXPECTED}", "t=1700000000", "t=\u00b2,v1=x", "t=1700000000,v1=\u00e9"):
+        assert not webhooks.verify(BODY, {**headers, webhooks.SIGNATURE_HEADER: broken}, key, owner="alice", now=NOW)
 
 
-def test_verify_accepts_any_of_several_signatures_during_a_secret_rotation() -> None:
-    header = f"t=1700000000,v1={'0' * 64},v1={EXPECTED}"
+def test_verify_accepts_any_of_several_signatures() -> None:
+    key = webhooks.signing_key(SECRET, "alice")
+    headers = delivery("alice")
+    several = headers[webhooks.SIGNATURE_HEADER].replace("v1=", f"v1={'0' * 64},v1=")
 
-    assert webhooks.verify("whsec_test", header, BODY, now=1700000000)
+    assert webhooks.verify(BODY, {**headers, webhooks.SIGNATURE_HEADER: several}, key, owner="alice", now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("owner", "header"), [("alice", "alice"), ("apikey:ci-bot@example.com", "apikey:ci-bot@example.com"),
+                          ("Zoë Smith", "Zo%C3%AB%20Smith"), ("100%", "100%25")],
+)  # fmt: skip
+def test_the_owner_header_is_the_owner_percent_encoded_only_where_a_header_needs_it(owner: str, header: str) -> None:
+    headers = delivery(owner)
+
+    assert headers[webhooks.OWNER_HEADER] == header
+    assert webhooks.verify(BODY, headers, webhooks.signing_key(SECRET, owner), owner=owner, now=NOW)
 
 
 def test_delivery_id_and_body_are_the_same_for_every_attempt_of_a_job() -> None:
@@ -128,48 +195,51 @@ def test_retry_after_in_seconds_or_as_an_http_date_within_bounds() -> None:
     assert retry_after_s(None) is None
 
 
-def circuit_series(metrics: Metrics) -> dict[str, float]:
+def circuit_counts(metrics: Metrics) -> dict[str, float]:
     return {
-        s.labels["host"]: s.value
+        s.labels["state"]: s.value
         for family in metrics.registry.collect()
-        if family.name == "conveyor_worker_circuit_breaker_state"
+        if family.name == "conveyor_worker_webhook_circuits"
         for s in family.samples
     }
 
 
-def test_circuit_metric_lists_only_hosts_with_a_circuit_not_closed() -> None:
+def test_circuits_are_counted_by_state_and_no_host_or_owner_is_a_label() -> None:
     metrics = Metrics()
-    alice, bob = circuit("alice", "a.example"), circuit("bob", "a.example")
+    assert circuit_counts(metrics) == {"half_open": 0, "open": 0}, "both series from the start"
+    alice, bob = circuit("alice", "hooks.alice-corp.example"), circuit("bob", "hooks.alice-corp.example")
 
-    metrics.show_circuit("a.example", alice, CircuitState.OPEN)
-    metrics.show_circuit("a.example", bob, CircuitState.HALF_OPEN)
-    assert circuit_series(metrics) == {"a.example": 2}, "the worst circuit to the host"
-    metrics.show_circuit("a.example", alice, CircuitState.CLOSED)
-    assert circuit_series(metrics) == {"a.example": 1}
-    metrics.show_circuit("a.example", bob, CircuitState.CLOSED)
-    assert circuit_series(metrics) == {}, "a host whose circuits all closed has no series"
+    metrics.show_circuit(alice, CircuitState.OPEN)
+    metrics.show_circuit(bob, CircuitState.HALF_OPEN)
+    assert circuit_counts(metrics) == {"half_open": 1, "open": 1}
+    text = metrics.render().decode()
+    for tenant_data in ("alice-corp", "alice", "bob"):
+        assert tenant_data not in text
+    metrics.show_circuit(alice, CircuitState.OPEN)
+    assert circuit_counts(metrics) == {"half_open": 1, "open": 1}, "a circuit counts once"
+    metrics.show_circuit(bob, CircuitState.OPEN)
+    assert circuit_counts(metrics) == {"half_open": 0, "open": 2}
+    metrics.show_circuit(alice, CircuitState.CLOSED)
+    metrics.show_circuit(bob, CircuitState.CLOSED)
+    assert circuit_counts(metrics) == {"half_open": 0, "open": 0}
 
 
-def test_circuit_metric_series_are_bounded_whatever_hosts_users_choose() -> None:
+def test_the_circuits_a_process_keeps_in_mind_are_bounded_whatever_hosts_users_choose() -> None:
     metrics = Metrics()
-    metrics.show_circuit("real.example", circuit("alice", "real.example"), CircuitState.OPEN, now=0.0)
-    for n in range(MAX_CIRCUIT_HOSTS + 50):
-        host = f"h{n}.example"
-        metrics.show_circuit(host, circuit("mallory", host), CircuitState.OPEN, now=1.0 + n / 1000)
-    metrics.show_circuit("real.example", circuit("alice", "real.example"), CircuitState.OPEN, now=2.0)
+    metrics.show_circuit(circuit("alice", "real.example"), CircuitState.OPEN, now=0.0)
+    for n in range(MAX_TRACKED_CIRCUITS + 50):
+        metrics.show_circuit(circuit("mallory", f"h{n}.example"), CircuitState.OPEN, now=0.5)
+    metrics.show_circuit(circuit("mallory", "h0.example"), CircuitState.CLOSED, now=0.5)
 
-    shown = circuit_series(metrics)
-    assert len(shown) == MAX_CIRCUIT_HOSTS
-    assert "real.example" in shown, "the host seen least recently gives way, not the newest"
-    assert "h0.example" not in shown
+    assert circuit_counts(metrics) == {"half_open": 0, "open": MAX_TRACKED_CIRCUITS}, "the oldest gave way"
 
 
-def test_a_circuit_not_seen_for_a_while_drops_out_of_the_metric() -> None:
+def test_a_circuit_not_seen_for_a_while_is_no_longer_counted() -> None:
     metrics = Metrics()
-    metrics.show_circuit("gone.example", circuit("alice", "gone.example"), CircuitState.OPEN, now=0.0)
-    metrics.show_circuit("busy.example", circuit("alice", "busy.example"), CircuitState.OPEN, now=0.0)
+    metrics.show_circuit(circuit("alice", "gone.example"), CircuitState.OPEN, now=0.0)
+    metrics.show_circuit(circuit("alice", "busy.example"), CircuitState.OPEN, now=0.0)
 
-    metrics.show_circuit("busy.example", circuit("alice", "busy.example"), CircuitState.OPEN, now=299.0)
-    assert set(circuit_series(metrics)) == {"gone.example", "busy.example"}
-    metrics.show_circuit("busy.example", circuit("alice", "busy.example"), CircuitState.OPEN, now=301.0)
-    assert circuit_series(metrics) == {"busy.example": 2}, "closed by another process, or never sent to again"
+    metrics.show_circuit(circuit("alice", "busy.example"), CircuitState.OPEN, now=299.0)
+    assert circuit_counts(metrics)["open"] == 2
+    metrics.show_circuit(circuit("alice", "busy.example"), CircuitState.OPEN, now=301.0)
+    assert circuit_counts(metrics)["open"] == 1, "closed by another process, or never sent to again"

@@ -1,4 +1,4 @@
-"""`webhook.deliver`: a signed JSON POST to a subscriber's URL."""
+"""`webhook.deliver`: a JSON POST to a subscriber's URL, signed with its owner's key."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 # Set by Conveyor itself; a caller may not override them.
 RESERVED_HEADERS = frozenset(
     {"host", "content-length", "content-type", "conveyor-signature", "conveyor-delivery", "conveyor-event",
-     "transfer-encoding", "connection", "user-agent"}
+     "conveyor-owner", "transfer-encoding", "connection", "user-agent"}
 )  # fmt: skip
 
 

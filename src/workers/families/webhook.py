@@ -1,4 +1,5 @@
-"""Job family `webhook`: signed JSON POSTs behind the SSRF guard and a circuit breaker per owner and host.
+"""Job family `webhook`: JSON POSTs signed with their owner's own key, behind the SSRF guard and a circuit
+breaker per owner and host.
 
 Outcomes: 2xx succeeds; network errors, timeouts, 5xx, 408 and 429 retry (`Retry-After` honoured); other
 4xx and 3xx fail. Redirects (301, 302, 303, 307, 308) are followed by hand, at most `MAX_REDIRECTS`, each
@@ -72,7 +73,8 @@ async def handle_deliver(job: JobContext, payload: WebhookPayload) -> WebhookRes
     delivery = webhooks.delivery_id(job.job_id)
     body = webhooks.body(delivery, payload.event, payload.data, created_at, owner=job.owner)
     started = time.perf_counter()
-    reply = await _attempt(job, breaker, host, target, url, _headers(config, payload, delivery, body), body)
+    headers = _headers(config, payload, delivery, body, owner=job.owner)
+    reply = await _attempt(job, breaker, host, target, url, headers, body)
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     if 200 <= reply.status < 300:
         await _note(job, host, breaker.succeeded(worker.cache, target), target)
@@ -89,18 +91,20 @@ async def handle_deliver(job: JobContext, payload: WebhookPayload) -> WebhookRes
     raise PermanentJobError(message, type_name="WebhookHTTPError")
 
 
-def _headers(config: WebhookConfig, payload: WebhookPayload, delivery: str, body: bytes) -> dict[str, str]:
+def _headers(
+    config: WebhookConfig, payload: WebhookPayload, delivery: str, body: bytes, *, owner: str
+) -> dict[str, str]:
+    """Conveyor's headers over the caller's; signed with the owner's own key when WEBHOOK_SECRET is set."""
     headers = {
         **payload.headers,
         "Content-Type": "application/json",
         "User-Agent": webhooks.user_agent(),
         webhooks.DELIVERY_HEADER: delivery,
         webhooks.EVENT_HEADER: payload.event,
+        webhooks.OWNER_HEADER: webhooks.owner_header(owner),
     }
     if config.secret is not None and config.secret.get_secret_value():
-        headers[webhooks.SIGNATURE_HEADER] = webhooks.signature_header(
-            config.secret.get_secret_value(), int(time.time()), body
-        )
+        headers.update(webhooks.signed_headers(config.secret.get_secret_value(), owner, body))
     return headers
 
 
@@ -112,7 +116,7 @@ async def _admit(job: JobContext, breaker: Breaker, host: str, target: str) -> N
     except REDIS_ERRORS as exc:  # fail open: the cache is disposable, deliveries are not
         logger.warning("webhook.circuit_unavailable", extra={"host": host, "reason": type(exc).__name__})
         return
-    metrics.show_circuit(host, target, permit.state)
+    metrics.show_circuit(target, permit.state)
     if permit.allowed:
         return
     metrics.webhooks.labels("circuit_open").inc()
@@ -129,7 +133,7 @@ async def _note(job: JobContext, host: str, update: Awaitable[CircuitState], tar
         return
     if state is CircuitState.OPEN:
         logger.warning("webhook.circuit_open", extra={"host": host})
-    job.worker.metrics.show_circuit(host, target, state)
+    job.worker.metrics.show_circuit(target, state)
 
 
 async def _attempt(
@@ -183,7 +187,14 @@ async def _post(session: aiohttp.ClientSession, url: URL, headers: dict[str, str
 
 _OWN_HEADERS: Final = frozenset(
     h.lower()
-    for h in ("Content-Type", "User-Agent", webhooks.DELIVERY_HEADER, webhooks.EVENT_HEADER, webhooks.SIGNATURE_HEADER)
+    for h in (
+        "Content-Type",
+        "User-Agent",
+        webhooks.DELIVERY_HEADER,
+        webhooks.EVENT_HEADER,
+        webhooks.OWNER_HEADER,
+        webhooks.SIGNATURE_HEADER,
+    )
 )
 
 

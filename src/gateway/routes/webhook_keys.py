@@ -1,0 +1,62 @@
+"""GET /api/v1/webhook-signing-key: the key that signs the caller's webhook deliveries, for its receivers.
+
+Each owner's deliveries are signed with its own key (shared.webhooks.signing_key, derived from
+WEBHOOK_SECRET and the owner), so a receiver that checks signatures with the key read here accepts only
+deliveries of that owner's jobs. The key is derived on each call, never stored; the gateway and the workers
+must be given the same WEBHOOK_SECRET.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import Field
+
+from gateway.keys import PRINCIPAL, SETTINGS
+from gateway.responses import json_response
+from gateway.schemas import Doc
+from shared import webhooks
+from shared.errors import BadRequest, Conflict, PermissionDenied
+from shared.settings import WebhookConfig
+
+routes = web.RouteTableDef()
+
+WEBHOOK: web.AppKey[WebhookConfig] = web.AppKey("webhook", WebhookConfig)
+
+
+class SigningKey(Doc):
+    """The key that signs one owner's webhook deliveries."""
+
+    owner: str = Field(description="Whose deliveries it signs (their `owner` and `Conveyor-Owner`).")
+    key_id: str = Field(description="The key's public name, as in the `k=` of `Conveyor-Signature`.")
+    key: str = Field(
+        description="The HMAC-SHA256 key (its UTF-8 bytes) of `Conveyor-Signature`'s `v1=`: keep it secret."
+    )
+
+
+def setup(app: web.Application) -> None:
+    """Give the app the webhook settings: the gateway's own section once its settings have one, else the
+    environment's (WEBHOOK_SECRET), read once here at startup."""
+    own = getattr(app[SETTINGS], "webhook", None)
+    app[WEBHOOK] = own if isinstance(own, WebhookConfig) else WebhookConfig()
+
+
+@routes.get("/api/v1/webhook-signing-key")
+async def get_signing_key(request: web.Request) -> web.Response:
+    """GET /api/v1/webhook-signing-key: the caller's key; an admin may name another owner (`?owner=`).
+    Errors: 401, 403 (a user naming another owner), 409 (no WEBHOOK_SECRET: deliveries are unsigned)."""
+    principal = request[PRINCIPAL]
+    owner = request.query.get("owner", principal.sub)
+    if not owner:
+        raise BadRequest("query parameter `owner`: at least 1 character(s)")
+    if not principal.can_see(owner):
+        raise PermissionDenied("a user reads only its own signing key; another owner's needs the admin role")
+    secret = request.app[WEBHOOK].secret
+    if secret is None or not secret.get_secret_value():
+        raise Conflict(
+            "webhook signing is not configured: deliveries are sent unsigned; set WEBHOOK_SECRET on the "
+            "gateway and the workers"
+        )
+    key = webhooks.signing_key(secret.get_secret_value(), owner)
+    return json_response(
+        {"owner": owner, "key_id": webhooks.key_id(key), "key": key}, headers={"Cache-Control": "no-store"}
+    )
