@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import AliasChoices, Field, HttpUrl, SecretStr, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The API contract promises a working default for local use; production refuses it (see AuthConfig).
-DEV_JWT_SECRET = "conveyor-dev-only-jwt-secret-change-me-in-production"  # noqa: S105 - documented dev default, refused in production
+# A working default for local use, and public: accepted only by an explicit ENVIRONMENT=development process
+# bound to loopback (see AuthConfig and the process settings below); the dev encryption key likewise.
+DEV_JWT_SECRET = "conveyor-dev-only-jwt-secret-change-me-in-production"  # noqa: S105 - documented dev default, refused outside local development
+
+# What a refused start tells the operator to set, and how to make the value.
+JWT_HOWTO = (
+    "JWT_SECRET: set it to 32+ random characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+)
+KEYS_HOWTO = (
+    "ENCRYPTION_KEYS: set it to a Fernet key, "
+    "e.g. python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
+_DEV_ONLY = "only a process started with ENVIRONMENT=development and bound to loopback accepts"
 
 
 MAX_PROCESSES_PER_QUEUE = 32  # `conveyor run`: worker processes per queue
+GATEWAY_METRICS_PORT = 9100  # the gateway's /metrics listener outside development, unless METRICS_PORT says
 
 
 def _config() -> SettingsConfigDict:
@@ -22,6 +37,28 @@ def _config() -> SettingsConfigDict:
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to `host` is reachable from this machine only (`localhost`, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
+
+
+def _refuse(problems: Iterable[str]) -> None:
+    """Raise one ValidationError with a line per problem (each names the variable to set), if there are any."""
+    errors: list[Any] = [{"type": PydanticCustomError("unsafe_default", p), "loc": (), "input": None} for p in problems]
+    if errors:
+        raise ValidationError.from_exception_data("settings", errors)
+
+
+def _exposed(binds: Iterable[tuple[str, str]]) -> str | None:
+    """`API_HOST=0.0.0.0`: the first (variable, host) pair that is not loopback, for a refusal's message."""
+    return next((f"{name}={host or '(all interfaces)'}" for name, host in binds if not is_loopback(host)), None)
 
 
 class Environment(StrEnum):
@@ -76,10 +113,19 @@ class AuthConfig(BaseSettings):
     # A token whose `exp` lies further than this past its `iat` (or past now, without `iat`) is refused.
     jwt_max_lifetime_s: float = Field(86400.0, gt=0, validation_alias=_env("JWT_MAX_LIFETIME_S"))
 
+    @property
+    def explicit_development(self) -> bool:
+        """ENVIRONMENT=development was set, not defaulted: the one case the public dev secrets may be used."""
+        return self.environment is Environment.DEVELOPMENT and "environment" in self.model_fields_set
+
+    @property
+    def uses_dev_secret(self) -> bool:
+        return self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
+
     @model_validator(mode="after")
-    def _no_dev_secret_in_production(self) -> Self:
-        if self.environment is Environment.PRODUCTION and self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
-            raise ValueError("JWT_SECRET must be set to a real secret when ENVIRONMENT=production")
+    def _dev_secret_in_development_only(self) -> Self:
+        if self.uses_dev_secret and not self.explicit_development:
+            _refuse([f"{JWT_HOWTO} (the built-in development secret is public: {_DEV_ONLY} it)"])
         if len(self.jwt_secret.get_secret_value()) < 32:
             raise ValueError("JWT_SECRET must be at least 32 characters (HS256 wants a 256-bit key)")
         return self
@@ -180,10 +226,16 @@ class CryptoConfig(BaseSettings):
     # Comma-separated Fernet keys, newest first: the first encrypts, every one decrypts (rotation).
     keys: SecretStr | None = Field(None, validation_alias=_env("ENCRYPTION_KEYS"))
 
+    @property
+    def uses_dev_key(self) -> bool:
+        """No ENCRYPTION_KEYS: shared.sealing falls back to its public development key."""
+        return self.keys is None
+
     @model_validator(mode="after")
-    def _keys_in_production(self) -> Self:
-        if self.environment is Environment.PRODUCTION and self.keys is None:
-            raise ValueError("ENCRYPTION_KEYS must be set when ENVIRONMENT=production")
+    def _dev_key_in_development_only(self) -> Self:
+        explicit = self.environment is Environment.DEVELOPMENT and "environment" in self.model_fields_set
+        if self.uses_dev_key and not explicit:
+            _refuse([f"{KEYS_HOWTO} (without it, the public development key is used: {_DEV_ONLY} it)"])
         return self
 
 
@@ -258,6 +310,27 @@ class GatewaySettings(BaseSettings):
     mail_policy: MailPolicyConfig = Field(default_factory=MailPolicyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _every_section_at_once(cls, data: Any) -> Any:
+        return _build_sections(cls, data)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where /metrics has its own listener; None: on the API port (development without METRICS_PORT)."""
+        port = self.gateway.metrics_port
+        if port is None and self.auth.environment is Environment.DEVELOPMENT:
+            return None
+        return self.gateway.metrics_host, GATEWAY_METRICS_PORT if port is None else port
+
+    @model_validator(mode="after")
+    def _dev_secrets_on_loopback_only(self) -> Self:
+        binds = [("API_HOST", self.gateway.host)]
+        if (metrics := self.metrics_address) is not None:
+            binds.append(("METRICS_HOST", metrics[0]))
+        _refuse_exposed_dev_secrets(binds, jwt=self.auth.uses_dev_secret, key=self.crypto.uses_dev_key)
+        return self
+
 
 class WorkerSettings(BaseSettings):
     """Everything a worker process needs."""
@@ -275,6 +348,48 @@ class WorkerSettings(BaseSettings):
     job_types: JobTypesConfig = Field(default_factory=JobTypesConfig)
     mail_policy: MailPolicyConfig = Field(default_factory=MailPolicyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_section_at_once(cls, data: Any) -> Any:
+        return _build_sections(cls, data)
+
+    @model_validator(mode="after")
+    def _dev_key_on_loopback_only(self) -> Self:
+        _refuse_exposed_dev_secrets([("WORKER_METRICS_HOST", self.worker.metrics_host)], key=self.crypto.uses_dev_key)
+        return self
+
+
+def _build_sections(cls: type[BaseSettings], data: Any) -> Any:
+    """Build each section the input leaves out from the environment, so that a start refused for several
+    reasons (no JWT_SECRET and no ENCRYPTION_KEYS) names them all at once rather than one per attempt."""
+    if not isinstance(data, dict):
+        return data
+    built, errors = dict(data), []
+    for name, field in cls.model_fields.items():
+        if name in data or field.default_factory is None:
+            continue
+        try:
+            built[name] = field.default_factory()  # type: ignore[call-arg]
+        except ValidationError as exc:
+            errors += exc.errors(include_input=False, include_context=False)
+    if errors:
+        line_errors: list[Any] = [
+            {"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"], "input": None} for e in errors
+        ]
+        raise ValidationError.from_exception_data(cls.__name__, line_errors)
+    return built
+
+
+def _refuse_exposed_dev_secrets(binds: list[tuple[str, str]], *, jwt: bool = False, key: bool = False) -> None:
+    """The public dev secrets (already limited to explicit development) on a non-loopback bind: refused."""
+    exposed = _exposed(binds)
+    if exposed is None:
+        return
+    why = f"is accepted on loopback only, and {exposed} is not loopback"
+    problems = [f"{JWT_HOWTO} (the public development secret {why})"] if jwt else []
+    problems += [f"{KEYS_HOWTO} (the public development key {why})"] if key else []
+    _refuse(problems)
 
 
 def describe_errors(exc: ValidationError, program: str) -> list[str]:

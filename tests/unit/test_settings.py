@@ -1,4 +1,5 @@
-"""Settings: env names from API.md, production refuses the dev secret, secrets stay hidden."""
+"""Settings: env names from API.md, the public dev secrets only in explicit development on loopback, secrets
+stay hidden."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from shared.settings import (
 
 
 def test_env_names_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "development")
     monkeypatch.setenv("REDIS_JOBS_URL", "redis://jobs.internal:6379/1")
     monkeypatch.setenv("SMTP_TLS", "starttls")
     monkeypatch.setenv("API_PORT", "9000")
@@ -33,6 +35,7 @@ def test_env_names_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_shutdown_grace_is_one_float_for_the_gateway_and_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "development")
     monkeypatch.setenv("SHUTDOWN_GRACE_S", "2.5")
 
     assert GatewaySettings().gateway.shutdown_grace_s == 2.5
@@ -65,7 +68,7 @@ def test_conveyor_run_processes_per_queue(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_production_refuses_the_dev_jwt_secret() -> None:
-    with pytest.raises(ValidationError, match="ENVIRONMENT=production"):
+    with pytest.raises(ValidationError, match="JWT_SECRET: set it to 32"):
         AuthConfig(environment="production", jwt_secret=SecretStr(DEV_JWT_SECRET))
 
 
@@ -80,7 +83,8 @@ def test_short_jwt_secret_is_refused() -> None:
         AuthConfig(jwt_secret=SecretStr("short"))
 
 
-def test_secrets_do_not_show_in_reprs() -> None:
+def test_secrets_do_not_show_in_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "development")
     settings = WorkerSettings(smtp=SmtpConfig(password=SecretStr("hunter2-smtp")))
 
     assert "hunter2-smtp" not in repr(settings)
@@ -152,7 +156,7 @@ def production(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_production_gateway_without_jwt_secret_fails(production: pytest.MonkeyPatch) -> None:
     production.setenv("ENCRYPTION_KEYS", "q3J0fQ0xr3yqgH5wN0pW9o7b1c2d3e4f5g6h7i8j9k0=")
 
-    with pytest.raises(ValidationError, match="JWT_SECRET must be set"):
+    with pytest.raises(ValidationError, match="JWT_SECRET: set it to 32"):
         GatewaySettings()
 
 
@@ -162,7 +166,7 @@ def test_production_without_encryption_keys_fails(
 ) -> None:
     production.setenv("JWT_SECRET", PRODUCTION_JWT)
 
-    with pytest.raises(ValidationError, match="ENCRYPTION_KEYS must be set"):
+    with pytest.raises(ValidationError, match="ENCRYPTION_KEYS: set it to a Fernet key"):
         settings()
 
 
@@ -184,11 +188,11 @@ def _run(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("argv", "env", "expected"),
     [
-        (["-m", "gateway"], {}, "JWT_SECRET must be set"),
-        (["-m", "gateway"], {"JWT_SECRET": PRODUCTION_JWT}, "ENCRYPTION_KEYS must be set"),
-        (["-m", "workers", "default"], {"JWT_SECRET": PRODUCTION_JWT}, "ENCRYPTION_KEYS must be set"),
-        (["-m", "shared.cli", "run"], {}, "JWT_SECRET must be set"),
-        (["-m", "shared.cli", "token", "--sub", "alice"], {}, "JWT_SECRET must be set"),
+        (["-m", "gateway"], {}, "JWT_SECRET: set it to 32"),
+        (["-m", "gateway"], {"JWT_SECRET": PRODUCTION_JWT}, "ENCRYPTION_KEYS: set it to a Fernet key"),
+        (["-m", "workers", "default"], {"JWT_SECRET": PRODUCTION_JWT}, "ENCRYPTION_KEYS: set it to a Fernet key"),
+        (["-m", "shared.cli", "run"], {}, "JWT_SECRET: set it to 32"),
+        (["-m", "shared.cli", "token", "--sub", "alice"], {}, "JWT_SECRET: set it to 32"),
     ],
 )
 def test_entry_points_refuse_to_start_in_production_with_dev_defaults(
@@ -201,3 +205,164 @@ def test_entry_points_refuse_to_start_in_production_with_dev_defaults(
     assert "Traceback" not in done.stderr
     assert PRODUCTION_JWT not in done.stderr + done.stdout
     assert DEV_JWT_SECRET not in done.stderr + done.stdout
+
+
+# The public dev secrets: accepted only with ENVIRONMENT=development set explicitly, on loopback binds only.
+
+TEST_KEY = "q3J0fQ0xr3yqgH5wN0pW9o7b1c2d3e4f5g6h7i8j9k0="
+JWT_ADVICE = (
+    "JWT_SECRET: set it to 32+ random characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+)
+KEYS_ADVICE = (
+    "ENCRYPTION_KEYS: set it to a Fernet key, "
+    "e.g. python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
+BIND_VARS = ("API_HOST", "METRICS_HOST", "METRICS_PORT", "WORKER_METRICS_HOST")
+
+
+@pytest.fixture
+def bare(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment with no ENVIRONMENT, no secrets and default binds."""
+    for name in (*SECRET_VARS, *BIND_VARS, "ENVIRONMENT"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+def _messages(settings: type[GatewaySettings | WorkerSettings]) -> list[str]:
+    with pytest.raises(ValidationError) as caught:
+        settings()
+    return [e["msg"] for e in caught.value.errors()]
+
+
+def test_an_unset_environment_is_not_development_for_the_dev_secrets(bare: pytest.MonkeyPatch) -> None:
+    gateway = _messages(GatewaySettings)
+
+    assert [m.split(" (")[0] for m in gateway] == [JWT_ADVICE, KEYS_ADVICE], "both at once, each with its recipe"
+    assert "ENVIRONMENT=development" in gateway[0]
+    assert [m.split(" (")[0] for m in _messages(WorkerSettings)] == [KEYS_ADVICE]
+
+
+@pytest.mark.parametrize("environment", ["test", "production"])
+def test_only_development_accepts_the_dev_secrets(bare: pytest.MonkeyPatch, environment: str) -> None:
+    bare.setenv("ENVIRONMENT", environment)
+
+    assert [m.split(" (")[0] for m in _messages(GatewaySettings)] == [JWT_ADVICE, KEYS_ADVICE]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_explicit_development_on_loopback_accepts_the_dev_secrets(bare: pytest.MonkeyPatch, host: str) -> None:
+    bare.setenv("ENVIRONMENT", "development")
+    bare.setenv("API_HOST", host)
+    bare.setenv("WORKER_METRICS_HOST", host)
+
+    assert GatewaySettings().auth.jwt_secret.get_secret_value() == DEV_JWT_SECRET
+    assert GatewaySettings().metrics_address is None, "development: /metrics on the API port"
+    assert WorkerSettings().crypto.keys is None
+
+
+@pytest.mark.parametrize(
+    ("env", "exposed"),
+    [
+        ({"API_HOST": "0.0.0.0"}, "API_HOST=0.0.0.0"),  # noqa: S104 - the bind under test
+        ({"API_HOST": "::"}, "API_HOST=::"),
+        ({"API_HOST": "jobs.example.com"}, "API_HOST=jobs.example.com"),
+        ({"API_HOST": ""}, "API_HOST=(all interfaces)"),
+        ({"METRICS_PORT": "9100", "METRICS_HOST": "0.0.0.0"}, "METRICS_HOST=0.0.0.0"),  # noqa: S104
+    ],
+)
+def test_development_bound_beyond_loopback_refuses_the_dev_secrets(
+    bare: pytest.MonkeyPatch, env: dict[str, str], exposed: str
+) -> None:
+    bare.setenv("ENVIRONMENT", "development")
+    for name, value in env.items():
+        bare.setenv(name, value)
+
+    messages = _messages(GatewaySettings)
+
+    assert [m.split(" (")[0] for m in messages] == [JWT_ADVICE, KEYS_ADVICE]
+    assert all(f"{exposed} is not loopback" in m for m in messages)
+
+
+def test_development_with_real_secrets_may_bind_anywhere(bare: pytest.MonkeyPatch) -> None:
+    bare.setenv("ENVIRONMENT", "development")
+    bare.setenv("API_HOST", "0.0.0.0")  # noqa: S104 - the bind under test
+    bare.setenv("JWT_SECRET", PRODUCTION_JWT)
+    bare.setenv("ENCRYPTION_KEYS", TEST_KEY)
+
+    assert GatewaySettings().gateway.host == "0.0.0.0"  # noqa: S104
+
+
+def test_a_worker_with_metrics_beyond_loopback_refuses_the_dev_key(bare: pytest.MonkeyPatch) -> None:
+    bare.setenv("ENVIRONMENT", "development")
+    bare.setenv("WORKER_METRICS_HOST", "0.0.0.0")  # noqa: S104 - the bind under test
+
+    messages = _messages(WorkerSettings)
+
+    assert [m.split(" (")[0] for m in messages] == [KEYS_ADVICE]
+    assert "WORKER_METRICS_HOST=0.0.0.0 is not loopback" in messages[0]
+    bare.setenv("ENCRYPTION_KEYS", TEST_KEY)
+    assert WorkerSettings().worker.metrics_host == "0.0.0.0"  # noqa: S104
+
+
+def test_metrics_have_their_own_listener_outside_development(bare: pytest.MonkeyPatch) -> None:
+    bare.setenv("JWT_SECRET", PRODUCTION_JWT)
+    bare.setenv("ENCRYPTION_KEYS", TEST_KEY)
+    bare.setenv("ENVIRONMENT", "production")
+    assert GatewaySettings().metrics_address == ("127.0.0.1", 9100)
+    bare.setenv("METRICS_PORT", "9200")
+    assert GatewaySettings().metrics_address == ("127.0.0.1", 9200)
+    bare.setenv("ENVIRONMENT", "development")
+    assert GatewaySettings().metrics_address == ("127.0.0.1", 9200), "METRICS_PORT asks for one in development too"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["-m", "gateway"], {}, [JWT_ADVICE, KEYS_ADVICE]),
+        (["-m", "gateway"], {"ENVIRONMENT": "development", "API_HOST": "0.0.0.0"}, [JWT_ADVICE, KEYS_ADVICE]),  # noqa: S104
+        (["-m", "workers", "default"], {}, [KEYS_ADVICE]),
+        (["-m", "workers", "default"], {"ENVIRONMENT": "development", "WORKER_METRICS_HOST": "::"}, [KEYS_ADVICE]),
+    ],
+)
+def test_a_refused_start_names_each_variable_and_how_to_make_it(
+    argv: list[str], env: dict[str, str], expected: list[str]
+) -> None:
+    scrubbed = {k: v for k, v in os.environ.items() if k.upper() not in BIND_VARS}
+    clean = {k: v for k, v in scrubbed.items() if k.upper() not in SECRET_VARS and k.upper() != "ENVIRONMENT"}
+    done = subprocess.run(
+        [sys.executable, *argv], env={**clean, **env}, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    program = argv[1]
+    assert [line.split(" (")[0] for line in lines] == [
+        f"{program}: configuration error at settings: {e}" for e in expected
+    ]
+    assert "Traceback" not in done.stderr
+    assert DEV_JWT_SECRET not in done.stderr + done.stdout
+
+
+def test_the_image_defaults_to_production() -> None:
+    """`docker run conveyor python -m gateway` with nothing else set refuses to start, naming what to set."""
+    from pathlib import Path
+
+    dockerfile = (Path(__file__).parents[2] / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    image_env = dict(
+        item.split("=", 1)
+        for line in dockerfile.splitlines()
+        if line.startswith("ENV ")
+        for item in line.removeprefix("ENV ").split()
+    )
+    assert image_env.get("ENVIRONMENT") == "production"
+    clean = {k: v for k, v in os.environ.items() if k.upper() not in (*SECRET_VARS, *BIND_VARS, "ENVIRONMENT")}
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway"], env={**clean, **image_env}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert JWT_ADVICE in done.stderr
+    assert KEYS_ADVICE in done.stderr
