@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import jwt
 
@@ -63,10 +65,11 @@ async def authenticate(header: str | None, config: AuthConfig, pool: Pool) -> Pr
 
 
 def verify_jwt(token: str, config: AuthConfig) -> Principal:
-    """Verify an HS256 JWT (`sub` and `exp` required; `iss`/`aud` only when configured; `exp` with leeway).
+    """Verify an HS256 JWT (`sub` and `exp` required; `iss`/`aud` only when configured; `exp` with leeway;
+    a lifetime of at most JWT_MAX_LIFETIME_S).
 
     Raises:
-        Unauthenticated: malformed, expired or wrongly signed token (the reason stays generic).
+        Unauthenticated: malformed, expired, wrongly signed or too long-lived token (the reason stays generic).
     """
     try:
         claims = jwt.decode(
@@ -82,9 +85,23 @@ def verify_jwt(token: str, config: AuthConfig) -> Principal:
         raise Unauthenticated("the token has expired") from exc
     except jwt.PyJWTError as exc:
         raise Unauthenticated("the token is not valid") from exc
+    _check_lifetime(claims, config)
     sub, role = claims.get("sub"), claims.get("role", Role.USER.value)
     if not isinstance(sub, str) or not sub or len(sub) > 200:
         raise Unauthenticated("the token's `sub` claim must be a non-empty string")
     if not isinstance(role, str) or role not in {r.value for r in Role}:
         raise Unauthenticated("the token's `role` claim must be `user` or `admin`")
     return Principal(sub=sub, role=Role(role))
+
+
+def _check_lifetime(claims: dict[str, Any], config: AuthConfig) -> None:
+    """Refuse a token valid for longer than JWT_MAX_LIFETIME_S: from its `iat` (or from now, without one) to its
+    `exp`. A leaked token then stops working within that bound, whatever lifetime its issuer chose."""
+    now = time.time()
+    issued = claims.get("iat")
+    start = min(float(issued), now) if isinstance(issued, int | float) else now
+    if float(claims["exp"]) - start > config.jwt_max_lifetime_s + config.jwt_leeway_s:
+        raise Unauthenticated(
+            f"the token is valid for longer than this gateway accepts ({config.jwt_max_lifetime_s:g} s from `iat` "
+            "to `exp`); ask for a shorter-lived token"
+        )

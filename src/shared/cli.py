@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -69,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the principal's name (the `sub` claim)")
     token.add_argument("--role", choices=("user", "admin"), default="user")
     token.add_argument(
-        "--ttl-s", "--ttl", dest="ttl_s", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)"
+        "--ttl-s",
+        "--ttl",
+        dest="ttl_s",
+        type=_positive_int,
+        default=3600,
+        help="lifetime in seconds (default 3600; at most JWT_MAX_LIFETIME_S)",
     )
     commands.add_parser("migrate", help="apply pending database migrations to DATABASE_URL")
     return parser
@@ -83,6 +89,28 @@ def _run_async(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
+def _local_auth() -> AuthConfig:
+    """JWT settings as `conveyor token` reads them: an unset ENVIRONMENT means development, as for `conveyor run`
+    (signing with the public dev secret grants nothing a copy of the source does not; servers still refuse it
+    outside explicit development on loopback)."""
+    if any(key.upper() == "ENVIRONMENT" for key in os.environ):
+        return AuthConfig()
+    return AuthConfig(environment="development")
+
+
+def _token(sub: str, role: str, ttl_s: int) -> int:
+    config = _local_auth()
+    if ttl_s > config.jwt_max_lifetime_s:
+        print(  # noqa: T201
+            f"conveyor: --ttl-s {ttl_s} is longer than JWT_MAX_LIFETIME_S ({config.jwt_max_lifetime_s:g} s), "
+            "so the gateway would refuse the token",
+            file=sys.stderr,
+        )
+        return 2
+    print(mint_token(config, sub, role, ttl_s))  # noqa: T201 - the command's output
+    return 0
+
+
 async def _migrate() -> None:
     async with db.open_pool(PostgresConfig(), migrate=True):
         pass
@@ -93,8 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "token":
-            print(mint_token(AuthConfig(), args.sub, args.role, args.ttl_s))  # noqa: T201 - the command's output
-            return 0
+            return _token(args.sub, args.role, args.ttl_s)
         # In a terminal, the local tooling (and every child of `run`) logs readable lines unless LOG_FORMAT says.
         log = LogConfig().for_terminal(sys.stderr.isatty())
         configure_logging(log, role="supervisor" if args.command == "run" else args.command)

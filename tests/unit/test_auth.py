@@ -206,8 +206,18 @@ def test_bearer_scheme_is_case_insensitive() -> None:
     assert bearer_token("bearer abc ") == "abc"
 
 
-def test_cli_token_takes_sub_role_and_ttl(capsys: pytest.CaptureFixture[str]) -> None:
-    config = AuthConfig()  # the CLI signs with JWT_SECRET (or the dev default) exactly like this
+@pytest.fixture
+def no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ENVIRONMENT", "JWT_SECRET", "JWT_MAX_LIFETIME_S"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+DEV = AuthConfig(environment="development")  # what `conveyor token` signs with when nothing is set
+
+
+def test_cli_token_takes_sub_role_and_ttl(capsys: pytest.CaptureFixture[str], no_environment: None) -> None:
+    config = DEV
 
     assert main(["token", "--sub", "carol", "--role", "admin", "--ttl", "120"]) == 0
 
@@ -217,9 +227,60 @@ def test_cli_token_takes_sub_role_and_ttl(capsys: pytest.CaptureFixture[str]) ->
     assert verify_jwt(token, config) == Principal(sub="carol", role=Role.ADMIN)
 
 
-def test_cli_token_defaults_to_a_user_for_an_hour(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_token_defaults_to_a_user_for_an_hour(capsys: pytest.CaptureFixture[str], no_environment: None) -> None:
     assert main(["token", "--sub", "dave"]) == 0
 
     token = capsys.readouterr().out.strip()
-    claims = jwt.decode(token, AuthConfig().jwt_secret.get_secret_value(), algorithms=["HS256"])
+    claims = jwt.decode(token, DEV.jwt_secret.get_secret_value(), algorithms=["HS256"])
     assert (claims["role"], claims["exp"] - claims["iat"]) == ("user", 3600)
+
+
+# JWT_MAX_LIFETIME_S: from `iat` (or now, without one) to `exp`, whoever signed the token.
+
+DAY = 86400
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iat": 0, "exp": 365 * DAY},  # relative to now, see _at_now
+        {"exp": 365 * DAY},
+        {"iat": -3 * DAY, "exp": 600},  # issued long ago, about to expire: still a token minted for 3 days
+        {"iat": 0, "exp": DAY + 31},  # one second past the maximum and the leeway
+    ],
+)
+def test_a_token_valid_for_longer_than_the_maximum_is_refused(claims: dict[str, int]) -> None:
+    with pytest.raises(Unauthenticated, match=r"longer than this gateway accepts \(86400 s"):
+        verify_jwt(jwt.encode(_at_now(claims), TEST_JWT_SECRET, algorithm="HS256"), CONFIG)
+
+
+@pytest.mark.parametrize("claims", [{"iat": 0, "exp": DAY}, {"exp": DAY}, {"iat": -DAY + 60, "exp": 60}])
+def test_a_token_within_the_maximum_is_accepted(claims: dict[str, int]) -> None:
+    assert verify_jwt(jwt.encode(_at_now(claims), TEST_JWT_SECRET, algorithm="HS256"), CONFIG).sub == "mallory"
+
+
+def test_the_maximum_is_a_setting() -> None:
+    hourly = AuthConfig(jwt_secret=SecretStr(TEST_JWT_SECRET), jwt_max_lifetime_s=3600, jwt_leeway_s=0)
+    token = jwt.encode(_at_now({"iat": 0, "exp": 3601}), TEST_JWT_SECRET, algorithm="HS256")
+
+    with pytest.raises(Unauthenticated, match=r"\(3600 s from `iat` to `exp`\)"):
+        verify_jwt(token, hourly)
+    assert verify_jwt(token, CONFIG).sub == "mallory"
+
+
+def _at_now(claims: dict[str, int]) -> dict[str, object]:
+    now = int(time.time())
+    return {"sub": "mallory", **{name: now + offset for name, offset in claims.items()}}
+
+
+def test_cli_token_does_not_mint_beyond_the_maximum(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_environment: None
+) -> None:
+    assert main(["token", "--sub", "erin", "--ttl", str(DAY + 1)]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "--ttl-s 86401 is longer than JWT_MAX_LIFETIME_S (86400 s)" in out.err
+
+    monkeypatch.setenv("JWT_MAX_LIFETIME_S", "600")
+    assert main(["token", "--sub", "erin", "--ttl", "601"]) == 2
+    assert main(["token", "--sub", "erin", "--ttl", "600"]) == 0
