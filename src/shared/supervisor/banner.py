@@ -1,4 +1,5 @@
-"""What `conveyor run` prints once every child is up: URLs, an admin token, each child's pid and port."""
+"""What `conveyor run` prints once every child is up: URLs, an admin token (development only), each child's pid
+and port."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Final
 import jwt
 
 from shared.embedded import HOST
-from shared.settings import AuthConfig, GatewayConfig
+from shared.settings import AuthConfig, Environment, GatewayConfig
 from shared.supervisor.children import Child
 
 ADMIN_TOKEN_TTL_S: Final = 24 * 3600
@@ -38,6 +39,18 @@ def gateway_url(config: GatewayConfig) -> str:
     return f"http://{local_host(config.host)}:{config.port}"
 
 
+def admin_token_rows(auth: AuthConfig) -> list[tuple[str, str]]:
+    """A ready-to-use admin token, in development only: anywhere else, a token printed to a terminal (and so to
+    its scrollback, a CI log or a screen share) is an admin credential nobody asked for."""
+    if auth.environment is not Environment.DEVELOPMENT:
+        return [("admin token", "(none outside development: mint one with `conveyor token --sub NAME --role admin`)")]
+    ttl_s = min(ADMIN_TOKEN_TTL_S, int(auth.jwt_max_lifetime_s))
+    return [
+        ("admin token", mint_token(auth, "admin", "admin", ttl_s)),
+        ("", f"({ttl_s / 3600:g} h; more with `conveyor token --sub NAME [--role admin]`)"),
+    ]
+
+
 def banner(
     children: Sequence[Child],
     gateway: GatewayConfig,
@@ -50,12 +63,7 @@ def banner(
     for child in children:
         if child.spec.is_gateway:
             url = gateway_url(gateway)
-            token = mint_token(auth, "admin", "admin", ADMIN_TOKEN_TTL_S)
-            rows += [
-                ("gateway", f"{url}  (pid {child.pid}; readiness: {url}/ready)"),
-                ("admin token", token),
-                ("", "(24 h; more with `conveyor token --sub NAME [--role admin]`)"),
-            ]
+            rows += [("gateway", f"{url}  (pid {child.pid}; readiness: {url}/ready)"), *admin_token_rows(auth)]
         else:
             metrics = f"http://{local_host(metrics_host)}:{child.metrics_port}/metrics"
             rows.append((child.name, f"pid {child.pid}, metrics {metrics}"))
