@@ -22,6 +22,7 @@ from aiohttp.web_runner import GracefulExit
 from pydantic import ValidationError
 
 from gateway.app import create_app
+from gateway.routes.health import MetricsListenerUnavailable
 from shared import json
 from shared.embedded import follow_parent
 from shared.logging import configure_logging
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         reason = os.strerror(exc.errno).lower()
         print(f"gateway: cannot listen on {address}: {reason} (set API_HOST / API_PORT)", file=sys.stderr)  # noqa: T201
+        return 2
+    except MetricsListenerUnavailable as exc:
+        print(f"gateway: {exc}", file=sys.stderr)  # noqa: T201 - one line, not a traceback
         return 2
     finally:
         reporter.close()  # never up: the EOF tells a reader still waiting

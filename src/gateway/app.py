@@ -10,9 +10,10 @@ from aiohttp import web
 from gateway.api_docs import OPERATIONS
 from gateway.event_hub import EventHub
 from gateway.keys import CACHE, EVENT_HUB, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
-from gateway.middlewares import middlewares
+from gateway.middlewares import middlewares, security_headers
 from gateway.openapi import DOCS
 from gateway.routes import setup_routes
+from gateway.routes.health import metrics_listener
 from gateway.routes.openapi import build_on_startup
 from shared import db, queue, redis
 from shared.jobs import Registry
@@ -59,8 +60,10 @@ def create_app(
     app[SEALER] = Sealer.from_config(settings.crypto)
     app[METRICS] = metrics or Metrics()
     app[DOCS] = OPERATIONS
-    app.cleanup_ctx.extend([_postgres, _redis, _event_hub])
+    # The /metrics listener first: a port that is taken stops the start before any connection is opened.
+    app.cleanup_ctx.extend([metrics_listener, _postgres, _redis, _event_hub])
     app.on_shutdown.append(_end_streams)
+    app.on_response_prepare.append(security_headers)  # every response, streamed and errors too
     setup_routes(app)
     app.on_startup.append(build_on_startup)  # the OpenAPI document, built once from the finished router
     return app

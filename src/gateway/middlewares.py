@@ -1,4 +1,5 @@
-"""Middleware factories: request id, access log + metrics, problem+json errors, bearer authentication."""
+"""Middleware factories: request id, access log + metrics, problem+json errors, bearer authentication; the
+security headers every response carries."""
 
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ logger = logging.getLogger("gateway.access")
 error_logger = logging.getLogger("gateway.errors")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+# On every response, whatever its handler set: no MIME sniffing, no framing, no Referer to other sites.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+# Unless the handler set its own: a page that needs a Content-Security-Policy (a dashboard) sends one, which
+# should keep `frame-ancestors 'none'`; a static file outside the API may choose its own caching.
+DEFAULT_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "Cache-Control": "no-store"}
+# Never cached anywhere (a created API key's secret, artifacts, event streams), whatever the handler set.
+API_PREFIX = "/api/"
 
 
 def _route_template(request: web.Request) -> str:
@@ -116,6 +125,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if required is Access.ADMIN and not principal.is_admin:
             raise PermissionDenied("this route needs the admin role")
     return await handler(request)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` hook: it runs once for every response just before its headers go out, so
+    error responses, event streams and file downloads get the headers as well as JSON answers do."""
+    headers = response.headers
+    headers.update(SECURITY_HEADERS)
+    for name, value in DEFAULT_HEADERS.items():
+        headers.setdefault(name, value)
+    if request.path.startswith(API_PREFIX):
+        headers["Cache-Control"] = "no-store"
 
 
 def middlewares() -> list[Middleware]:

@@ -1,17 +1,37 @@
-"""/health (liveness, no I/O), /ready (pings PostgreSQL and both Redis databases), /metrics."""
+"""/health (liveness, no I/O), /ready (pings PostgreSQL and both Redis databases), /metrics.
+
+/metrics is served on the API port in development only; elsewhere it has a listener of its own
+(METRICS_HOST:METRICS_PORT, loopback and 9100 unless told), so scraping stays off the public API address.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import os
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL
+from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, SETTINGS
+from gateway.middlewares import security_headers
 from gateway.responses import json_response
 from shared import db, redis
+from shared.metrics import Metrics
 
 routes = web.RouteTableDef()
+logger = logging.getLogger("gateway")
+
+# What only bind() says: the address is taken, or is not one of this host's.
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
+# Where the separate /metrics listener listens once started (host, port): port 0 picks a free one.
+METRICS_LISTENING = web.AppKey("metrics_listening", tuple)
+
+
+class MetricsListenerUnavailable(RuntimeError):
+    """The configured /metrics address cannot be listened on (its message is one line for a terminal)."""
 
 
 @routes.get("/health")
@@ -20,17 +40,71 @@ async def get_health(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+def _state(reason: str) -> str:
+    # Public: up or down only. Which exception a dependency raised says something about the deployment.
+    return "ok" if reason == "ok" else "down"
+
+
 @routes.get("/ready")
 async def get_ready(request: web.Request) -> web.Response:
-    """GET /ready: 200 when Redis (both databases) and PostgreSQL answer, else 503. No auth."""
+    """GET /ready: 200 when Redis (both databases) and PostgreSQL answer, else 503. No auth; `ok`/`down` only."""
     app = request.app
     cache, jobs, pg = await asyncio.gather(redis.ping(app[CACHE]), redis.ping(app[JOBS_REDIS]), db.ping(app[PG_POOL]))
-    redis_state = cache if cache != "ok" else jobs
-    body = {"redis": redis_state, "postgres": pg}
-    return json_response(body, status=200 if redis_state == "ok" and pg == "ok" else 503)
+    body = {"redis": _state(cache if cache != "ok" else jobs), "postgres": _state(pg)}
+    return json_response(body, status=200 if body == {"redis": "ok", "postgres": "ok"} else 503)
+
+
+def _render(metrics: Metrics) -> web.Response:
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @routes.get("/metrics")
 async def get_metrics(request: web.Request) -> web.Response:
-    """GET /metrics: Prometheus text format. No auth."""
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """GET /metrics: Prometheus text format. No auth. 404 on the API port when it has a listener of its own."""
+    if request.app[SETTINGS].metrics_address is not None:
+        raise web.HTTPNotFound()
+    return _render(request.app[METRICS])
+
+
+def _metrics_app(metrics: Metrics) -> web.Application:
+    async def get_own_metrics(_: web.Request) -> web.Response:
+        return _render(metrics)
+
+    app = web.Application()
+    app.router.add_get("/metrics", get_own_metrics)
+    app.on_response_prepare.append(security_headers)
+    return app
+
+
+async def metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """A cleanup context: the separate /metrics listener, when the settings ask for one.
+
+    Raises:
+        MetricsListenerUnavailable: METRICS_HOST:METRICS_PORT is in use (or not one of this host's).
+    """
+    address = app[SETTINGS].metrics_address
+    if address is None:
+        yield
+        return
+    host, port = address
+    runner = web.AppRunner(_metrics_app(app[METRICS]), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        reason = os.strerror(exc.errno).lower()
+        raise MetricsListenerUnavailable(
+            f"cannot serve /metrics on {host}:{port}: {reason} (set METRICS_HOST / METRICS_PORT)"
+        ) from None
+    bound = int(runner.addresses[0][1])
+    app[METRICS_LISTENING] = (host, bound)
+    shown = f"[{host}]" if ":" in host else host
+    logger.info("gateway.metrics_listening", extra={"url": f"http://{shown}:{bound}/metrics"})
+    try:
+        yield
+    finally:
+        await runner.cleanup()
