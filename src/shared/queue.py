@@ -75,14 +75,18 @@ async def open_jobs_redis(config: RedisConfig, *, queue: str = "default") -> Asy
 
 
 def envelope(job: JobRecord) -> dict[str, Any]:
-    """What a worker needs to run one attempt without reading the ledger first."""
+    """What a worker needs to run one attempt without reading the ledger first.
+
+    The owner comes first: the claim script reads it from the head of arq's job record (`shared.claim`),
+    whatever size the payload is.
+    """
     return {
+        "owner": job.owner,
         "id": job.id,
         "generation": job.generation,
         "batch_id": job.batch_id,
         "priority": job.priority,
         "type": job.type,
-        "owner": job.owner,
         "payload": job.payload,
         "max_attempts": job.max_attempts,
         "timeout_s": job.timeout_s,
@@ -99,6 +103,13 @@ BAND_MS: Final = 100 * 365 * 24 * 3600 * 1000
 PRIORITY_BANDS: Final = {"high": 2 * BAND_MS, "normal": BAND_MS, "low": 0}
 HORIZON_MS: Final = 400 * 24 * 3600 * 1000  # beyond the furthest due time a job may have
 JOB_KEY_EXTRA: Final = dt.timedelta(days=1)  # how long arq keeps a job's record past its due time
+# Below every band lies the parking region: due jobs held back by their owner's fair share (`shared.claim`),
+# read after every band. It has a part per priority (high, normal, low: PARK_WIDTH_MS each), and within a
+# part jobs stand in the order they were parked. Every parked score is far below the high band's lowest
+# (PARK_TOP_MS) and stays an exact integer as a double.
+PARK_BASE_MS: Final = -8_700_000_000_000_000
+PARK_WIDTH_MS: Final = 2_800_000_000_000_000
+PARK_TOP_MS: Final = PARK_BASE_MS + 3 * PARK_WIDTH_MS
 
 
 def retry_defer_s(defer_s: float, priority: str) -> float:
@@ -130,12 +141,14 @@ async def enqueue(redis: ArqRedis, job: JobRecord) -> bool:
 
 
 async def due_job_ids(redis: ArqRedis, queue_name: str, *, limit: int) -> list[bytes]:
-    """Ids of due jobs, high priority first, then normal, then low; each in due-time order."""
+    """Ids of due jobs, high priority first, then normal, then low, each in due-time order; then the parked
+    ones (held back by their owner's share), high first, each in the order they were parked."""
     now = timestamp_ms()
-    windows = [
-        (float("-inf"), now - PRIORITY_BANDS["high"]),
+    windows: list[tuple[float | str, float | str]] = [
+        (PARK_TOP_MS, now - PRIORITY_BANDS["high"]),
         (now + HORIZON_MS - PRIORITY_BANDS["high"], now - PRIORITY_BANDS["normal"]),
         (now + HORIZON_MS - PRIORITY_BANDS["normal"], now),
+        (float("-inf"), f"({PARK_TOP_MS}"),
     ]
     async with redis.pipeline(transaction=False) as pipe:
         for low, high in windows:
@@ -188,17 +201,32 @@ def workers_key(queue: str) -> str:
     return f"conveyor:workers:{queue}"
 
 
-async def heartbeat(redis: ArqRedis, queue: str, worker_id: str, *, ttl_s: float) -> None:
-    """Record that `worker_id` serves `queue` now; members silent for `ttl_s` are dropped."""
+def worker_member(worker_id: str, slots: int) -> str:
+    """A live worker's entry in its queue's set: its id and how many jobs it runs at once (its slots)."""
+    return f"{worker_id}/{slots}"
+
+
+async def heartbeat(redis: ArqRedis, queue: str, member: str, *, ttl_s: float) -> int:
+    """Record that `member` (see `worker_member`) serves `queue` now; members silent for `ttl_s` are dropped.
+
+    Returns the slots of every live worker of the queue: what a fair share is a share of.
+    """
     now = timestamp_ms()
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(workers_key(queue), {worker_id: now})
+        pipe.zadd(workers_key(queue), {member: now})
         pipe.zremrangebyscore(workers_key(queue), "-inf", now - int(ttl_s * 1000))
-        await pipe.execute()
+        pipe.zrange(workers_key(queue), 0, -1)
+        members = (await pipe.execute())[2]
+    return sum(_slots(m.decode() if isinstance(m, bytes) else m) for m in members)
 
 
-async def leave(redis: ArqRedis, queue: str, worker_id: str) -> None:
-    await redis.zrem(workers_key(queue), worker_id)
+def _slots(member: str) -> int:
+    _, _, slots = member.rpartition("/")
+    return int(slots) if slots.isdigit() else 1
+
+
+async def leave(redis: ArqRedis, queue: str, member: str) -> None:
+    await redis.zrem(workers_key(queue), member)
 
 
 async def live_workers(redis: ArqRedis, queue: str, *, ttl_s: float) -> int:

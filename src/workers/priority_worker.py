@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Final
 
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
 from shared.claim import claim
 from shared.queue import due_job_ids
+
+# After parking jobs (their owners had used their share), the next read goes this many times deeper, so the
+# jobs of other owners behind a long backlog come into view within a few polls.
+DEEP_READ: Final = 4
+# When a full round of parking found nothing but held jobs, the shares are set aside this long: whoever
+# else waits in the ledger cannot be served now (held by a per-type limit, not yet in Redis), and a slot
+# must not idle for it.
+SHARES_ASIDE_S: Final = 0.5
 
 
 class PriorityWorker(Worker):
@@ -18,15 +27,19 @@ class PriorityWorker(Worker):
     (`shared.queue.due_job_ids`): arq reads the front of its sorted set, which would order jobs by score
     alone. `start_jobs` takes the jobs with one Lua call (`shared.claim.claim`) instead of a WATCH/MULTI
     round per job: the same checks as arq's, plus the queue's pause gate, atomically, so a job never starts
-    once a pause has reached Redis, whatever this worker read before.
+    once a pause has reached Redis, whatever this worker read before; and each owner's fair share of the
+    queue's slots (`shared.fair_share`), parking the jobs of an owner that has used its share.
     """
 
     def __init__(self, *, gate_queue: str, **options: Any) -> None:
         super().__init__(**options)
         self.gate_queue = gate_queue  # the queue's name (not its arq key): whose pause gate every claim checks
+        self._parked = 0  # jobs parked since this worker last took one
+        self._deep = False  # the last claim parked jobs: read deeper
+        self._shares_aside_until = 0.0
 
     async def _poll_iteration(self) -> None:
-        count = self.queue_read_limit
+        count = self.queue_read_limit * (DEEP_READ if self._deep else 1)
         if self.burst and self.max_burst_jobs >= 0:
             remaining = self.max_burst_jobs - self._jobs_started()
             if remaining < 1:
@@ -49,10 +62,24 @@ class PriorityWorker(Worker):
         claimed = await claim(
             self.pool, self.queue_name, self.gate_queue, [j.decode() for j in job_ids],
             limit=free, lease_ms=int(self.in_progress_timeout_s * 1000), now_ms=timestamp_ms(),
+            shares=time.monotonic() >= self._shares_aside_until,
         )  # fmt: skip
+        self._note_parking(claimed.held, took=bool(claimed.jobs), due=claimed.due)
         for job_id, score in claimed.jobs:
             await self.sem.acquire()  # never waits: arq sizes it max_jobs + 1 and at most `free` are taken
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    def _note_parking(self, held: int, *, took: bool, due: int) -> None:
+        """Track parking; once the jobs parked without a take cover every due entry, nothing else could be
+        taken: the shares are set aside for a moment (work-conserving)."""
+        self._deep = held > 0
+        if took or not held:
+            self._parked = 0
+            return
+        self._parked += held
+        if self._parked >= due:
+            self._parked = 0
+            self._shares_aside_until = time.monotonic() + SHARES_ASIDE_S

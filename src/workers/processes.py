@@ -15,7 +15,7 @@ from typing import Final
 
 from arq.worker import Worker
 
-from shared import db, queue, redis
+from shared import db, fair_share, queue, redis
 from shared import pause as queue_pause
 from shared.db import POSTGRES_ERRORS
 from shared.errors import Conflict
@@ -85,6 +85,7 @@ class WorkerProcess:
         self._loops_end = asyncio.Event()  # set once arq's loop is over: the background loops end too
         self.paused = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.member = queue.worker_member(self.worker_id, settings.worker.max_jobs)
 
     async def run(self) -> None:
         s, d = self.settings, self.definition
@@ -163,7 +164,7 @@ class WorkerProcess:
                 await asyncio.wait(stuck, timeout=BACKGROUND_STOP_S)
             with contextlib.suppress(*queue.REDIS_ERRORS):
                 await ctx.jobs_redis.delete(worker.health_check_key)
-                await queue.leave(ctx.jobs_redis, d.queue.value, self.worker_id)
+                await queue.leave(ctx.jobs_redis, d.queue.value, self.member)
             logger.info("worker.stopped", extra={"queue": d.queue.value, "completed": worker.jobs_complete})
 
     async def _poll_until_stopped(self, worker: Worker) -> None:
@@ -179,14 +180,18 @@ class WorkerProcess:
                 await asyncio.sleep(RESTART_DELAY_S)
 
     async def _control_step(self, ctx: WorkerContext) -> None:
-        """Copy the queue's pause flag from the ledger to its start gate in Redis and record this worker as
-        live. The gate, not this copy, decides every start (see `shared.claim`): this only makes sure Redis
-        holds the ledger's flag again after a restart or flush, and never undoes a newer pause."""
+        """Copy the queue's pause flag from the ledger to its start gate in Redis, record this worker (and its
+        slots) as live, and publish the owners' fair shares of the queue's slots. The gate, not this copy,
+        decides every start (see `shared.claim`): this only makes sure Redis holds the ledger's flag again
+        after a restart or flush, and never undoes a newer pause."""
         flag = await queue_pause.publish(ctx.pg, ctx.jobs_redis, ctx.queue)
         if flag.paused != self.paused:
             logger.info("worker.paused" if flag.paused else "worker.resumed", extra={"queue": ctx.queue})
         self.paused = flag.paused
-        await queue.heartbeat(ctx.jobs_redis, ctx.queue, self.worker_id, ttl_s=queue.WORKER_TTL_S)
+        slots = await queue.heartbeat(ctx.jobs_redis, ctx.queue, self.member, ttl_s=queue.WORKER_TTL_S)
+        await fair_share.publish(
+            ctx.pg, ctx.jobs_redis, ctx.queue, capacity=slots, share=self.settings.worker.owner_share
+        )
 
     async def _lease_loop(self, ctx: WorkerContext, worker: Worker) -> None:
         """Renew the lease of every running job three times per lease period."""
