@@ -50,8 +50,12 @@ async def get_ready(request: web.Request) -> web.Response:
     """GET /ready: 200 when Redis (both databases) and PostgreSQL answer, else 503. No auth; `ok`/`down` only."""
     app = request.app
     cache, jobs, pg = await asyncio.gather(redis.ping(app[CACHE]), redis.ping(app[JOBS_REDIS]), db.ping(app[PG_POOL]))
-    body = {"redis": _state(cache if cache != "ok" else jobs), "postgres": _state(pg)}
-    return json_response(body, status=200 if body == {"redis": "ok", "postgres": "ok"} else 503)
+    redis_reason = cache if cache != "ok" else jobs
+    body = {"redis": _state(redis_reason), "postgres": _state(pg)}
+    if body != {"redis": "ok", "postgres": "ok"}:  # the why goes to the operator's log, not to the caller
+        logger.warning("gateway.not_ready", extra={"redis": redis_reason, "postgres": pg})
+        return json_response(body, status=503)
+    return json_response(body)
 
 
 def _render(metrics: Metrics) -> web.Response:
