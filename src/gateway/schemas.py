@@ -56,8 +56,9 @@ class JobLinks(Doc):
     events: str
 
 
-class Job(Doc):
-    """The job resource."""
+class JobSummary(Doc):
+    """A job in a list: the job resource without `payload`, `result` and `errors`, which can be large;
+    `links.self` is the whole job."""
 
     id: str
     type: str
@@ -65,16 +66,11 @@ class Job(Doc):
     status: JobStatus
     priority: Priority
     owner: str
-    payload: dict[str, JsonValue] = Field(
-        description='As submitted (with the type\'s defaults filled in); secret fields show `"[redacted]"`.'
-    )
     attempts: int
     max_attempts: int
     timeout_s: float
     progress: Progress | None
-    result: dict[str, JsonValue] | None = Field(description="Set when succeeded; matches the type's result schema.")
     error: JobError | None
-    errors: list[AttemptError] = Field(description="Every failed attempt's error, oldest first.")
     batch_id: str | None
     idempotency_key: str | None
     created_at: dt.datetime
@@ -85,8 +81,18 @@ class Job(Doc):
     links: JobLinks
 
 
+class Job(JobSummary):
+    """The job resource."""
+
+    payload: dict[str, JsonValue] = Field(
+        description='As submitted (with the type\'s defaults filled in); secret fields show `"[redacted]"`.'
+    )
+    result: dict[str, JsonValue] | None = Field(description="Set when succeeded; matches the type's result schema.")
+    errors: list[AttemptError] = Field(description="Every failed attempt's error, oldest first.")
+
+
 class JobList(Doc):
-    items: list[Job]
+    items: list[JobSummary]
     next_cursor: str | None
 
 

@@ -65,7 +65,8 @@ async def create(
 
 
 async def get(conn: Connection | Pool, batch_id: str) -> BatchView | None:
-    row = await conn.fetchrow("SELECT * FROM batches WHERE id = $1", batch_id)
+    # Not `on_complete`: a job request of up to MAX_BODY_BYTES that the view does not show.
+    row = await conn.fetchrow("SELECT id, owner, total, on_complete_job_id FROM batches WHERE id = $1", batch_id)
     if row is None:
         return None
     counts = {
@@ -91,7 +92,9 @@ async def claim_completion(conn: Connection, batch_id: str) -> Completion | None
     """Inside a transaction: lock the batch and, if every member is finished and nobody completed it yet,
     mark it completed and return what to enqueue. Concurrent last finishers queue on the row lock; only
     the first sees it open."""
-    row = await conn.fetchrow("SELECT * FROM batches WHERE id = $1 FOR UPDATE", batch_id)
+    row = await conn.fetchrow(
+        "SELECT id, owner, on_complete, request_id, completed_at FROM batches WHERE id = $1 FOR UPDATE", batch_id
+    )
     if row is None or row["completed_at"] is not None:
         return None
     pending = await conn.fetchval(

@@ -78,11 +78,48 @@ class JobRecord:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    def summary(self) -> JobSummary:
+        return JobSummary(**{column: getattr(self, column) for column in SUMMARY_COLUMNS})
+
     @property
     def arq_id(self) -> str:
         """The job's id in arq: the ledger id, suffixed with the generation after a manual retry."""
         return self.id if self.generation == 0 else f"{self.id}.{self.generation}"
 
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job without its payload, result and per-attempt errors: what a list shows and what a stream
+    re-checks. A payload may be MAX_BODY_BYTES and a result RESULT_MAX_BYTES of JSON, each tens of times
+    larger once decoded, so neither is read unless one job is asked for."""
+
+    id: str
+    type: str
+    queue: str
+    owner: str
+    status: str
+    priority: str
+    attempts: int
+    max_attempts: int
+    timeout_s: float
+    error: dict[str, Any] | None
+    batch_id: str | None
+    idempotency_key: str | None
+    created_at: dt.datetime
+    scheduled_for: dt.datetime
+    expires_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
+    generation: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> JobSummary:
+        return cls(**dict(row.items()))
+
+
+SUMMARY_COLUMNS = pages.columns_of(JobSummary)
+_SUMMARY_SELECT = ", ".join(SUMMARY_COLUMNS)
 
 _INSERT = """
 INSERT INTO jobs (id, type, queue, owner, status, priority, payload, max_attempts, timeout_s,
@@ -145,12 +182,20 @@ class JobFilter:
     batch_id: str | None = None
 
 
+async def get_summary(conn: Connection | Pool, job_id: str) -> JobSummary | None:
+    """The job without its large columns: enough to tell whether anything a client sees has changed."""
+    row = await conn.fetchrow(f"SELECT {_SUMMARY_SELECT} FROM jobs WHERE id = $1", job_id)  # noqa: S608 - names from code
+    return None if row is None else JobSummary.from_row(row)
+
+
 async def list_jobs(
     conn: Connection | Pool, where: JobFilter, *, limit: int, cursor: str | None
-) -> tuple[list[JobRecord], str | None]:
-    """Newest first, keyset-paginated on (created_at, id)."""
+) -> tuple[list[JobSummary], str | None]:
+    """Newest first, keyset-paginated on (created_at, id); summaries only (a page never reads a payload)."""
     equal = {c: getattr(where, c) for c in ("owner", "status", "type", "queue", "batch_id")}
-    return await pages.newest_first(conn, "jobs", JobRecord.from_row, equal=equal, limit=limit, cursor=cursor)
+    return await pages.newest_first(
+        conn, "jobs", JobSummary.from_row, equal=equal, limit=limit, cursor=cursor, columns=SUMMARY_COLUMNS
+    )
 
 
 # --- worker-side transitions -----------------------------------------------------------------------

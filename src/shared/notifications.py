@@ -81,7 +81,7 @@ async def list_notifications(
     """Newest first, keyset-paginated on (created_at, id); `owner=None` lists everyone's (admin)."""
     return await pages.newest_first(
         conn, "notifications", NotificationRecord.from_row, equal={"owner": owner}, limit=limit, cursor=cursor,
-        conditions=["read_at IS NULL"] if unread else [],
+        conditions=["read_at IS NULL"] if unread else [], columns=pages.columns_of(NotificationRecord),
     )  # fmt: skip
 
 

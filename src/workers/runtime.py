@@ -15,7 +15,7 @@ from typing import Any, Generic
 from arq.worker import Function, Retry, func
 from pydantic import BaseModel, ValidationError
 
-from shared import events, ledger, submission
+from shared import events, json, ledger, submission
 from shared.db import POSTGRES_ERRORS
 from shared.errors import DependencyUnavailable, JobDeferred, JobError, PermanentJobError
 from shared.jobs import AnySpec, JobSpec, Limits, P, R
@@ -206,7 +206,12 @@ class Runtime:
         finally:
             metrics.jobs_running.dec()
             metrics.job_duration.labels(record.type).observe(time.perf_counter() - started)
-        return await self._succeed(record, attempt, checked.model_dump(mode="json"))
+        result_json = checked.model_dump(mode="json")
+        too_large = ResultTooLarge.check(result_json, self.ctx.settings.jobs.result_max_bytes)
+        if too_large is not None:
+            # Failed, not stored: neither the ledger nor arq's result record (the returned dict) gets it.
+            return await self._fail(record, attempt, too_large)
+        return await self._succeed(record, attempt, result_json)
 
     async def _announce(self, job_id: str, status: str) -> None:
         """Tell event-stream listeners (any gateway) that the ledger changed; best effort, never fails a job."""
@@ -317,6 +322,23 @@ def _early_s(score: int | None) -> float:
         now,
     )
     return max(due - now, 0) / 1000
+
+
+class ResultTooLarge(PermanentJobError):
+    """A result over RESULT_MAX_BYTES of JSON. Every read of the job would decode it (tens of times its size in
+    the gateway's memory) and Redis would keep a copy for RESULT_TTL_S, so it is stored nowhere: the job fails,
+    permanently, since running it again returns the same result."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the result is {size} bytes of JSON, over the limit of {limit} bytes (RESULT_MAX_BYTES): return"
+            " a smaller result, and write large output to an artifact (storage) and return its id instead"
+        )
+
+    @classmethod
+    def check(cls, result: Any, limit: int) -> ResultTooLarge | None:
+        size = len(json.dumps(result))
+        return cls(size, limit) if size > limit else None
 
 
 class JobTimeout(JobError):

@@ -6,20 +6,45 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway import sse
-from gateway.keys import EVENT_HUB, PG_POOL, SETTINGS
-from gateway.lookup import job_view, visible_job
-from shared import ledger
+from gateway.keys import EVENT_HUB, PG_POOL, PRINCIPAL, SETTINGS
+from gateway.lookup import job_view, well_formed_id
+from shared import json, ledger
+from shared.errors import NotFound
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
+# The resource's fields that can be large (a payload up to MAX_BODY_BYTES, a result up to RESULT_MAX_BYTES).
+# A stream holds them as their JSON text, not as objects tens of times larger, and never compares them:
+# they change only together with fields of the job's summary.
+LARGE = ("payload", "result")
 
-async def _current(app: web.Application, job_id: str) -> dict[str, Any] | None:
+
+async def _current(app: web.Application, job_id: str) -> tuple[dict[str, Any], ledger.JobSummary] | None:
+    """The whole resource, with its large fields kept encoded, and the summary it was rendered from."""
     record = await ledger.get_job(app[PG_POOL], job_id)
-    return None if record is None else await job_view(app, record)
+    if record is None:
+        return None
+    view = await job_view(app, record)
+    return {**view, **{k: orjson.Fragment(json.dumps(view[k])) for k in LARGE}}, record.summary()
+
+
+async def _visible_job(request: web.Request) -> ledger.JobSummary:
+    """The job named in the path, if the caller may see it (another owner's job is a 404), without its large
+    columns: the stream reads the whole job once it listens."""
+    job_id = request.match_info["job_id"]
+    summary = await ledger.get_summary(request.app[PG_POOL], job_id) if well_formed_id(job_id) else None
+    if summary is None or not request[PRINCIPAL].can_see(summary.owner):
+        raise NotFound(f"no job {job_id!r}")
+    return summary
+
+
+def _visible(view: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in view.items() if k not in LARGE}
 
 
 @routes.get("/api/v1/jobs/{job_id}/events")
@@ -28,23 +53,29 @@ async def stream_job_events(request: web.Request) -> web.StreamResponse:
     change of status or progress, `event: end` after a terminal status, a comment every SSE_HEARTBEAT_S.
     Errors (before the stream starts): 401, 404, 429 past SSE_MAX_PER_PRINCIPAL open streams."""
     app = request.app
-    record = await visible_job(request)
+    job_id = (await _visible_job(request)).id
     async with sse.stream_slot(request):
-        with app[EVENT_HUB].listen(record.id) as inbox:
+        with app[EVENT_HUB].listen(job_id) as inbox:
             stream = await sse.open_stream(request)
             try:
                 # Read the job again now that we listen: a change made since the check above is not missed.
-                view = await _current(app, record.id)
-                if view is not None:
-                    await _follow(app, stream, inbox, view)
+                current = await _current(app, job_id)
+                if current is not None:
+                    await _follow(app, stream, inbox, *current)
             except sse.DISCONNECTED:
-                logger.info("events.client_gone", extra={"job_id": record.id})
+                logger.info("events.client_gone", extra={"job_id": job_id})
     return stream
 
 
 async def _follow(
-    app: web.Application, stream: web.StreamResponse, inbox: asyncio.Queue[dict[str, Any]], view: dict[str, Any]
+    app: web.Application,
+    stream: web.StreamResponse,
+    inbox: asyncio.Queue[dict[str, Any]],
+    view: dict[str, Any],
+    seen: ledger.JobSummary,
 ) -> None:
+    """Send the job on every visible change. A status event or a heartbeat re-reads only the job's summary;
+    the whole row is read again only when the summary changed."""
     heartbeat_s = app[SETTINGS].gateway.sse_heartbeat_s
     await sse.send(stream, "job", view)
     while view["status"] not in ledger.TERMINAL:
@@ -56,12 +87,18 @@ async def _follow(
         if event["kind"] == "shutdown":
             return  # the gateway is stopping; the client reconnects elsewhere
         if event["kind"] == "progress":
-            fresh: dict[str, Any] | None = {**view, "progress": event["progress"]}
+            fresh = {**view, "progress": event["progress"]}
         else:
-            fresh = await _current(app, view["id"])
-        if fresh is None:
-            return  # cleaned away meanwhile
-        if fresh != view:
+            summary = await ledger.get_summary(app[PG_POOL], seen.id)
+            if summary is None:
+                return  # cleaned away meanwhile
+            if summary == seen:
+                continue
+            current = await _current(app, seen.id)
+            if current is None:
+                return
+            fresh, seen = current
+        if _visible(fresh) != _visible(view):
             view = fresh
             await sse.send(stream, "job", view)
     await sse.send(stream, "end", {"id": view["id"], "status": view["status"]})
