@@ -11,6 +11,7 @@ import pkgutil
 from functools import cache
 
 from shared.jobs import AnySpec, JobSpec, Registry
+from shared.settings import JobTypesConfig
 
 
 @cache
@@ -23,5 +24,18 @@ def builtin_specs() -> tuple[AnySpec, ...]:
     return tuple(sorted({id(s): s for s in found}.values(), key=lambda s: s.name))
 
 
-def builtin_registry() -> Registry:
-    return Registry(builtin_specs())
+def offered(name: str, job_types: JobTypesConfig) -> bool:
+    """Whether this deployment offers the type: every one does, but `system.echo` (a sleep-and-fail test
+    tool) only where SYSTEM_ECHO_ENABLED (by default, ENVIRONMENT=development) says so."""
+    return name != "system.echo" or job_types.echo_enabled
+
+
+def builtin_registry(job_types: JobTypesConfig | None = None) -> Registry:
+    """The built-in types this deployment offers (see `offered`): a type left out is unknown to the API
+    (refused, not listed, not documented) and to the scheduler.
+
+    Give the process's `settings.job_types`; without it they are read from the environment, as the
+    process's settings are.
+    """
+    config = JobTypesConfig() if job_types is None else job_types
+    return Registry(spec for spec in builtin_specs() if offered(spec.name, config))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.errors import RetryableJobError
+from shared.errors import PermanentJobError, RetryableJobError
 from shared.jobtypes.system import SYSTEM_ECHO, EchoPayload, EchoResult
 from workers.context import JobContext
 from workers.runtime import AnyHandler, bind
@@ -24,7 +24,18 @@ async def _sleep_reporting(job: JobContext, sleep_s: float) -> None:
 
 
 async def handle_echo(job: JobContext, payload: EchoPayload) -> EchoResult:
-    """Echo `data` back after `sleep_s`; the first `fail_times` attempts fail retryably. No external effect."""
+    """Echo `data` back after `sleep_s`; the first `fail_times` attempts fail retryably. No external effect.
+
+    Only where the type is offered (SYSTEM_ECHO_ENABLED, by default ENVIRONMENT=development): a job that
+    reaches a worker where it is not (queued before it was turned off, or by a gateway that offers it)
+    fails at once rather than sleeping and failing on anyone's behalf.
+    """
+    if not job.worker.settings.job_types.echo_enabled:
+        raise PermanentJobError(
+            "system.echo is turned off here: it runs only where SYSTEM_ECHO_ENABLED=true (the default with"
+            " ENVIRONMENT=development)",
+            type_name="JobTypeDisabled",
+        )
     if payload.sleep_s:
         await _sleep_reporting(job, payload.sleep_s)
     if job.attempt <= payload.fail_times:
