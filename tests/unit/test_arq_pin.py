@@ -2,8 +2,9 @@
 
 `workers.priority_worker.PriorityWorker` replaces `Worker.start_jobs` (the claim through the queue's pause gate) and
 `Worker._poll_iteration` (the read of due ids by priority), and `workers.processes` uses arq's private state
-(`job_counter`, `sem`, `tasks`, `allow_pick_jobs`, the burst switches, `_cancel_aborted_jobs`). A new arq that
-changes any of these must be read before it is taken: this test names what changed.
+(`job_counter`, `sem`, `tasks`, `allow_pick_jobs`, the burst switches, `_cancel_aborted_jobs`). The claim script
+(`shared.claim`) reads a job's owner from the head of arq's job record, so the record's layout is pinned too. A new
+arq that changes any of these must be read before it is taken: this test names what changed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import inspect
 from importlib.metadata import version
 
+from arq import jobs
 from arq.worker import Worker
 
 # sha256 (first 16 hex digits) of the source of each arq 0.28.0 method the worker replaces or depends on.
@@ -37,3 +39,9 @@ def test_the_arq_methods_the_worker_replaces_or_relies_on_are_unchanged() -> Non
         if (digest := hashlib.sha256(inspect.getsource(getattr(Worker, name)).encode()).hexdigest()[:16]) != pinned
     }
     assert not changed, f"arq changed {sorted(changed)}: compare with workers/priority_worker.py, then update PINNED"
+
+
+def test_the_job_record_keeps_its_arguments_near_its_head() -> None:
+    # {'t': job_try, 'f': function, 'a': args, ...}: the envelope (owner first) starts within a few bytes.
+    digest = hashlib.sha256(inspect.getsource(jobs.serialize_job).encode()).hexdigest()[:16]
+    assert digest == "1fc854cc50e16e5c", "arq changed serialize_job: compare with shared.claim's owner_of"
