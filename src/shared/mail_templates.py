@@ -95,6 +95,6 @@ def render(user_dir: Path | None, name: str, subject: str, context: dict[str, An
         raise TemplateProblem("TemplateNotFound", f"template {name!r} includes a missing template: {exc}") from exc
     except jinja2.TemplateError as exc:  # syntax errors, undefined variables, sandbox violations
         raise TemplateProblem("TemplateError", f"template {name!r}: {exc}") from exc
-    if not rendered.subject or any(c in rendered.subject for c in "\r\n"):
+    if rendered.subject.splitlines() != [rendered.subject]:  # empty, or a break of any kind (\u2028 too)
         raise TemplateProblem("TemplateError", "the subject must render to a single, non-empty line")
     return rendered

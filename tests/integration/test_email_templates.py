@@ -156,6 +156,77 @@ async def test_the_subject_is_not_a_template_so_a_loop_in_it_is_sent_as_text(
     assert str(_parse(smtp)["Subject"]).endswith("{% endfor %}{% endfor %} for Ann")
 
 
+# Links: only to PUBLIC_URL's host or a MAIL_LINK_HOSTS one, whoever wrote them.
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"template": "welcome", "context": {"name": "Ann", "url": "https://evil.example/login"}},
+        {"template": "welcome", "context": {"name": "Ann", "url": "https://jobs.example.com@evil.example/login"}},
+        {"html": '<p>Your account is locked. <a href="https://evil.example/unlock">Unlock it</a></p>'},
+        {"text": "Your account is locked. Unlock it at https://evil.example/unlock"},
+    ],
+    ids=["template-variable", "user-info", "html", "text"],
+)
+async def test_a_mail_linking_elsewhere_than_the_public_host_fails_unsent(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, services: Services, payload: dict[str, object]
+) -> None:
+    await start_worker(
+        "default", smtp_port=smtp.port, storage=storage_config(services, public_url="https://jobs.example.com")
+    )
+    job = await api.submit("email.send", {"to": ["a@example.com"], "subject": "Action needed", **payload})
+
+    failed = await api.wait_status(job["id"], "failed")
+
+    assert failed["attempts"] == 1
+    assert failed["error"]["type"] == "LinkNotAllowed"
+    assert failed["error"]["retryable"] is False
+    assert "evil.example" in failed["error"]["message"]
+    assert smtp.messages == []
+
+
+async def test_links_to_the_public_host_and_the_listed_hosts_are_sent(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAIL_LINK_HOSTS", "status.example.org, cdn.example.net")
+    storage = storage_config(services, public_url="https://jobs.example.com")
+    await start_worker("default", smtp_port=smtp.port, storage=storage)
+    welcome = await api.submit(
+        "email.send",
+        {"to": ["a@example.com"], "subject": "Hi", "template": "welcome",
+         "context": {"name": "Ann", "url": "https://jobs.example.com/login"}},
+    )  # fmt: skip
+    html = (
+        '<p><img src="https://cdn.example.net/logo.png" alt="logo"> See <a href="https://status.example.org/">status</a>'
+        ' or <a href="#details">below</a>, or write to <a href="mailto:help@jobs.example.com">us</a>.</p>'
+    )
+    free = await api.submit("email.send", {"to": ["a@example.com"], "subject": "News", "html": html})
+
+    await api.wait_status(welcome["id"], "succeeded")
+    await api.wait_status(free["id"], "succeeded")
+
+    assert 'href="https://jobs.example.com/login"' in _body(_parse(smtp, 0), "html")
+    assert len(smtp.messages) == 2
+
+
+async def test_a_line_break_from_the_context_in_a_subject_fails_at_once(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink
+) -> None:
+    await start_worker("default", smtp_port=smtp.port)
+    job = await api.submit(
+        "email.send",
+        {"to": ["a@example.com"], "subject": "Welcome, {{ name }}", "template": "welcome",
+         "context": {"name": "Ann\u2028Bcc: eve@evil.example"}},
+    )  # fmt: skip
+
+    failed = await api.wait_status(job["id"], "failed")
+
+    assert failed["attempts"] == 1, "no retry can fix it"
+    assert failed["error"]["type"] == "TemplateError"
+    assert smtp.messages == []
+
+
 async def test_artifact_is_attached_under_its_new_name(
     api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services
 ) -> None:

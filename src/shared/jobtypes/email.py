@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from shared.jobs import Backoff, EmailAddress, JobSpec, Payload, Queue, Result
+from shared.mail_policy import RecipientPolicy
+from shared.settings import MailPolicyConfig
+
+# The validation context key under which a new request's submitter policy is given (`submission_context`);
+# without it (a stored request, the worker) no recipient is refused here: the worker checks on its own.
+RECIPIENT_POLICY = "email_recipient_policy"
+
+
+def submission_context(config: MailPolicyConfig, *, admin: bool) -> dict[str, Any]:
+    """The validation context that holds a new request's `to`, `cc` and `bcc` to its submitter's policy:
+    a refused address is a 422 naming it (`["payload", "to", 3]`)."""
+    return {RECIPIENT_POLICY: RecipientPolicy.for_role(config, admin=admin)}
+
+
+def _allowed_recipient(address: str, info: ValidationInfo) -> str:
+    policy = (info.context or {}).get(RECIPIENT_POLICY)
+    if isinstance(policy, RecipientPolicy) and not policy.allows(address):
+        raise PydanticCustomError("recipient_not_allowed", "{reason}", {"reason": policy.refusal(address)})
+    return address
+
+
+# A recipient: an address, and one the submitter may write to (see `submission_context`).
+Recipient = Annotated[EmailAddress, AfterValidator(_allowed_recipient)]
+
+# Every line break `str.splitlines()` knows, for the published schema (the validator below is the check).
+_LINE_BREAKS = r"\n\r\u000b\u000c\u001c\u001d\u001e\u0085\u2028\u2029"
 
 
 class Attachment(BaseModel):
@@ -45,10 +83,13 @@ _ONE_BODY: dict[str, JsonValue] = {
 class EmailPayload(Payload):
     model_config = ConfigDict(json_schema_extra=_ONE_BODY)
 
-    to: list[EmailAddress] = Field(min_length=1, max_length=50)
-    cc: list[EmailAddress] = Field(default_factory=list, max_length=50)
-    bcc: list[EmailAddress] = Field(default_factory=list, max_length=50)
-    subject: str = Field(min_length=1, max_length=998, pattern=r"^[^\r\n]*$", description="One line.")
+    to: list[Recipient] = Field(min_length=1, max_length=50)
+    cc: list[Recipient] = Field(default_factory=list, max_length=50)
+    bcc: list[Recipient] = Field(default_factory=list, max_length=50)
+    subject: str = Field(
+        min_length=1, max_length=998, pattern=f"^[^{_LINE_BREAKS}]*$",
+        description="One line: no line break of any kind (`\\n`, `\\r`, `\\u2028`, …).",
+    )  # fmt: skip
     text: str | None = Field(None, max_length=512 * 1024, description="Not with `template`.")
     html: str | None = Field(None, max_length=512 * 1024, description="Not with `template`.")
     reply_to: EmailAddress | None = None
@@ -66,6 +107,14 @@ class EmailPayload(Payload):
         " that is not a key of `context` is a 422.",
     )  # fmt: skip
     attachments: list[Attachment] = Field(default_factory=list, max_length=10)
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        # A break the mail headers refuse would otherwise pass here and fail every attempt in the worker.
+        if value.splitlines() != [value]:
+            raise ValueError("must be one line: no line break of any kind")
+        return value
 
     @model_validator(mode="after")
     def _has_a_body(self) -> EmailPayload:

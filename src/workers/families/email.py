@@ -7,11 +7,14 @@ import logging
 
 import aiosmtplib
 
-from shared import mail_log, storage
-from shared.errors import PermanentJobError, RetryableJobError
+from shared import mail_log, mail_policy, storage
+from shared.errors import JobDeferred, PermanentJobError, RetryableJobError
 from shared.jobtypes.email import EMAIL_SEND, EmailPayload, EmailResult
 from shared.mail import MailAttachment, OutgoingMail, SendOutcome, message_id_for
+from shared.mail_links import LinkNotAllowed, LinkPolicy
+from shared.mail_policy import RecipientPolicy
 from shared.mail_templates import TemplateProblem, render
+from shared.queue import REDIS_ERRORS
 from workers.context import JobContext
 from workers.runtime import AnyHandler, bind
 
@@ -35,6 +38,10 @@ async def handle_send(job: JobContext, payload: EmailPayload) -> EmailResult:
     and a later attempt returns that record instead of sending again. The Message-ID is derived from the
     job id, so even a send repeated through the remaining window is recognisably the same message.
 
+    Before anything is sent: every recipient must be one the owner may write to, and every link one the
+    mail may carry (else the job fails); the owner's hourly budget must have room for its recipients (else
+    the job waits, using no attempt).
+
     Refused recipients (all of them) and other 5xx replies fail the job; 4xx replies and connection errors retry.
     """
     worker = job.worker
@@ -42,13 +49,75 @@ async def handle_send(job: JobContext, payload: EmailPayload) -> EmailResult:
     if earlier is not None:
         logger.info("email.already_sent")
         return _result(earlier)
+    await _check_recipients(job, payload)
     mail = await _compose(job, payload)
+    _check_links(job, mail)
+    await _take_budget(job, mail)
     sent = await _send(job, mail)
     if not await mail_log.record_sent(worker.pg, job.job_id, sent):
         logger.error("email.sent_unrecorded")  # a retry of this job would send again
     worker.metrics.smtp.labels("sent").inc()
     logger.info("email.sent", extra={"accepted": len(sent.accepted), "refused": len(sent.refused)})
     return _result(sent)
+
+
+async def _check_recipients(job: JobContext, payload: EmailPayload) -> None:
+    """Hold every recipient to the owner's policy: the user one, unless the owner holds a live admin API key
+    (the ledger does not know which role created the job, nor whether a schedule or batch did).
+
+    Raises:
+        PermanentJobError: `RecipientNotAllowed`, naming the first refused address.
+    """
+    config = job.worker.settings.mail_policy
+    policy = RecipientPolicy.for_role(config, admin=False)
+    refused = [a for a in (*payload.to, *payload.cc, *payload.bcc) if not policy.allows(a)]
+    if not refused or await mail_policy.owner_is_admin(job.worker.pg, job.owner):
+        return
+    raise PermanentJobError(
+        f"{policy.refusal(refused[0])} ({len(refused)} refused in all, and `{job.owner}` holds no admin API key;"
+        " nothing was sent)",
+        type_name="RecipientNotAllowed",
+    )
+
+
+def _check_links(job: JobContext, mail: OutgoingMail) -> None:
+    """Every link of the mail as it is about to be sent must lead to PUBLIC_URL's host or a MAIL_LINK_HOSTS one.
+
+    Raises:
+        PermanentJobError: `LinkNotAllowed`.
+    """
+    settings = job.worker.settings
+    try:
+        LinkPolicy.from_settings(settings.mail_policy, settings.storage.public_url).check_mail(mail.text, mail.html)
+    except LinkNotAllowed as exc:
+        raise PermanentJobError(f"{exc}; nothing was sent", type_name="LinkNotAllowed") from exc
+
+
+async def _take_budget(job: JobContext, mail: OutgoingMail) -> None:
+    """Count the mail's recipients against the owner's MAIL_PER_OWNER_PER_HOUR; counted once per job, so a
+    retry after a transient SMTP error is not counted again.
+
+    Raises:
+        JobDeferred: the hour's budget is spent; the job waits until the window has room.
+        PermanentJobError: `TooManyRecipients`, more than a whole hour's budget.
+        RetryableJobError: the cache is unreachable (sending uncounted would lift the limit).
+    """
+    worker = job.worker
+    per_hour = worker.settings.mail_policy.per_owner_per_hour
+    recipients = mail_policy.distinct_recipients([*mail.to, *mail.cc, *mail.bcc])
+    if recipients > per_hour:
+        raise PermanentJobError(
+            f"{recipients} recipients, over MAIL_PER_OWNER_PER_HOUR ({per_hour}): split the mail",
+            type_name="TooManyRecipients",
+        )
+    try:
+        wait_s = await mail_policy.take_budget(
+            worker.cache, job.owner, job.job_id, recipients=recipients, per_hour=per_hour
+        )
+    except REDIS_ERRORS as exc:
+        raise RetryableJobError("the mail budget could not be checked", type_name="MailBudgetUnavailable") from exc
+    if wait_s > 0:
+        raise JobDeferred(f"the owner's mail budget for the hour is spent; room in {wait_s:g}s", wait_s=wait_s)
 
 
 def _result(sent: SendOutcome) -> EmailResult:
