@@ -14,6 +14,8 @@ from enum import Enum
 
 from aiohttp import web
 
+from shared import api_keys
+
 logger = logging.getLogger("gateway.auth")
 
 API_PREFIX = "/api/v1/"
@@ -77,6 +79,7 @@ RULES: tuple[Rule, ...] = tuple(
         ("POST", "/api/v1/api-keys", _ADMIN),
         ("GET", "/api/v1/api-keys", _ADMIN),
         ("DELETE", "/api/v1/api-keys/{id}", _ADMIN),
+        ("GET", "/api/v1/webhook-signing-key", _U),
     )
 )
 
@@ -125,3 +128,12 @@ def markdown_table() -> str:
     lines = ["| route | no token | `user` | `admin` |", "|---|---|---|---|"]
     lines += [f"| `{r.method} {r.path}` | {' | '.join(_CELLS[r.access])} |" for r in RULES]
     return "\n".join(lines) + "\n"
+
+
+def api_key_id(request: web.Request) -> str | None:
+    """The API key an authenticated request was made with (the auth middleware verified it), None for a JWT.
+
+    Stored with work that runs later as its owner, whose standing is then checked again.
+    """
+    _, _, token = request.headers.get("Authorization", "").partition(" ")
+    return api_keys.key_id(token.strip())

@@ -30,7 +30,6 @@ T = TypeVar("T")
 PREFIX: Final = "conveyor:ratelimit:"
 WINDOW_MS: Final = 60_000
 PROBE_EVERY_S: Final = 2.0  # on the fallback, one request in this long asks Redis whether it answers again
-QUEUE_CAP_RETRY_S: Final = 10
 # Redis unreachable (refused, reset, DNS, the client's socket timeout: OSError and redis' ConnectionError and
 # TimeoutError) or refusing the call (out of memory, read-only, loading): the limiter falls back.
 REDIS_ERRORS: Final = (RedisError, OSError)
@@ -215,18 +214,19 @@ def principal_rate_middleware() -> Middleware:
     return middleware
 
 
-async def guard_queue(request: web.Request, adding: int, *, idempotency_key: str | None = None) -> None:
-    """Refuse (429) jobs that would take the caller past MAX_QUEUED_PER_OWNER waiting jobs.
+async def guard_queue(
+    request: web.Request, adding: int, *, idempotency_key: str | None = None, owner: str | None = None
+) -> None:
+    """Refuse (429) jobs that would take their owner (the caller unless given) past MAX_QUEUED_PER_OWNER
+    waiting jobs.
 
     Raises:
-        RateLimited: the owner already has that many jobs queued, scheduled or retrying.
+        QueueFull: the owner already has that many jobs queued, scheduled or retrying.
     """
-    app, owner = request.app, request[PRINCIPAL].sub
+    app = request.app
+    owner = request[PRINCIPAL].sub if owner is None else owner
     cap = app[SETTINGS].security.max_queued_per_owner
     if await quota.has_room(app[PG_POOL], owner, adding=adding, cap=cap, idempotency_key=idempotency_key):
         return
     app[METRICS].rate_limited.labels("queue_cap").inc()
-    raise RateLimited(
-        f"at most {cap} jobs may be waiting (queued, scheduled or retrying) per owner; retry once some have started",
-        retry_after_s=QUEUE_CAP_RETRY_S,
-    )
+    raise quota.QueueFull(cap)

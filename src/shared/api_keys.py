@@ -123,3 +123,32 @@ async def verify(conn: Connection | Pool, token: str) -> ApiKey | None:
             row["id"],
         )
     return ApiKey.from_row(row)
+
+
+def key_id(token: str) -> str | None:
+    """The id of the key a well-formed API-key token names (`key_<hex>`), or None; the token is not verified."""
+    match = _TOKEN.fullmatch(token)
+    return None if match is None else f"key_{match[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What the owner of stored work (a schedule, a batch's on_complete) may still do when it runs."""
+
+    revoked: bool  # it was created with an API key, and no key of its principal is live any more
+    for_anyone: bool  # it may act for other principals (`JobSpec.on_behalf_of`): the owner is still an admin
+
+
+async def standing(conn: Connection | Pool, owner: str, created_with_key: str | None) -> Standing:
+    """The owner's standing now, for work created with `created_with_key` (None: with a JWT).
+
+    A key's principal is looked up by its `sub`, so a replacement key (rotation) keeps the owner's work
+    running; a principal all of whose keys are revoked has none, and one left with only `user` keys may no
+    longer act for others. A JWT is stateless: nothing can be looked up, the work runs as it was accepted.
+    """
+    if created_with_key is None:
+        return Standing(revoked=False, for_anyone=True)  # checked when the work was accepted
+    roles = {
+        r["role"] for r in await conn.fetch("SELECT role FROM api_keys WHERE sub = $1 AND revoked_at IS NULL", owner)
+    }
+    return Standing(revoked=not roles, for_anyone="admin" in roles)

@@ -13,13 +13,17 @@ import asyncpg
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared import pages
+from shared import pages, quota
 from shared.db import Connection, Pool
 from shared.errors import Conflict
 from shared.jobs import Timestamp
 from shared.submission import KeylessJobRequest
 
 Overlap = Literal["allow", "skip_if_running"]
+# Why a due fire time made no job (`last_skip_reason`).
+SkipReason = Literal["queue_cap", "overlap", "invalid_job", "error"]
+# How long a schedule whose fire raised waits before it is tried again (it never holds up the others).
+RETRY_FAILED_S = 60.0
 
 
 def next_fire(cron: str, timezone: str, after: dt.datetime) -> dt.datetime:
@@ -134,6 +138,10 @@ class Schedule:
     last_job_id: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    created_with_key: str | None  # the API key it was created with; None: a JWT (see shared.api_keys.standing)
+    disabled_reason: str | None  # set when Conveyor disabled it: `owner_revoked`, `owner_not_allowed`
+    last_skipped_at: dt.datetime | None
+    last_skip_reason: str | None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Schedule:
@@ -147,21 +155,31 @@ def first_run(cron: str, timezone: str, start_at: dt.datetime | None, end_at: dt
     return None if end_at is not None and when > end_at else when
 
 
-async def create(conn: Connection | Pool, owner: str, request: ScheduleRequest) -> Schedule:
-    """Raises Conflict when the owner already has a schedule of that name."""
-    try:
-        row = await conn.fetchrow(
-            """
-            INSERT INTO schedules
-                (id, owner, name, cron, timezone, job, start_at, end_at, enabled, overlap, next_run_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *
-            """,
-            "sch_" + secrets.token_urlsafe(18), owner, request.name, request.cron, request.timezone,
-            request.job.model_dump(mode="json"), request.start_at, request.end_at, request.enabled, request.overlap,
-            first_run(request.cron, request.timezone, request.start_at, request.end_at),
-        )  # fmt: skip
-    except asyncpg.UniqueViolationError as exc:
-        raise Conflict(f"you already have a schedule named {request.name!r}") from exc
+async def create(
+    pool: Pool, owner: str, request: ScheduleRequest, *, cap: int, created_with_key: str | None = None
+) -> Schedule:
+    """Record a schedule, if the owner keeps at most `cap` (MAX_SCHEDULES_PER_OWNER) with it.
+
+    Raises:
+        ScheduleLimitReached: the owner already has `cap` schedules.
+        Conflict: the owner already has a schedule of that name.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await quota.lock_schedules(conn, owner, cap=cap)
+        try:
+            row = await conn.fetchrow(
+                """
+                INSERT INTO schedules (id, owner, name, cron, timezone, job, start_at, end_at, enabled, overlap,
+                                       next_run_at, created_with_key)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *
+                """,
+                "sch_" + secrets.token_urlsafe(18), owner, request.name, request.cron, request.timezone,
+                request.job.model_dump(mode="json"), request.start_at, request.end_at, request.enabled,
+                request.overlap, first_run(request.cron, request.timezone, request.start_at, request.end_at),
+                created_with_key,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"you already have a schedule named {request.name!r}") from exc
     assert row is not None  # noqa: S101 - INSERT … RETURNING always returns the row
     return Schedule.from_row(row)
 
@@ -186,10 +204,12 @@ async def update(conn: Connection | Pool, current: Schedule, patch: SchedulePatc
     end_at = patch.end_at if "end_at" in patch.model_fields_set else current.end_at
     enabled = current.enabled if patch.enabled is None else patch.enabled
     job = patch.job.model_dump(mode="json") if patch.job else current.job
+    # Enabling it again (an admin, say, once the owner has a live key) clears why Conveyor disabled it: the
+    # next fire checks the owner's standing anew.
     row = await conn.fetchrow(
         """
         UPDATE schedules SET cron = $2, timezone = $3, end_at = $4, enabled = $5, job = $6, next_run_at = $7,
-                             updated_at = now()
+                             disabled_reason = CASE WHEN $5 THEN NULL ELSE disabled_reason END, updated_at = now()
         WHERE id = $1 RETURNING *
         """,
         current.id, cron, timezone, end_at, enabled, job, first_run(cron, timezone, current.start_at, end_at),
@@ -229,15 +249,18 @@ async def record_run(conn: Connection, schedule_id: str, fire_time: dt.datetime)
 
 
 async def advance(
-    conn: Connection, schedule: Schedule, *, fired_at: dt.datetime, job_id: str | None, next_run_at: dt.datetime | None
-) -> None:
+    conn: Connection, schedule: Schedule, *, fired_at: dt.datetime, job_id: str | None, next_run_at: dt.datetime | None,
+    skipped: SkipReason | None = None,
+) -> None:  # fmt: skip
+    """Move the schedule past `fired_at`: to the job it made, or to why it made none (`skipped`)."""
     await conn.execute(
         """
         UPDATE schedules SET next_run_at = $2, last_run_at = $3, last_job_id = coalesce($4, last_job_id),
-                             updated_at = now()
+                             last_skipped_at = CASE WHEN $5::text IS NULL THEN last_skipped_at ELSE $3 END,
+                             last_skip_reason = coalesce($5, last_skip_reason), updated_at = now()
         WHERE id = $1
         """,
-        schedule.id, next_run_at, fired_at, job_id,
+        schedule.id, next_run_at, fired_at, job_id, skipped,
     )  # fmt: skip
     if job_id is not None:
         await conn.execute(
@@ -246,6 +269,29 @@ async def advance(
             fired_at,
             job_id,
         )
+
+
+async def disable(conn: Connection, schedule_id: str, *, reason: str) -> None:
+    """Conveyor turns a schedule off (its owner lost their standing), saying why in `disabled_reason`."""
+    await conn.execute(
+        "UPDATE schedules SET enabled = false, disabled_reason = $2, updated_at = now() WHERE id = $1",
+        schedule_id,
+        reason,
+    )
+
+
+async def postpone(conn: Connection, schedule_id: str, *, fire_time: dt.datetime) -> None:
+    """A fire that raised: try that schedule again in RETRY_FAILED_S (after the schedules due meanwhile)."""
+    await conn.execute(
+        """
+        UPDATE schedules SET next_run_at = now() + make_interval(secs => $2), last_skipped_at = $3,
+                             last_skip_reason = 'error', updated_at = now()
+        WHERE id = $1
+        """,
+        schedule_id,
+        RETRY_FAILED_S,
+        fire_time,
+    )
 
 
 async def is_running(conn: Connection, job_id: str | None) -> bool:

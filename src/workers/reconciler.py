@@ -1,11 +1,16 @@
-"""The ledger reconciler: puts back on Redis every unfinished job the ledger holds and Redis has lost."""
+"""The ledger reconciler: puts back on Redis every unfinished job the ledger holds and Redis has lost.
+
+One bad item (a batch whose completion raises, a job whose enqueue does) is logged, counted in
+`background_item_failures_total{loop="reconciler"}` and skipped: it never ends the pass for everyone else.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 
-from shared import batches, ledger, queue, submission
+from shared import batches, ledger, queue, quota, submission
+from workers.background import isolated
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -15,24 +20,34 @@ async def _put_back(ctx: WorkerContext, jobs: list[ledger.JobRecord]) -> list[st
     """Enqueue the jobs Redis lacks; returns their ids."""
     put_back: list[str] = []
     for job in await queue.missing_from_redis(ctx.jobs_redis, jobs):
-        if not await queue.enqueue(ctx.jobs_redis, job):
-            # arq still holds an outcome for this id while the ledger says unfinished: the ledger write
-            # of that outcome was lost. The ledger wins; drop arq's record and run the job again.
-            logger.warning("reconciler.stale_result", extra={"job_id": job.id, "status": job.status})
-            await queue.drop_result(ctx.jobs_redis, job)
-            if not await queue.enqueue(ctx.jobs_redis, job):
-                continue
-        put_back.append(job.id)
+        with isolated(ctx.metrics, "reconciler", "reconciler.job_failed", job_id=job.id):
+            if await _enqueue(ctx, job):
+                put_back.append(job.id)
     return put_back
+
+
+async def _enqueue(ctx: WorkerContext, job: ledger.JobRecord) -> bool:
+    if await queue.enqueue(ctx.jobs_redis, job):
+        return True
+    # arq still holds an outcome for this id while the ledger says unfinished: the ledger write of that
+    # outcome was lost. The ledger wins; drop arq's record and run the job again.
+    logger.warning("reconciler.stale_result", extra={"job_id": job.id, "status": job.status})
+    await queue.drop_result(ctx.jobs_redis, job)
+    return await queue.enqueue(ctx.jobs_redis, job)
 
 
 async def complete_orphaned_batches(ctx: WorkerContext) -> None:
     """Batches whose last member finished without completing them (its worker died in between)."""
     grace_s = ctx.settings.worker.reconcile_grace_s
+    cap = quota.worker_caps(ctx.settings).max_queued_per_owner
     for batch_id in await batches.open_without_pending(ctx.pg, older_than_s=grace_s, limit=100):
-        await submission.complete_batch(
-            ctx.pg, ctx.jobs_redis, ctx.registry, batch_id, sealer=ctx.sealer, enqueue_timeout_s=2.0
-        )
+        # A batch whose completion raises (a stored request no code path expected, say) stays open and is
+        # tried again next pass; the others complete meanwhile.
+        with isolated(ctx.metrics, "reconciler", "reconciler.batch_failed", batch_id=batch_id):
+            await submission.complete_batch(
+                ctx.pg, ctx.jobs_redis, ctx.registry, batch_id, sealer=ctx.sealer, enqueue_timeout_s=2.0,
+                queue_cap=cap,
+            )  # fmt: skip
 
 
 async def reconcile_once(ctx: WorkerContext) -> int:

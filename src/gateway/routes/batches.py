@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.access import api_key_id
 from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
 from gateway.lookup import well_formed_id
 from gateway.ratelimit import guard_queue
@@ -17,8 +18,9 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/batches")
 async def create_batch(request: web.Request) -> web.Response:
     """POST /api/v1/batches: any role. 202 once the batch and every member are committed (all or none).
-    Errors: 400, 401, 413, 415, 422 (locations start at `jobs[i]` or `on_complete`), 429 past
-    MAX_QUEUED_PER_OWNER waiting jobs (the whole batch counts)."""
+    Errors: 400, 401, 413, 415, 422 (locations start at `jobs[i]` or `on_complete`; an on_complete takes no
+    idempotency key), 429 past MAX_QUEUED_PER_OWNER waiting jobs (the whole batch counts; the on_complete job
+    counts when it is made)."""
     body = await read_model(request, submission.BatchRequest)
     app, owner = request.app, request[PRINCIPAL].sub
     batch_id = batches.new_batch_id()
@@ -33,6 +35,7 @@ async def create_batch(request: web.Request) -> web.Response:
     records = await submission.submit_batch(
         app[PG_POOL], app[JOBS_REDIS], body, members, batch_id=batch_id, owner=owner,
         request_id=request[REQUEST_ID], enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s,
+        created_with_key=api_key_id(request),
     )  # fmt: skip
     for record in records:
         app[METRICS].jobs_enqueued.labels(record.type).inc()

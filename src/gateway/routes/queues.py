@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.keys import JOBS_REDIS, PG_POOL, SETTINGS
 from gateway.responses import json_response, read_model
-from shared import ledger, pause, queue, queues, submission
+from shared import ledger, pause, queue, queues, quota, submission
 from shared.errors import DependencyUnavailable, NotFound
 from shared.jobs import Queue
 
@@ -131,9 +131,12 @@ async def clean_queue(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/queues/{name}/retry-failed")
 async def retry_failed(request: web.Request) -> web.Response:
-    """POST /api/v1/queues/{name}/retry-failed: admin; every failed job of the queue, attempts from 0."""
+    """POST /api/v1/queues/{name}/retry-failed: admin; every failed job of the queue, attempts from 0, as far
+    as each owner's MAX_QUEUED_PER_OWNER allows (a retried job waits like a new one): the jobs that do not
+    fit stay failed and are counted in `skipped`, to be retried once their owners' queues have drained."""
     app = request.app
     ids = await queues.failed_ids(app[PG_POOL], _queue_name(request))
-    reset = await ledger.reset_for_retry(app[PG_POOL], ids)
+    fitting, skipped = await quota.within_room(app[PG_POOL], ids, cap=app[SETTINGS].security.max_queued_per_owner)
+    reset = await ledger.reset_for_retry(app[PG_POOL], fitting)
     await submission.resubmit(app[JOBS_REDIS], reset, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s)
-    return json_response({"retried": len(reset)})
+    return json_response({"retried": len(reset), "skipped": skipped})

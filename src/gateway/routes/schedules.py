@@ -6,7 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER
+from gateway.access import api_key_id
+from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
 from gateway.lookup import well_formed_id
 from gateway.params import page
 from gateway.responses import json_response, read_model
@@ -24,6 +25,8 @@ def _resource(s: schedules.Schedule) -> dict[str, Any]:
         "job": {**s.job, "payload": redact(s.job.get("payload") or {})},
         "start_at": rfc3339(s.start_at), "end_at": rfc3339(s.end_at), "enabled": s.enabled, "overlap": s.overlap,
         "next_run_at": rfc3339(s.next_run_at), "last_run_at": rfc3339(s.last_run_at), "last_job_id": s.last_job_id,
+        "last_skipped_at": rfc3339(s.last_skipped_at), "last_skip_reason": s.last_skip_reason,
+        "disabled_reason": s.disabled_reason,
         "created_at": rfc3339(s.created_at), "updated_at": rfc3339(s.updated_at),
         "links": {"self": f"/api/v1/schedules/{s.id}"},
     }  # fmt: skip
@@ -53,11 +56,15 @@ async def _visible(request: web.Request) -> schedules.Schedule:
 
 @routes.post("/api/v1/schedules")
 async def create_schedule(request: web.Request) -> web.Response:
-    """POST /api/v1/schedules: any role. Errors: 400, 401, 409 (name taken by this owner), 415, 422."""
+    """POST /api/v1/schedules: any role. Errors: 400, 401, 409 (`conflict`: name taken by this owner;
+    `schedule_limit_reached`: the owner has MAX_SCHEDULES_PER_OWNER already), 415, 422."""
     body = await read_model(request, schedules.ScheduleRequest)
     owner = request[PRINCIPAL].sub
     body = body.model_copy(update={"job": _checked_job(request, body.job, owner)})
-    created = await schedules.create(request.app[PG_POOL], owner, body)
+    created = await schedules.create(
+        request.app[PG_POOL], owner, body, cap=request.app[SETTINGS].security.max_schedules_per_owner,
+        created_with_key=api_key_id(request),
+    )  # fmt: skip
     return json_response(_resource(created), status=201, headers={"Location": f"/api/v1/schedules/{created.id}"})
 
 
