@@ -21,9 +21,16 @@ from typing import Any, Final
 import polars as pl
 
 # Rows read to infer each column's type; a later value that does not fit widens the column and the scan
-# starts again (see `_widened`).
+# starts again (see `_widened`), at most MAX_RESCANS times: the last rescan reads every column as text, so
+# a file crafted to widen one column per pass costs a few passes, not three per column.
 INFER_ROWS: Final = 100_000
 DATE_INFER_ROWS: Final = 1_000
+MAX_RESCANS: Final = 4
+# Wider files are refused: each column adds work to every pass and an entry to the stored result. The
+# published cap, shared.jobtypes.dataset.MAX_COLUMNS (not imported: the pool process loads no pydantic).
+MAX_COLUMNS: Final = 200
+# Names and string statistics longer than this are cut (ending in "…"), so MAX_COLUMNS bounds the result.
+MAX_TEXT_CHARS: Final = 50
 # How often the scan's watcher reports progress and hands back the pages of the file already read.
 WATCH_INTERVAL_S: Final = 0.1
 # Progress records: (stage, fraction of the file read), two little-endian doubles at offset 0.
@@ -40,10 +47,15 @@ class MalformedCSV(Exception):
     """The file is not a CSV the engine can read (ragged rows, bad encoding, empty): retrying cannot help."""
 
 
+class TooManyColumns(MalformedCSV):
+    """The file has more than MAX_COLUMNS columns: retrying cannot help either."""
+
+
 def analyze(
     path: str, *, delimiter: str = ",", has_header: bool = True, progress_path: str | None = None
 ) -> dict[str, Any]:
-    """Per-column statistics of the CSV at `path`, in one streaming pass (more only if a type must widen).
+    """Per-column statistics of the CSV at `path`, in one streaming pass (more only if a type must widen,
+    at most 1 + MAX_RESCANS in all).
 
     Progress goes to `progress_path` (see `read_progress`), which the caller polls from its event loop.
     """
@@ -54,18 +66,20 @@ def analyze(
         report(STAGE_INFERRING, 0.0)
         schema = _infer(path, delimiter, has_header)
         stage = STAGE_SCANNING
-        for _ in range(3 * len(schema) + 1):  # each pass widens a column one step at most twice
+        for rescans in range(MAX_RESCANS + 1):
             report(stage, 0.0)
             try:
                 with _Watcher(path, size, lambda fraction, s=stage: report(s, fraction)):
                     frame = _scan(path, delimiter, has_header, schema).collect(engine="streaming")
             except pl.exceptions.ComputeError as exc:
                 schema = _widened(schema, str(exc))
+                if rescans + 1 == MAX_RESCANS:  # the last rescan: text always parses, so it settles the types
+                    schema = {name: pl.String() for name in schema}
                 stage = STAGE_RESCANNING
                 continue
             report(stage, 1.0)
             return _result(schema, frame.row(0))
-    raise MalformedCSV("the column types could not be settled")  # pragma: no cover - bounded by the lattice
+    raise MalformedCSV("the column types could not be settled")  # pragma: no cover - text always parses
 
 
 def read_progress(path: str) -> tuple[float, float] | None:
@@ -106,6 +120,11 @@ def _infer(path: str, delimiter: str, has_header: bool) -> dict[str, pl.DataType
     _check_header_encoding(path)
     options = _scan_options(delimiter, has_header)
     try:
+        # The header alone first (every column read as text, no rows inferred): a file too wide is refused
+        # before any work proportional to its width.
+        width = len(pl.scan_csv(path, infer_schema_length=0, **options).collect_schema())
+        if width > MAX_COLUMNS:
+            raise TooManyColumns(f"too many columns ({width} > {MAX_COLUMNS})")
         schema = dict(pl.scan_csv(path, infer_schema_length=INFER_ROWS, **options).collect_schema())
         dated = pl.scan_csv(path, try_parse_dates=True, infer_schema_length=DATE_INFER_ROWS, **options)
         for name, dtype in dated.collect_schema().items():
@@ -209,14 +228,18 @@ def _type_name(dtype: pl.DataType, count: int) -> str:
 
 
 def _plain(value: Any) -> float | int | str | None:
-    """A JSON-safe statistic: ISO strings for dates and times, None for NaN and infinities."""
+    """A JSON-safe statistic: ISO strings for dates and times, None for NaN and infinities, text cut."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dt.date):  # datetime is a date too
         return value.isoformat()
-    if value is None or isinstance(value, int | str):
+    if value is None or isinstance(value, int):
         return value
-    return str(value)
+    return _cut(str(value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
 
 
 def _result(schema: dict[str, pl.DataType], row: tuple[Any, ...]) -> dict[str, Any]:
@@ -233,7 +256,7 @@ def _result(schema: dict[str, pl.DataType], row: tuple[Any, ...]) -> dict[str, A
         if dtype.is_numeric() or dtype == pl.Boolean:
             mean, stddev = _plain(next(values)), _plain(next(values))
         columns.append({
-            "name": name, "type": _type_name(dtype, count), "count": count, "nulls": rows - count,
+            "name": _cut(name), "type": _type_name(dtype, count), "count": count, "nulls": rows - count,
             "min": low, "max": high, "mean": mean, "stddev": stddev, "distinct_estimate": distinct,
         })  # fmt: skip
     return {"rows": rows, "columns": columns}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import statistics
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Any
 
 import pytest
 
+from shared.jobtypes import dataset as dataset_spec
+from shared.jobtypes.dataset import DatasetResult
+from shared.settings import JobStoreConfig
 from workers import dataset_engine
-from workers.dataset_engine import MalformedCSV, analyze
+from workers.dataset_engine import MalformedCSV, TooManyColumns, analyze
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "data.csv") -> str:
@@ -133,3 +137,59 @@ def test_progress_is_written_where_the_caller_reads_it(tmp_path: Path) -> None:
 
     assert dataset_engine.read_progress(progress) == (dataset_engine.STAGE_SCANNING, 1.0)
     assert dataset_engine.read_progress(str(tmp_path / "absent")) is None
+
+
+def test_a_file_wider_than_the_cap_is_refused_before_any_scan(tmp_path: Path) -> None:
+    cap = dataset_engine.MAX_COLUMNS
+    at_cap = ",".join(f"c{i}" for i in range(cap)) + "\n" + ",".join("1" for _ in range(cap)) + "\n"
+    wider = ",".join(f"c{i}" for i in range(cap + 1)) + "\n" + ",".join("1" for _ in range(cap + 1)) + "\n"
+
+    assert len(analyze(write(tmp_path, at_cap, "at_cap.csv"))["columns"]) == cap
+    with pytest.raises(TooManyColumns, match=rf"^too many columns \({cap + 1} > {cap}\)$"):
+        analyze(write(tmp_path, wider, "wider.csv"))
+
+
+def test_the_engine_enforces_the_published_cap() -> None:
+    assert dataset_engine.MAX_COLUMNS == dataset_spec.MAX_COLUMNS
+    assert DatasetResult.model_json_schema()["properties"]["columns"]["maxItems"] == dataset_spec.MAX_COLUMNS
+
+
+def test_the_widest_result_stays_under_the_stored_result_cap(tmp_path: Path) -> None:
+    """Long names and long string values (characters JSON escapes at 6 bytes each) are cut, so a file at the
+    column cap still gives a result far below the default RESULT_MAX_BYTES."""
+    cap = dataset_engine.MAX_COLUMNS
+    long = "\x01" * 5000
+    header = ",".join(f"{i}{long}" for i in range(cap))
+    rows = [",".join(f"{'a' if r else 'z'}{long}" for _ in range(cap)) for r in range(2)]
+    result = analyze(write(tmp_path, "\n".join([header, *rows]) + "\n"))
+
+    assert len(json.dumps(result).encode()) < JobStoreConfig().result_max_bytes
+    column = result["columns"][7]
+    assert column["name"] == ("7" + long)[: dataset_engine.MAX_TEXT_CHARS - 1] + "…"
+    assert column["min"] == ("a" + long)[: dataset_engine.MAX_TEXT_CHARS - 1] + "…"
+    assert column["max"].startswith("z")
+    DatasetResult.model_validate(result)
+
+
+def test_rescans_are_bounded_however_many_columns_widen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every column gets a value past the inferred rows that widens it: each pass finds one, so without a
+    bound the scans would grow with the width. After MAX_RESCANS rescans the last one reads text."""
+    monkeypatch.setattr(dataset_engine, "INFER_ROWS", 2)
+    monkeypatch.setattr(dataset_engine, "DATE_INFER_ROWS", 2)
+    scans = []
+    real_scan = dataset_engine._scan
+
+    def counted(*args: Any) -> Any:
+        scans.append(args)
+        return real_scan(*args)
+
+    monkeypatch.setattr(dataset_engine, "_scan", counted)
+    width = 3 * dataset_engine.MAX_RESCANS
+    lines = [",".join(f"c{i}" for i in range(width))] + [",".join("1" for _ in range(width))] * 3
+    lines += [",".join(f"x{i}" for i in range(width))]
+    result = analyze(write(tmp_path, "\n".join(lines) + "\n"))
+
+    assert len(scans) == 1 + dataset_engine.MAX_RESCANS
+    assert result["rows"] == 4
+    assert {c["type"] for c in result["columns"]} == {"string"}, "settled as text on the last rescan"
+    assert all((c["min"], c["distinct_estimate"]) == ("1", 2) for c in result["columns"])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field
 
-from shared.jobs import Backoff, JobSpec, Payload, Queue, Result
+from shared.jobs import Backoff, JobSpec, Limits, Payload, Queue, Result
+
+# The widest file analysed (a wider one fails as TooManyColumns); with names and string statistics cut to
+# 50 characters, it bounds a result to well under the stored-result cap.
+MAX_COLUMNS: Final = 200
 
 
 class DatasetPayload(Payload):
@@ -16,11 +20,11 @@ class DatasetPayload(Payload):
 
 
 class ColumnStats(Result):
-    name: str
+    name: str = Field(description="The header's name; a longer one is cut to 50 characters, ending in `…`.")
     type: Literal["integer", "float", "boolean", "string", "date", "datetime", "empty"]
     count: int = Field(description="Non-null values.")
     nulls: int
-    min: float | int | str | None = None
+    min: float | int | str | None = Field(None, description="Strings are cut to 50 characters, like names.")
     max: float | int | str | None = None
     mean: float | None = None
     stddev: float | None = None
@@ -29,13 +33,14 @@ class ColumnStats(Result):
 
 class DatasetResult(Result):
     rows: int
-    columns: list[ColumnStats]
+    columns: list[ColumnStats] = Field(max_length=MAX_COLUMNS)
 
 
 DATASET_ANALYZE: JobSpec[DatasetPayload, DatasetResult] = JobSpec(
     name="dataset.analyze",
     description="Infer each column's type and compute count, nulls, min, max, mean, stddev and a distinct "
-    "estimate over an uploaded CSV; malformed files fail without retry.",
+    f"estimate over an uploaded CSV of at most {MAX_COLUMNS} columns; malformed or wider files fail without retry. "
+    "One analysis per owner runs at a time.",
     queue=Queue.HEAVY,
     payload_model=DatasetPayload,
     result_model=DatasetResult,
@@ -43,4 +48,7 @@ DATASET_ANALYZE: JobSpec[DatasetPayload, DatasetResult] = JobSpec(
     backoff=Backoff(kind="exponential", base_s=5.0, max_s=300.0, jitter=True),
     timeout_s=1800.0,
     max_timeout_s=7200.0,
+    # One analysis per owner at a time, across every worker: an owner's queue of large files waits its
+    # turn instead of filling the CPU pools other owners' analyses need.
+    limits=Limits(concurrency_per_owner=1),
 )
