@@ -88,7 +88,7 @@ class Job(JobSummary):
         description='As submitted (with the type\'s defaults filled in); secret fields show `"[redacted]"`.'
     )
     result: dict[str, JsonValue] | None = Field(description="Set when succeeded; matches the type's result schema.")
-    errors: list[AttemptError] = Field(description="Every failed attempt's error, oldest first.")
+    errors: list[AttemptError] = Field(description="The errors of the last 100 failed attempts, oldest first.")
 
 
 class JobList(Doc):

@@ -17,6 +17,11 @@ from shared.errors import Conflict
 TERMINAL = ("succeeded", "failed", "cancelled")
 UNFINISHED = ("queued", "scheduled", "running", "retrying")
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+# A job keeps the errors of its last this many attempts: manual retries start its attempts again, so without
+# a bound its history (each message up to 2,000 characters) would grow with every retry, and so would every
+# read of the job.
+ERROR_HISTORY_MAX = 100
+_LAST_ERRORS = f"$[last - {ERROR_HISTORY_MAX - 1} to last]"
 
 
 def new_job_id() -> str:
@@ -255,7 +260,8 @@ def error_entry(attempt: int, error: dict[str, Any]) -> dict[str, Any]:
 async def mark_retrying(conn: Connection | Pool, run: JobRecord, error: dict[str, Any], next_at: dt.datetime) -> bool:
     status = await conn.execute(
         """
-        UPDATE jobs SET status = 'retrying', error = $3, error_history = error_history || jsonb_build_array($4::jsonb),
+        UPDATE jobs SET status = 'retrying', error = $3,
+                        error_history = jsonb_path_query_array(error_history || jsonb_build_array($4::jsonb), $6),
                         scheduled_for = $5, updated_at = now()
         WHERE id = $1 AND run_seq = $2 AND status = 'running'
         """,
@@ -264,15 +270,17 @@ async def mark_retrying(conn: Connection | Pool, run: JobRecord, error: dict[str
         error,
         error_entry(run.attempts, error),
         next_at,
+        _LAST_ERRORS,
     )
     return status.endswith(" 1")
 
 
 async def mark_failed(conn: Connection | Pool, run: JobRecord, error: dict[str, Any]) -> bool:
-    """Dead-letter the job: it keeps its last error and the per-attempt history."""
+    """Dead-letter the job: it keeps its last error and the per-attempt history (the last ERROR_HISTORY_MAX)."""
     status = await conn.execute(
         """
-        UPDATE jobs SET status = 'failed', error = $3, error_history = error_history || jsonb_build_array($4::jsonb),
+        UPDATE jobs SET status = 'failed', error = $3,
+                        error_history = jsonb_path_query_array(error_history || jsonb_build_array($4::jsonb), $5),
                         finished_at = now(), updated_at = now()
         WHERE id = $1 AND run_seq = $2 AND status = 'running'
         """,
@@ -280,6 +288,7 @@ async def mark_failed(conn: Connection | Pool, run: JobRecord, error: dict[str, 
         run.run_seq,
         error,
         error_entry(run.attempts, error),
+        _LAST_ERRORS,
     )
     return status.endswith(" 1")
 

@@ -252,3 +252,17 @@ async def test_a_result_over_the_cap_fails_the_job_and_is_stored_nowhere(
     assert json.loads(kept)["r"] == {"status": "failed", "error": error}, "arq's result record holds no result"
     assert succeeded["status"] == "succeeded"
     assert succeeded["result"]["data"] == fits["payload"]["data"]
+
+
+async def test_a_job_keeps_the_errors_of_its_last_attempts_only(api: Api, pg: Conn, start_worker: StartWorker) -> None:
+    job = await api.submit("system.echo", {"fail_times": 1}, max_attempts=1, delay_s=1)
+    history = [{"type": "Boom", "message": f"attempt {n}", "retryable": True, "attempt": n} for n in range(150)]
+    await pg.execute("UPDATE jobs SET error_history = $2::jsonb WHERE id = $1", job["id"], json.dumps(history).decode())
+    await start_worker("default")
+
+    failed = await api.wait_status(job["id"], "failed", "succeeded")
+
+    assert failed["status"] == "failed"
+    assert len(failed["errors"]) == 100, "retry after retry, a job's history stays bounded"
+    assert [e["message"] for e in failed["errors"][:2]] == ["attempt 51", "attempt 52"], "the oldest are dropped"
+    assert failed["errors"][-1]["message"] == failed["error"]["message"]
