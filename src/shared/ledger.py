@@ -388,19 +388,3 @@ async def reset_for_retry(conn: Connection | Pool, job_ids: Sequence[str]) -> li
         list(job_ids),
     )
     return [JobRecord.from_row(r) for r in rows]
-
-
-async def delete_finished_before(conn: Connection | Pool, *, older_than_s: float, limit: int) -> list[JobRecord]:
-    """Retention: delete up to `limit` finished jobs that finished more than `older_than_s` ago."""
-    rows = await conn.fetch(
-        """
-        DELETE FROM jobs WHERE id IN (
-            SELECT id FROM jobs
-            WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - make_interval(secs => $1)
-            LIMIT $2)
-        RETURNING *
-        """,
-        older_than_s,
-        limit,
-    )
-    return [JobRecord.from_row(r) for r in rows]
