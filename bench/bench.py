@@ -526,6 +526,7 @@ class Stack:
             "WORKER_METRICS_HOST": "127.0.0.1", "WORKER_METRICS_PORT": "0",
             "LOG_LEVEL": "WARNING", "LOG_FORMAT": "console", "SHUTDOWN_GRACE_S": "5",
             "RATE_LIMIT_PER_MINUTE": "1000000000",  # the bench is one caller sending thousands of jobs a second
+            "ENVIRONMENT": "development",  # on loopback, with system.echo, as `make run`
         }  # fmt: skip
 
     def inherited(self) -> list[str]:
@@ -622,8 +623,8 @@ class Client:
                 process.check_alive()
 
 
-def bench_token(secret: str) -> str:
-    return jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+def bench_token(secret: str, sub: str = "bench") -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
 
 
 @contextlib.asynccontextmanager
@@ -641,11 +642,14 @@ async def conveyor_client(stack: Stack) -> AsyncIterator[Client]:
             await pg.close()
 
 
-async def post_job(c: Client, i: int) -> str | None:
+async def post_job(c: Client, i: int, *, extra: dict[str, Any] | None = None, as_: str | None = None) -> str | None:
     """POST one `system.echo` job; its id on 202, else None (a refusal or a connection error)."""
-    body = json.dumps({"type": "system.echo", "payload": {"data": i}})
+    body = json.dumps({"type": "system.echo", "payload": {"data": i}, **(extra or {})})
+    headers = (
+        c.headers if as_ is None else {**c.headers, "Authorization": f"Bearer {bench_token(c.cfg.jwt_secret, as_)}"}
+    )
     try:
-        async with c.session.post(c.jobs_url, data=body, headers=c.headers) as resp:
+        async with c.session.post(c.jobs_url, data=body, headers=headers) as resp:
             raw = await resp.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
         c.refused[type(exc).__name__] += 1
@@ -739,6 +743,37 @@ async def pickup_phase(c: Client) -> Figures:
     return {"pickup_p50_ms": percentile(latencies, 0.5) * 1000, "pickup_p99_ms": percentile(latencies, 0.99) * 1000}
 
 
+async def flood_phase(c: Client) -> Figures:
+    """Pickup of one owner's jobs while another owner's high-priority backlog waits (the fair share at work).
+
+    The flood: half a phase of high-priority jobs of FLOOD_SLEEP_S each from owner `flood`, far more than the
+    worker's slots; then one normal job at a time from `bench`, ledger created_at -> started_at.
+    """
+    await c.pg.execute("TRUNCATE jobs CASCADE")  # and what references jobs (mail_log)
+    flood = {"priority": "high", "payload": {"sleep_s": FLOOD_SLEEP_S}}
+
+    async def call(i: int) -> bool:
+        return await post_job(c, i, extra=flood, as_="flood") is not None
+
+    load = await closed_loop(c.cfg.jobs // 2, c.cfg.concurrency, call)
+    waited = []
+    for i in range(FLOOD_SAMPLES):
+        if not await c.pg.fetchval("SELECT count(*) FROM jobs WHERE owner = 'flood' AND status = 'queued'"):
+            break  # the backlog is gone: a sample now would measure an idle worker
+        job_id = await post_job(c, i)
+        if job_id is not None:
+            await wait_started(c, job_id, within=STALL_S)
+            waited.append(await c.pg.fetchval(WAITED, job_id))
+    await wait_rows(c, "status = 'succeeded'", load.ok + len(waited))
+    latencies = [float(w) for w in waited if w is not None]
+    return {"flood_pickup_p50_ms": percentile(latencies, 0.5) * 1000 if latencies else math.nan}
+
+
+WAITED: Final = "SELECT extract(epoch FROM started_at - created_at) FROM jobs WHERE id = $1"
+FLOOD_SLEEP_S: Final = 0.2
+FLOOD_SAMPLES: Final = 10
+
+
 async def wait_started(c: Client, job_id: str, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     query = "SELECT started_at IS NOT NULL FROM jobs WHERE id = $1"
@@ -760,10 +795,11 @@ async def conveyor_round(stack: Stack) -> Figures:
         costs = redis_costs(before, await redis_snap(c.redis), max(accepted, 1))
         e2e = await e2e_phase(c)
         pickup = await pickup_phase(c)
+        flood = await flood_phase(c)
         if c.refused:
             print(f"  ! POSTs not accepted with 202: {dict(c.refused)}", file=sys.stderr)
     assert stack.gateway is not None  # noqa: S101
-    return {**gateway, **drain, **costs, **e2e, **pickup, "gateway_rss_mb": rss_mb(stack.gateway.pid)}
+    return {**gateway, **drain, **costs, **e2e, **pickup, **flood, "gateway_rss_mb": rss_mb(stack.gateway.pid)}
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -856,6 +892,10 @@ def print_details(conv: Figures, stock: Figures, tuned: Figures, per_round: Sequ
         + " MB"
     )
     print(f"Redis bytes kept per job × 1,500 jobs/s × RESULT_TTL_S 86,400 s ≈ {ttl_gb:,.1f} GB")
+    print(
+        f"fair share: pickup p50 of one owner's job behind another owner's high-priority backlog "
+        f"({FLOOD_SLEEP_S:g} s jobs, more than the worker's slots): {fmt(conv['flood_pickup_p50_ms'])} ms"
+    )
     print("gain ×: > 1 means Conveyor is better (rates conveyor/arq; latencies and costs arq/conveyor).")
     print("pickup: Conveyor = ledger created_at → started_at (PostgreSQL clock, includes the insert's commit);")
     print("        stock arq = enqueue_job call → handler start (perf_counter, in-process, default poll 0.5 s).")
