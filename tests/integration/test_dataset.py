@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import signal
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from shared.jobs import JobSpec, Payload, Queue, Registry, Result
 from shared.jobtypes import builtin_specs
+from shared.jobtypes.dataset import MAX_COLUMNS
 from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
 from workers.context import JobContext
@@ -125,6 +127,18 @@ async def test_a_malformed_csv_fails_at_once(stack: Api, content: bytes, reason:
     assert reason in failed["error"]["message"]
 
 
+async def test_a_csv_wider_than_the_column_cap_fails_at_once(stack: Api) -> None:
+    width = MAX_COLUMNS + 1
+    header, row = ",".join(f"c{i}" for i in range(width)), ",".join("1" for _ in range(width))
+    job = await stack.submit("dataset.analyze", {"upload_id": await upload(stack, f"{header}\n{row}\n".encode())})
+
+    failed = await stack.wait_status(job["id"], "failed", "succeeded")
+
+    assert failed["status"] == "failed", "no analysis of a file that wide"
+    assert (failed["error"]["type"], failed["attempts"], failed["error"]["retryable"]) == ("TooManyColumns", 1, False)
+    assert f"too many columns ({width} > {MAX_COLUMNS})" in failed["error"]["message"]
+
+
 async def test_an_unknown_or_someone_elses_upload_fails_as_not_found(stack: Api) -> None:
     bobs = await upload(stack, b"a\n1\n", as_="bob")
     for upload_id in (bobs, "no-such-upload"):
@@ -152,10 +166,10 @@ def pool_children() -> list[int]:
 
 
 @contextlib.asynccontextmanager
-async def analysis_in_a_frozen_pool(api: Api, worker: WorkerProcess, csv: Path) -> AsyncIterator[tuple[str, list[int]]]:
-    """Start an analysis whose CPU-pool process is stopped (SIGSTOP), so it stays mid-analysis for as long
-    as the test needs, however fast the machine; yields the job id and the pool's process ids once the
-    pool holds the task. The processes are continued (SIGCONT) on the way out."""
+async def frozen_pool(api: Api) -> AsyncIterator[list[int]]:
+    """The heavy worker's CPU-pool processes, started by a small analysis and then stopped (SIGSTOP), so the
+    next analysis stays in the pool for as long as the test needs, however fast the machine. The processes
+    are continued (SIGCONT) on the way out."""
     warm = await api.submit("dataset.analyze", {"upload_id": await upload(api, b"a\n1\n")})
     await api.wait_status(warm["id"], "succeeded")  # the pool's process now exists, idle
     children = pool_children()
@@ -163,6 +177,20 @@ async def analysis_in_a_frozen_pool(api: Api, worker: WorkerProcess, csv: Path) 
     for pid in children:
         os.kill(pid, signal.SIGSTOP)
     try:
+        yield children
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def analysis_in_a_frozen_pool(
+    api: Api, worker: WorkerProcess, csv: bytes | Path
+) -> AsyncIterator[tuple[str, list[int]]]:
+    """Start an analysis in a frozen pool (see `frozen_pool`); yields the job id and the pool's process ids
+    once the pool holds the task."""
+    async with frozen_pool(api) as children:
         analysis = await api.submit("dataset.analyze", {"upload_id": await upload(api, csv)})
 
         async def in_the_pool() -> bool | None:
@@ -170,10 +198,6 @@ async def analysis_in_a_frozen_pool(api: Api, worker: WorkerProcess, csv: Path) 
 
         await eventually(in_the_pool, within=30)
         yield analysis["id"], children
-    finally:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
 
 
 async def test_the_worker_keeps_serving_jobs_while_a_large_analysis_runs(
@@ -203,3 +227,65 @@ async def test_an_analysis_process_that_dies_is_retried_on_a_fresh_one(
     assert done["attempts"] == 2
     assert [e["type"] for e in done["errors"]] == ["CpuPoolBroken"]
     assert done["result"]["rows"] > 0
+
+
+def gone(pids: list[int]) -> bool:
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+async def pools_are_gone(pids: list[int]) -> bool | None:
+    return gone(pids) or None
+
+
+# In a frozen pool (see `frozen_pool`) an analysis of any size stays running until it is stopped.
+SMALL_CSV = b"n\n1\n2\n3\n"
+
+
+async def test_a_cancelled_analysis_stops_its_process_and_the_next_runs_on_a_fresh_one(
+    stack: Api, heavy: WorkerProcess
+) -> None:
+    async with analysis_in_a_frozen_pool(stack, heavy, SMALL_CSV) as (analysis_id, children):
+        status, cancelled, _ = await stack.request("POST", f"/api/v1/jobs/{analysis_id}/cancel")
+        assert (status, cancelled["status"]) == (200, "cancelled"), cancelled
+
+        await eventually(partial(pools_are_gone, children), within=30)
+    after = await stack.submit("dataset.analyze", {"upload_id": await upload(stack, b"a\n1\n2\n")})
+    done = await stack.wait_status(after["id"], "succeeded", within=60)
+
+    assert done["result"]["rows"] == 2
+    assert pool_children(), "the pool has a process again"
+    assert not set(pool_children()) & set(children), "a fresh one"
+    assert (await stack.job(analysis_id))["status"] == "cancelled"
+
+
+async def test_an_analysis_past_its_timeout_stops_its_process(stack: Api) -> None:
+    upload_id = await upload(stack, SMALL_CSV)
+    async with frozen_pool(stack) as children:
+        job = await stack.submit("dataset.analyze", {"upload_id": upload_id}, timeout_s=1, max_attempts=1)
+        failed = await stack.wait_status(job["id"], "failed", within=30)
+
+        assert failed["error"]["type"] == "JobTimeout"
+        await eventually(partial(pools_are_gone, children), within=30)
+    again = await stack.submit("dataset.analyze", {"upload_id": upload_id})
+    done = await stack.wait_status(again["id"], "succeeded", within=60)
+
+    assert done["result"]["rows"] == 3, "a fresh process ran the next one"
+
+
+async def test_an_owner_runs_one_analysis_at_a_time_and_others_are_not_held(stack: Api, heavy: WorkerProcess) -> None:
+    async with analysis_in_a_frozen_pool(stack, heavy, SMALL_CSV) as (first_id, children):
+        second = await stack.submit("dataset.analyze", {"upload_id": await upload(stack, b"a\n1\n")})
+        bobs = await stack.submit(
+            "dataset.analyze", {"upload_id": await upload(stack, b"b\n2\n", as_="bob")}, as_="bob"
+        )
+
+        await stack.wait_status(bobs["id"], "running", as_="bob")  # in the CPU pool, behind alice's first
+        assert (await stack.job(second["id"]))["status"] == "queued", "alice's second waits for her first"
+        assert (await stack.job(first_id))["status"] == "running"
+        await stack.request("POST", f"/api/v1/jobs/{first_id}/cancel")
+        await eventually(partial(pools_are_gone, children), within=30)  # stopped while it ran
+    bob_done = await stack.wait_status(bobs["id"], "succeeded", within=60, as_="bob")
+    second_done = await stack.wait_status(second["id"], "succeeded", within=60)
+
+    assert (bob_done["attempts"], second_done["attempts"]) == (1, 1), "waiting for a turn uses no attempt"
+    assert second_done["started_at"] > bob_done["started_at"]

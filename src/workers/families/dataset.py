@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import tempfile
@@ -41,34 +42,53 @@ def _progress_path() -> Iterator[str]:
 
 
 async def run_engine(
-    job: JobContext | None, executor: Any, path: str, *, delimiter: str, has_header: bool, size: int
+    job: JobContext | None,
+    executor: concurrent.futures.Executor,
+    path: str,
+    *,
+    delimiter: str,
+    has_header: bool,
+    size: int,
 ) -> dict[str, Any]:
-    """Run `dataset_engine.analyze` in `executor` (the worker's CPU pool), relaying its progress to `job`."""
-    loop = asyncio.get_running_loop()
+    """Run `dataset_engine.analyze` in `executor` (the worker's CPU pool), relaying its progress to `job`.
+
+    Cancelled here (the job's timeout, a cancel, a shutdown), it cancels the pool's task too, which in the
+    CPU pool kills the process running it: an abandoned scan must not keep a pool process from other jobs.
+    """
     with _progress_path() as progress_path:
         work = partial(
             dataset_engine.analyze, path, delimiter=delimiter, has_header=has_header, progress_path=progress_path
         )
-        future = loop.run_in_executor(executor, work)
-        last: tuple[float, float] | None = None
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=PROGRESS_POLL_S)
-            if done:
-                return future.result()
-            current = dataset_engine.read_progress(progress_path)
-            if job is not None and current is not None and current != last:
-                last = current
-                stage, fraction = current
-                await job.progress(
-                    percent=round(5 + 90 * fraction, 1) if stage else 0.0,
-                    step=_STEPS.get(stage, "scanning"),
-                    message=f"{fraction * size / 1e6:.1f} of {size / 1e6:.1f} MB",
-                )
+        task: concurrent.futures.Future[dict[str, Any]] = executor.submit(work)
+        try:
+            return await _relay(job, task, progress_path, size)
+        finally:
+            task.cancel()  # a no-op once the task is done
+
+
+async def _relay(
+    job: JobContext | None, task: concurrent.futures.Future[dict[str, Any]], progress_path: str, size: int
+) -> dict[str, Any]:
+    future = asyncio.wrap_future(task)
+    last: tuple[float, float] | None = None
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=PROGRESS_POLL_S)
+        if done:
+            return future.result()
+        current = dataset_engine.read_progress(progress_path)
+        if job is not None and current is not None and current != last:
+            last = current
+            stage, fraction = current
+            await job.progress(
+                percent=round(5 + 90 * fraction, 1) if stage else 0.0,
+                step=_STEPS.get(stage, "scanning"),
+                message=f"{fraction * size / 1e6:.1f} of {size / 1e6:.1f} MB",
+            )
 
 
 async def handle_analyze(job: JobContext, payload: DatasetPayload) -> DatasetResult:
-    """Analyse one of the owner's uploads. Malformed files and unknown uploads fail at once; a CPU pool
-    child that died (BrokenProcessPool) retries on the replaced pool."""
+    """Analyse one of the owner's uploads. Malformed or too wide files and unknown uploads fail at once; a
+    CPU pool process that died (BrokenProcessPool) retries on its replacement."""
     ctx = job.worker
     stored = await storage.find_file(ctx.pg, ctx.settings.storage, "upload", payload.upload_id, owner=job.owner)
     if stored is None:
@@ -79,6 +99,8 @@ async def handle_analyze(job: JobContext, payload: DatasetPayload) -> DatasetRes
             job, ctx.cpu, str(stored.path), delimiter=payload.delimiter, has_header=payload.has_header,
             size=stored.size,
         )  # fmt: skip
+    except dataset_engine.TooManyColumns as exc:
+        raise PermanentJobError(f"{stored.filename}: {exc}", type_name="TooManyColumns") from None
     except dataset_engine.MalformedCSV as exc:
         raise PermanentJobError(f"{stored.filename}: {exc}", type_name="MalformedCSV") from None
     except FileNotFoundError:
