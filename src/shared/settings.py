@@ -338,6 +338,7 @@ class WorkerSettings(BaseSettings):
     model_config = _config()
 
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)  # the job caps every creation path counts
     redis: RedisConfig = Field(default_factory=RedisConfig)
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
