@@ -109,6 +109,13 @@ QUERY: Final[Mapping[tuple[str, str], tuple[QueryParam, ...]]] = {
             "For a raw body: the file's name (else Content-Disposition's).",
         ),
     ),
+    ("GET", "/api/v1/webhook-signing-key"): (
+        QueryParam(
+            "owner",
+            {"type": "string", "minLength": 1, "maxLength": 200},
+            "Whose key (an admin may name any owner; a user only itself). Default: the caller.",
+        ),
+    ),
 }
 ACCEPTED: Final[Mapping[tuple[str, str], frozenset[str]]] = {
     key: frozenset(p.name for p in declared) for key, declared in QUERY.items()

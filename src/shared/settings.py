@@ -304,6 +304,7 @@ class GatewaySettings(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     crypto: CryptoConfig = Field(default_factory=CryptoConfig)
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)  # derives each owner's signing key
     storage: StorageConfig = Field(default_factory=StorageConfig)
     jobs: JobStoreConfig = Field(default_factory=JobStoreConfig)
     job_types: JobTypesConfig = Field(default_factory=JobTypesConfig)
