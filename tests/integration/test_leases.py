@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from support.stack import Api, Conn, Services, StartWorker
+from support.stack import TEST_ENCRYPTION_KEY, Api, Conn, Services, StartWorker
 from support.tcp_proxy import TcpProxy
 
 LEASE_S = 2.0
@@ -24,6 +24,7 @@ async def test_sigkilled_workers_job_is_rerun_by_another_within_the_lease(
 ) -> None:
     env = {
         **os.environ,
+        "ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
         "REDIS_CACHE_URL": services.cache_url, "REDIS_JOBS_URL": services.jobs_url,
         "DATABASE_URL": services.database_url, "JOB_LEASE_S": str(LEASE_S), "WORKER_METRICS_PORT": "0",
         "WORKER_POLL_DELAY_S": "0.01", "LOG_LEVEL": "WARNING",

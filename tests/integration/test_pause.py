@@ -18,7 +18,7 @@ from shared import claim
 from shared.claim import Gate
 from shared.queue import open_jobs_redis
 from support.helpers import eventually
-from support.stack import Api, Conn, Services, StartWorker, redis_config
+from support.stack import TEST_ENCRYPTION_KEY, Api, Conn, Services, StartWorker, redis_config
 
 ADMIN = {"as_": "root", "role": "admin"}
 SLOTS_PER_WORKER = 2
@@ -35,6 +35,7 @@ async def worker_processes(services: Services, api: Api, tmp_path: Path) -> Asyn
     procs: list[asyncio.subprocess.Process] = []
     env = {
         **os.environ,
+        "ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
         "REDIS_CACHE_URL": services.cache_url, "REDIS_JOBS_URL": services.jobs_url,
         "DATABASE_URL": services.database_url, "STORAGE_DIR": services.storage_dir,
         "WORKER_METRICS_PORT": "0", "WORKER_MAX_JOBS": str(SLOTS_PER_WORKER), "WORKER_POLL_DELAY_S": "0.01",
