@@ -74,7 +74,7 @@ OPERATIONS: Operations = {
         access="public",
     ),
     ("GET", "/metrics"): Operation(
-        "Prometheus metrics",
+        "Prometheus metrics: on the API port in development; otherwise on METRICS_HOST:METRICS_PORT (404 here)",
         "operations",
         {200: Body("Prometheus text format", media_type="text/plain", schema={"type": "string"})},
         access="public",
