@@ -56,7 +56,7 @@ def create_app(
     """Build the gateway; nothing connects until the app starts (cleanup contexts)."""
     app = web.Application(middlewares=middlewares(), client_max_size=settings.gateway.max_body_bytes)
     app[SETTINGS] = settings
-    app[REGISTRY] = registry or builtin_registry()
+    app[REGISTRY] = registry or builtin_registry(settings.job_types)
     app[SEALER] = Sealer.from_config(settings.crypto)
     app[METRICS] = metrics or Metrics()
     app[DOCS] = OPERATIONS

@@ -73,7 +73,7 @@ class WorkerProcess:
     ) -> None:
         self.definition = definition
         self.settings = settings
-        self.registry = registry or builtin_registry()
+        self.registry = registry or builtin_registry(settings.job_types)
         all_handlers = handlers if handlers is not None else builtin_handlers()
         self.handlers = {n: h for n, h in all_handlers.items() if h.spec.queue is definition.queue}
         self.mailer = mailer or SmtpMailSender(settings.smtp)
