@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal, Self, TypeVar
 
 from arq.connections import ArqRedis
@@ -129,7 +130,9 @@ def _invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> Inval
     return InvalidInput("the request does not match its schema", errors=[{"loc": loc, "msg": msg, "type": kind}])
 
 
-def _payload(spec: AnySpec, request: KeylessJobRequest, sealer: Sealer) -> Payload:
+def _payload(
+    spec: AnySpec, request: KeylessJobRequest, sealer: Sealer, context: Mapping[str, Any] | None = None
+) -> Payload:
     """The request's payload (sealed values opened) as the type's model.
 
     A new request is validated strictly, as its published schema says (a boolean is no number, a string no
@@ -141,7 +144,9 @@ def _payload(spec: AnySpec, request: KeylessJobRequest, sealer: Sealer) -> Paylo
     opened = sealer.open(request.payload)
     if request.stored:
         return spec.payload_model.model_validate(opened)  # type: ignore[no-any-return]
-    return spec.payload_model.model_validate_json(json.dumps(opened), strict=True)  # type: ignore[no-any-return]
+    return spec.payload_model.model_validate_json(  # type: ignore[no-any-return]
+        json.dumps(opened), strict=True, context=context
+    )
 
 
 def prepare(
@@ -153,6 +158,7 @@ def prepare(
     request_id: str | None,
     job_id: str | None = None,
     for_anyone: bool = False,
+    context: Mapping[str, Any] | None = None,
 ) -> ledger.NewJob:
     """Check a request against its type (payload schema, timeout cap) and build the ledger row, whose
     payload has its secret fields sealed (a request whose payload is already sealed is opened to check it).
@@ -166,7 +172,7 @@ def prepare(
     if spec is None:
         raise _invalid(["type"], f"unknown job type; known types: {', '.join(registry.names())}", "unknown_type")
     try:
-        payload = _payload(spec, request, sealer)
+        payload = _payload(spec, request, sealer, context)
     except ValidationError as exc:
         raise InvalidInput(
             f"the payload does not match the schema of `{spec.name}`",
@@ -318,6 +324,7 @@ def prepare_batch(
     owner: str,
     request_id: str | None,
     for_anyone: bool = False,
+    context: Mapping[str, Any] | None = None,
 ) -> list[ledger.NewJob]:
     """Check every member (and the on_complete job) before anything is recorded.
 
@@ -327,7 +334,10 @@ def prepare_batch(
     members: list[ledger.NewJob] = []
     for i, member in enumerate(request.jobs):
         try:
-            new = prepare(member, registry, sealer=sealer, owner=owner, request_id=request_id, for_anyone=for_anyone)
+            new = prepare(
+                member, registry, sealer=sealer, owner=owner, request_id=request_id, for_anyone=for_anyone,
+                context=context,
+            )  # fmt: skip
         except InvalidInput as exc:
             raise _prefixed(exc, "jobs", i) from exc
         members.append(dataclasses.replace(new, batch_id=batch_id))
@@ -340,6 +350,7 @@ def prepare_batch(
                 owner=owner,
                 request_id=request_id,
                 for_anyone=for_anyone,
+                context=context,
             )
         except InvalidInput as exc:
             raise _prefixed(exc, "on_complete") from exc

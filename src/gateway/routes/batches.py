@@ -11,6 +11,7 @@ from gateway.ratelimit import guard_queue
 from gateway.responses import json_response, read_model
 from shared import batches, submission
 from shared.errors import NotFound
+from shared.jobtypes.email import submission_context
 
 routes = web.RouteTableDef()
 
@@ -27,6 +28,7 @@ async def create_batch(request: web.Request) -> web.Response:
     members = submission.prepare_batch(
         body, app[REGISTRY], sealer=app[SEALER], batch_id=batch_id, owner=owner, request_id=request[REQUEST_ID],
         for_anyone=request[PRINCIPAL].is_admin,
+        context=submission_context(app[SETTINGS].mail_policy, admin=request[PRINCIPAL].is_admin),
     )  # fmt: skip
     if body.on_complete is not None:  # stored until the batch completes: its secrets sealed like any job's
         on_complete = submission.sealed_request(body.on_complete, app[REGISTRY], sealer=app[SEALER])

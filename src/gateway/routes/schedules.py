@@ -13,6 +13,7 @@ from gateway.params import page
 from gateway.responses import json_response, read_model
 from shared import schedules, submission
 from shared.errors import InvalidInput, NotFound
+from shared.jobtypes.email import submission_context
 from shared.json import rfc3339
 from shared.sealing import redact
 
@@ -40,6 +41,7 @@ def _checked_job(request: web.Request, job: submission.KeylessJobRequest, owner:
         submission.prepare(
             job, app[REGISTRY], sealer=app[SEALER], owner=owner, request_id=request[REQUEST_ID],
             for_anyone=request[PRINCIPAL].is_admin,
+            context=submission_context(app[SETTINGS].mail_policy, admin=request[PRINCIPAL].is_admin),
         )  # fmt: skip
     except InvalidInput as exc:
         raise InvalidInput(exc.message, errors=[{**e, "loc": ["job", *e["loc"]]} for e in exc.errors or []]) from exc
