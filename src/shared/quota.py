@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from shared import ledger
 from shared.db import Connection, Pool
 from shared.errors import Conflict, RateLimited
-from shared.settings import SecurityConfig, WorkerSettings
 
 QUEUE_CAP_RETRY_S = 10
 
@@ -55,16 +54,6 @@ class ScheduleLimitReached(Conflict):
             f"at most {cap} schedules per owner (MAX_SCHEDULES_PER_OWNER); delete one you no longer need first",
             details={"limit": cap},
         )
-
-
-def worker_caps(settings: WorkerSettings) -> SecurityConfig:
-    """The caps a worker applies to the jobs it creates (schedule fires, on_complete jobs).
-
-    The workers' settings carry no SecurityConfig section, so it is read from the environment, the same
-    MAX_QUEUED_PER_OWNER and MAX_SCHEDULES_PER_OWNER the gateway reads.
-    """
-    section = getattr(settings, "security", None)
-    return section if isinstance(section, SecurityConfig) else SecurityConfig()
 
 
 async def waiting(conn: Connection | Pool, owner: str, *, cap: int) -> int:

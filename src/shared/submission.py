@@ -28,7 +28,6 @@ from shared.db import Connection, Pool
 from shared.errors import InvalidInput, PermanentJobError, PermissionDenied
 from shared.jobs import AnySpec, Payload, Registry, Timestamp
 from shared.sealing import SEALED, Sealer, contains_sealed
-from shared.settings import SecurityConfig
 
 logger = logging.getLogger(__name__)
 
@@ -409,22 +408,21 @@ def queue_full(cap: int) -> Refusal:
 
 async def complete_batch(
     pool: Pool, redis: ArqRedis, registry: Registry, batch_id: str, *, sealer: Sealer, enqueue_timeout_s: float,
-    queue_cap: int | None = None,
+    queue_cap: int,
 ) -> ledger.JobRecord | None:  # fmt: skip
     """If every member of the batch is finished and nobody completed it yet, complete it: record its
     on_complete job (same transaction) and enqueue it. Safe to call from any number of finishers.
 
-    The on_complete job counts against MAX_QUEUED_PER_OWNER (`queue_cap`; read from the environment when
-    not given) and runs only while its owner keeps their standing. Refused, it is recorded `failed` at
-    once with the reason as its error (`QueueFull`, `OwnerRevoked`, `PermissionDenied`): the batch
-    completes, its `on_complete_job_id` shows why, and the owner may retry that job once it can run.
+    The on_complete job counts against MAX_QUEUED_PER_OWNER (`queue_cap`) and runs only while its owner
+    keeps their standing. Refused, it is recorded `failed` at once with the reason as its error
+    (`QueueFull`, `OwnerRevoked`, `PermissionDenied`): the batch completes, its `on_complete_job_id` shows
+    why, and the owner may retry that job once it can run.
     """
-    cap = queue_cap if queue_cap is not None else SecurityConfig().max_queued_per_owner
     async with pool.acquire() as conn, conn.transaction():
         done = await batches.claim_completion(conn, batch_id)
         if done is None or done.on_complete is None:
             return None
-        record = await _on_complete_job(conn, registry, done, sealer=sealer, queue_cap=cap)
+        record = await _on_complete_job(conn, registry, done, sealer=sealer, queue_cap=queue_cap)
         if record is None:
             return None
         await batches.set_on_complete_job(conn, batch_id, record.id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from shared import batches, ledger, queue, quota, submission
+from shared import batches, ledger, queue, submission
 from workers.background import isolated
 from workers.context import WorkerContext
 
@@ -39,7 +39,7 @@ async def _enqueue(ctx: WorkerContext, job: ledger.JobRecord) -> bool:
 async def complete_orphaned_batches(ctx: WorkerContext) -> None:
     """Batches whose last member finished without completing them (its worker died in between)."""
     grace_s = ctx.settings.worker.reconcile_grace_s
-    cap = quota.worker_caps(ctx.settings).max_queued_per_owner
+    cap = ctx.settings.security.max_queued_per_owner
     for batch_id in await batches.open_without_pending(ctx.pg, older_than_s=grace_s, limit=100):
         # A batch whose completion raises (a stored request no code path expected, say) stays open and is
         # tried again next pass; the others complete meanwhile.

@@ -132,8 +132,11 @@ class Runtime:
         try:
             return await self._start(envelope, handler)
         finally:
+            # Shielded: a cancel landing while the slot is given back must not leave it held for the lease.
             with contextlib.suppress(*REDIS_ERRORS):
-                await release(self.ctx.cache, limits, job_type=type_name, owner=envelope["owner"], job_id=job_id)
+                await asyncio.shield(
+                    release(self.ctx.cache, limits, job_type=type_name, owner=envelope["owner"], job_id=job_id)
+                )
 
     async def _wait_for_limits(self, envelope: dict[str, Any], limits: Limits) -> None:
         """A job over its type's limits waits in the queue (arq Retry before the run is recorded): it uses no
@@ -228,6 +231,7 @@ class Runtime:
             await submission.complete_batch(
                 self.ctx.pg, self.ctx.jobs_redis, self.ctx.registry, batch_id,
                 sealer=self.ctx.sealer, enqueue_timeout_s=BATCH_ENQUEUE_TIMEOUT_S,
+                queue_cap=self.ctx.settings.security.max_queued_per_owner,
             )  # fmt: skip
         except (*POSTGRES_ERRORS, *REDIS_ERRORS) as exc:  # the reconciler completes it later
             logger.warning("batch.completion_deferred", extra={"batch_id": batch_id, "reason": type(exc).__name__})

@@ -35,7 +35,7 @@ async def fire_due(ctx: WorkerContext) -> int:
     A run missed while everything was down fires once, at start, and the schedule moves on to its next
     fire time after now (missed runs are not replayed one by one).
     """
-    cap = quota.worker_caps(ctx.settings).max_queued_per_owner
+    cap = ctx.settings.security.max_queued_per_owner
     created: list[ledger.JobRecord] = []
     async with ctx.pg.acquire() as conn, conn.transaction():
         for schedule in await schedules.claim_due(conn, limit=BATCH):

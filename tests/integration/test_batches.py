@@ -119,7 +119,13 @@ async def test_concurrent_last_finishers_complete_the_batch_exactly_once(
         created = await asyncio.gather(
             *(
                 submission.complete_batch(
-                    pool, redis, builtin_registry(), batch["id"], sealer=Sealer([_KEY]), enqueue_timeout_s=1
+                    pool,
+                    redis,
+                    builtin_registry(),
+                    batch["id"],
+                    sealer=Sealer([_KEY]),
+                    enqueue_timeout_s=1,
+                    queue_cap=100,
                 )
                 for _ in range(10)
             )

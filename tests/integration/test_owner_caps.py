@@ -68,6 +68,24 @@ async def test_retry_failed_retries_each_owner_within_its_room(
         assert await pg.fetchval("SELECT count(*) FROM jobs WHERE status = 'failed' AND owner = 'alice'") == 2
 
 
+async def test_retrying_one_job_counts_against_its_owners_cap(
+    services: Services, pg: Conn, jobs_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with capped(services, monkeypatch, max_queued_per_owner=2) as api:
+        _, failed = await _post(api, {"type": "system.echo", "payload": {}})
+        await pg.execute("UPDATE jobs SET status = 'failed', attempts = 5, finished_at = now()")
+        for data in ("a", "b"):  # alice's room is used up
+            assert (await _post(api, _later(data)))[0] == 202
+
+        refused, problem, _ = await api.request("POST", f"/api/v1/jobs/{failed['id']}/retry", as_="alice")
+        await pg.execute("DELETE FROM jobs WHERE id <> $1", failed["id"])  # room again
+        retried, _, _ = await api.request("POST", f"/api/v1/jobs/{failed['id']}/retry", as_="alice")
+
+        assert refused == 429
+        assert problem["status"] == 429
+        assert retried == 202
+
+
 async def test_a_fire_over_the_cap_is_skipped_and_the_schedule_moves_on(
     services: Services, pg: Conn, jobs_redis: Redis, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

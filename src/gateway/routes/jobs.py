@@ -17,6 +17,7 @@ from gateway.resources import job_resource, job_url
 from gateway.responses import json_response, read_json, validate_body
 from shared import events, ledger, queue, submission
 from shared.errors import Conflict, InvalidInput
+from shared.jobtypes.email import submission_context
 from shared.json import rfc3339
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ async def create_job(request: web.Request) -> web.Response:
     app, principal = request.app, request[PRINCIPAL]
     new = submission.prepare(
         job_request, app[REGISTRY], sealer=app[SEALER], owner=principal.sub, request_id=request[REQUEST_ID],
-        for_anyone=principal.is_admin,
+        for_anyone=principal.is_admin, context=submission_context(app[SETTINGS].mail_policy, admin=principal.is_admin),
     )  # fmt: skip
     await guard_queue(request, 1, idempotency_key=new.idempotency_key)
     record, created, enqueued = await submission.submit(
@@ -91,6 +92,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         await submission.complete_batch(
             app[PG_POOL], app[JOBS_REDIS], app[REGISTRY], job.batch_id, sealer=app[SEALER],
             enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s,
+            queue_cap=app[SETTINGS].security.max_queued_per_owner,
         )  # fmt: skip
     return json_response(job_resource(job))
 
@@ -101,6 +103,8 @@ async def retry_job(request: web.Request) -> web.Response:
     Errors: 401, 404, 409 for any other status."""
     record = await visible_job(request)
     app = request.app
+    if record.status in ("failed", "cancelled"):  # a retry makes a waiting job: it counts against the cap
+        await guard_queue(request, 1, owner=record.owner)
     reset = await ledger.reset_for_retry(app[PG_POOL], [record.id])
     if not reset:
         raise Conflict(
