@@ -101,7 +101,8 @@ OPERATIONS: Operations = {
         "List jobs, newest first",
         "jobs",
         {200: _ok(schemas.JobList)},
-        description="A user sees its own jobs, an admin every job. Unknown query parameters are a 400.",
+        description="A user sees its own jobs, an admin every job. Each item is the job without `payload`, "
+        "`result` and `errors`: GET its `links.self` for them. Unknown query parameters are a 400.",
     ),
     ("GET", "/api/v1/jobs/{}"): Operation("Get a job", "jobs", {200: _ok(schemas.Job)}),
     ("GET", "/api/v1/jobs/{}/events"): Operation(

@@ -130,6 +130,15 @@ class Schedule(Doc):
     next_run_at: dt.datetime | None
     last_run_at: dt.datetime | None
     last_job_id: str | None
+    last_skipped_at: dt.datetime | None = Field(description="When a due fire time last made no job.")
+    last_skip_reason: Literal["queue_cap", "overlap", "invalid_job", "error"] | None = Field(
+        description="Why: the owner's queue was full, the last job still ran, the job no longer validates, or "
+        "the fire failed (tried again a minute later)."
+    )
+    disabled_reason: Literal["owner_revoked", "owner_not_allowed"] | None = Field(
+        description="Set when Conveyor turned the schedule off: its owner has no live API key any more, or no "
+        "longer the role its job needs. Re-enabling clears it."
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
     links: ScheduleLinks
@@ -176,6 +185,9 @@ class Cleaned(Doc):
 
 class RetriedFailed(Doc):
     retried: int
+    skipped: int = Field(
+        description="Failed jobs left failed: their owner's queue cap (MAX_QUEUED_PER_OWNER) had no room."
+    )
 
 
 class Backoff(Doc):
@@ -212,8 +224,8 @@ class Health(Doc):
 
 
 class Readiness(Doc):
-    redis: str = Field(description="`ok` or the error.")
-    postgres: str = Field(description="`ok` or the error.")
+    redis: Literal["ok", "down"] = Field(description="`ok` or `down` (the reason is logged, not shown).")
+    postgres: Literal["ok", "down"] = Field(description="`ok` or `down` (the reason is logged, not shown).")
 
 
 class UploadLinks(Doc):
