@@ -85,8 +85,11 @@ async def create(conn: Connection | Pool, *, name: str, sub: str, role: Role, cr
 
 
 async def list_keys(conn: Connection | Pool, *, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
-    """Newest first (revoked ones included, with `revoked_at`), keyset-paginated on (created_at, id)."""
-    return await pages.newest_first(conn, "api_keys", ApiKey.from_row, equal={}, limit=limit, cursor=cursor)
+    """Newest first (revoked ones included, with `revoked_at`), keyset-paginated on (created_at, id); a page
+    reads only what it shows, never a key's salt or hash."""
+    return await pages.newest_first(
+        conn, "api_keys", ApiKey.from_row, equal={}, limit=limit, cursor=cursor, columns=pages.columns_of(ApiKey)
+    )
 
 
 async def revoke(conn: Connection | Pool, key_id: str) -> ApiKey | None:

@@ -68,15 +68,16 @@ async def newest_first(
     equal: Mapping[str, Any],
     limit: int,
     cursor: str | None,
+    columns: Sequence[str],
     conditions: Sequence[str] = (),
-    columns: Sequence[str] | None = None,
 ) -> tuple[list[T], str | None]:
     """One page of `table` and the cursor of the next (None on the last page).
 
     `equal` maps columns to the values they must hold (None: no condition); `conditions` are fixed SQL
-    conditions; `columns` are the columns read, which a list names so that it never loads what it does not
-    show (a page of 200 rows with a large JSON column each is gigabytes once decoded). None reads every
-    column, for tables without large columns. Table and column names come from code, never from a request.
+    conditions; `columns` are the columns read, which every list names so that it never loads what it does
+    not show (a page of 200 rows with a large JSON column each is gigabytes once decoded; a column added to
+    a table later is not read by its list until the record holds it). Table and column names come from code,
+    never from a request.
     """
     clauses, args = list(conditions), []
     for column, value in equal.items():
@@ -88,8 +89,7 @@ async def newest_first(
         clauses.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     args.append(limit + 1)
-    selected = ", ".join(columns) if columns is not None else "*"
-    sql = f"SELECT {selected} FROM {table}{where} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"  # noqa: S608 - names from code
+    sql = f"SELECT {', '.join(columns)} FROM {table}{where} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"  # noqa: S608 - names from code
     items = [from_row(r) for r in await conn.fetch(sql, *args)]
     page = items[:limit]
     return page, encode_cursor(page[-1]) if len(items) > limit and page else None

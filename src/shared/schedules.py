@@ -194,8 +194,9 @@ async def list_for(
 ) -> tuple[list[Schedule], str | None]:
     """Newest first, keyset-paginated like every list; `owner=None` lists everyone's (admin)."""
     return await pages.newest_first(
-        conn, "schedules", Schedule.from_row, equal={"owner": owner}, limit=limit, cursor=cursor
-    )
+        conn, "schedules", Schedule.from_row, equal={"owner": owner}, limit=limit, cursor=cursor,
+        columns=pages.columns_of(Schedule),
+    )  # fmt: skip
 
 
 async def update(conn: Connection | Pool, current: Schedule, patch: SchedulePatch) -> Schedule:

@@ -347,7 +347,7 @@ async def list_files(
     """Newest first, keyset-paginated on (created_at, id) like the job list; owner=None lists everyone's."""
     return await pages.newest_first(
         pool, "files", lambda row: StoredFile.from_row(row, config),
-        equal={"kind": kind, "owner": owner}, limit=limit, cursor=cursor,
+        equal={"kind": kind, "owner": owner}, limit=limit, cursor=cursor, columns=pages.columns_of(StoredFile),
     )  # fmt: skip
 
 
