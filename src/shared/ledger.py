@@ -28,6 +28,11 @@ def new_job_id() -> str:
     return "job_" + secrets.token_urlsafe(18)
 
 
+def arq_id(job_id: str, generation: int) -> str:
+    """A job's id in arq: the ledger id, suffixed with the generation after a manual retry."""
+    return job_id if generation == 0 else f"{job_id}.{generation}"
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
     id: str
@@ -88,8 +93,7 @@ class JobRecord:
 
     @property
     def arq_id(self) -> str:
-        """The job's id in arq: the ledger id, suffixed with the generation after a manual retry."""
-        return self.id if self.generation == 0 else f"{self.id}.{self.generation}"
+        return arq_id(self.id, self.generation)
 
 
 @dataclass(frozen=True, slots=True)

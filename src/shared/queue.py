@@ -233,10 +233,10 @@ async def live_workers(redis: ArqRedis, queue: str, *, ttl_s: float) -> int:
     return int(await redis.zcount(workers_key(queue), timestamp_ms() - int(ttl_s * 1000), "+inf"))
 
 
-async def drop_results(redis: ArqRedis, jobs: Sequence[JobRecord]) -> None:
-    """Forget arq's stored outcomes of many jobs (after they are cleaned from the ledger)."""
-    for start in range(0, len(jobs), 500):
-        await redis.delete(*(result_key_prefix + job.arq_id for job in jobs[start : start + 500]))
+async def drop_results(redis: ArqRedis, arq_ids: Sequence[str]) -> None:
+    """Forget arq's stored outcomes of many jobs, by their arq ids (after they are cleaned from the ledger)."""
+    for start in range(0, len(arq_ids), 500):
+        await redis.delete(*(result_key_prefix + arq_id for arq_id in arq_ids[start : start + 500]))
 
 
 async def renew_leases(redis: ArqRedis, arq_ids: Sequence[str], *, lease_s: float) -> None:

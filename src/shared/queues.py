@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from shared import ledger
 from shared.db import Connection, Pool
 
 STATUSES = ("queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
+# The bulk operations on a queue go a page of jobs at a time: what they hold is bounded by the page, not
+# by how many jobs the queue has.
+CLEAN_PAGE = 1000
+RETRY_PAGE = 500
+
+# The outer conditions repeat the inner ones: a job retried between the two is not deleted.
+_CLEAN = """
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE queue = $1 AND status = ANY($2::text[]) AND status IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at < $3
+    LIMIT $4
+) AND status = ANY($2::text[]) AND status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $3
+RETURNING id, generation
+"""
+# Keyset pages on (finished_at, id); a failed job without a finish time (none is written so) comes last.
+_FAILED_PAGE = """
+SELECT id, coalesce(finished_at, 'infinity') AS at FROM jobs
+WHERE queue = $1 AND status = 'failed' AND (finished_at IS NULL OR finished_at <= $2)
+  AND ($3::timestamptz IS NULL OR (coalesce(finished_at, 'infinity'), id) > ($3, $4::text))
+ORDER BY coalesce(finished_at, 'infinity'), id
+LIMIT $5
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,21 +120,27 @@ async def counts(conn: Connection | Pool, names: Sequence[str]) -> list[QueueCou
 
 async def clean(
     conn: Connection | Pool, name: str, *, statuses: Sequence[str], older_than_s: float
-) -> list[ledger.JobRecord]:
-    """Delete finished jobs of the queue that finished more than `older_than_s` ago; returns them."""
-    rows = await conn.fetch(
-        """
-        DELETE FROM jobs
-        WHERE queue = $1 AND status = ANY($2::text[]) AND status IN ('succeeded', 'failed', 'cancelled')
-          AND finished_at < now() - make_interval(secs => $3)
-        RETURNING *
-        """,
-        name,
-        list(statuses),
-        older_than_s,
-    )
-    return [ledger.JobRecord.from_row(r) for r in rows]
+) -> AsyncIterator[list[str]]:
+    """Delete the queue's finished jobs that finished more than `older_than_s` ago, CLEAN_PAGE at a time; yields
+    the arq ids of each page deleted (what arq may still hold of them), so that a clean of a million jobs
+    never holds more than a page of them, and never a payload or a result.
+
+    The cutoff is taken once, when the clean starts: a job finishing meanwhile is not cleaned.
+    """
+    cutoff = await conn.fetchval("SELECT now() - make_interval(secs => $1)", older_than_s)
+    while rows := await conn.fetch(_CLEAN, name, list(statuses), cutoff, CLEAN_PAGE):
+        yield [ledger.arq_id(r["id"], r["generation"]) for r in rows]
 
 
-async def failed_ids(conn: Connection | Pool, name: str) -> list[str]:
-    return [r["id"] for r in await conn.fetch("SELECT id FROM jobs WHERE queue = $1 AND status = 'failed'", name)]
+async def failed_pages(conn: Connection | Pool, name: str) -> AsyncIterator[list[str]]:
+    """The ids of the queue's failed jobs, RETRY_PAGE at a time, oldest failure first (the order in which a
+    retry of them all gives each owner's room).
+
+    Only the jobs failed when the walk starts: a job retried from an earlier page that fails again
+    meanwhile is not met a second time.
+    """
+    until = await conn.fetchval("SELECT now()")
+    after: tuple[dt.datetime | None, str] = (None, "")  # None: from the first
+    while rows := await conn.fetch(_FAILED_PAGE, name, until, *after, RETRY_PAGE):
+        yield [r["id"] for r in rows]
+        after = (rows[-1]["at"], rows[-1]["id"])

@@ -29,7 +29,11 @@ WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - m
   AND id <> ALL($2::text[])
 LIMIT $3
 """
-_DELETE = "DELETE FROM jobs WHERE id = ANY($1::text[]) AND status IN ('succeeded', 'failed', 'cancelled') RETURNING *"
+# Only what Redis is cleaned by comes back: a batch of whole rows would be a thousand payloads and results.
+_DELETE = """
+DELETE FROM jobs WHERE id = ANY($1::text[]) AND status IN ('succeeded', 'failed', 'cancelled')
+RETURNING id, generation
+"""
 
 
 async def purge_once(ctx: WorkerContext) -> int:
@@ -65,16 +69,16 @@ async def _purge_jobs(ctx: WorkerContext) -> int:
     return removed
 
 
-async def _delete(ctx: WorkerContext, job_ids: Sequence[str], passed_over: list[str]) -> list[ledger.JobRecord]:
+async def _delete(ctx: WorkerContext, job_ids: Sequence[str], passed_over: list[str]) -> list[str]:
     """Delete the jobs in one statement; if that fails, one by one, so that only the jobs that fail are
-    passed over (added to `passed_over`)."""
+    passed over (added to `passed_over`). Returns the arq ids of the jobs deleted."""
     try:
         return await _delete_rows(ctx.pg, job_ids)
     except OUTAGES:
         raise
     except asyncpg.PostgresError as exc:  # some row refused: find which, one by one
         logger.warning("retention.batch_failed", extra={"count": len(job_ids), "reason": type(exc).__name__})
-    deleted: list[ledger.JobRecord] = []
+    deleted: list[str] = []
     for job_id in job_ids:
         with isolated(ctx.metrics, "retention", "retention.job_failed", job_id=job_id) as item:
             deleted += await _delete_rows(ctx.pg, [job_id])
@@ -83,5 +87,5 @@ async def _delete(ctx: WorkerContext, job_ids: Sequence[str], passed_over: list[
     return deleted
 
 
-async def _delete_rows(pool: Pool, job_ids: Sequence[str]) -> list[ledger.JobRecord]:
-    return [ledger.JobRecord.from_row(r) for r in await pool.fetch(_DELETE, list(job_ids))]
+async def _delete_rows(pool: Pool, job_ids: Sequence[str]) -> list[str]:
+    return [ledger.arq_id(r["id"], r["generation"]) for r in await pool.fetch(_DELETE, list(job_ids))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Literal
 
 from aiohttp import web
@@ -123,20 +122,33 @@ async def clean_queue(request: web.Request) -> web.Response:
     Errors: 400, 401, 403, 404, 415, 422."""
     name = _queue_name(request)
     body = await read_model(request, CleanRequest) if request.can_read_body else CleanRequest()
-    removed = await queues.clean(request.app[PG_POOL], name, statuses=body.statuses, older_than_s=body.older_than_s)
-    with contextlib.suppress(*queue.REDIS_ERRORS):  # arq's copies expire with RESULT_TTL_S anyway
-        await queue.drop_results(request.app[JOBS_REDIS], removed)
-    return json_response({"removed": len(removed)})
+    removed, drop = 0, True
+    pages = queues.clean(request.app[PG_POOL], name, statuses=body.statuses, older_than_s=body.older_than_s)
+    async for arq_ids in pages:
+        removed += len(arq_ids)
+        if drop:
+            try:
+                await queue.drop_results(request.app[JOBS_REDIS], arq_ids)
+            except queue.REDIS_ERRORS:  # arq's copies expire with RESULT_TTL_S anyway: Redis is not waited for
+                drop = False
+    return json_response({"removed": removed})
 
 
 @routes.post("/api/v1/queues/{name}/retry-failed")
 async def retry_failed(request: web.Request) -> web.Response:
     """POST /api/v1/queues/{name}/retry-failed: admin; every failed job of the queue, attempts from 0, as far
     as each owner's MAX_QUEUED_PER_OWNER allows (a retried job waits like a new one): the jobs that do not
-    fit stay failed and are counted in `skipped`, to be retried once their owners' queues have drained."""
+    fit stay failed and are counted in `skipped`, to be retried once their owners' queues have drained.
+
+    A page of jobs at a time (`queues.RETRY_PAGE`), oldest failure first: each reset job is re-enqueued
+    whole, so what the request holds is a page of them, however many failed. Each page's room is read
+    after the pages before it were queued, so the cap holds across pages."""
     app = request.app
-    ids = await queues.failed_ids(app[PG_POOL], _queue_name(request))
-    fitting, skipped = await quota.within_room(app[PG_POOL], ids, cap=app[SETTINGS].security.max_queued_per_owner)
-    reset = await ledger.reset_for_retry(app[PG_POOL], fitting)
-    await submission.resubmit(app[JOBS_REDIS], reset, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s)
-    return json_response({"retried": len(reset), "skipped": skipped})
+    pool, cap = app[PG_POOL], app[SETTINGS].security.max_queued_per_owner
+    retried = skipped = 0
+    async for ids in queues.failed_pages(pool, _queue_name(request)):
+        fitting, over = await quota.within_room(pool, ids, cap=cap)
+        reset = await ledger.reset_for_retry(pool, fitting)
+        await submission.resubmit(app[JOBS_REDIS], reset, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s)
+        retried, skipped = retried + len(reset), skipped + over
+    return json_response({"retried": retried, "skipped": skipped})
