@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis, fallback_home
+from shared.embedded import EmbeddedPostgres, EmbeddedRedis, fallback_home, registry
 from shared.mailcatcher import catch_mail
 
 
@@ -172,3 +172,21 @@ async def test_mail_catcher_keeps_each_message_as_an_eml_file(tmp_path: Path) ->
     assert len(files) == 1
     assert message_from_bytes(files[0].read_bytes())["Subject"] == "hello"
     assert (_mode(files[0]), _mode(tmp_path / "mail")) == (0o600, 0o700), "caught mail is read by its owner alone"
+
+
+async def test_a_var_folder_left_open_by_an_earlier_version_is_made_private(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    (var / "mail").mkdir(parents=True)
+    (var / "mail" / "old.eml").write_bytes(b"Subject: left readable\r\n\r\n")
+    for path in (var, var / "mail"):
+        path.chmod(0o755)
+    (tmp_path / "elsewhere").mkdir(mode=0o755)
+    (var / "storage").symlink_to(tmp_path / "elsewhere")  # a link is never followed, nor changed
+
+    async with registry.locked(var):
+        pass
+
+    assert stat.S_IMODE((var / "mail").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "elsewhere").stat().st_mode) == 0o755
+    # root keeps var/ itself traversable: its PostgreSQL cluster may live in var/pg for `postgres`
+    assert stat.S_IMODE(var.stat().st_mode) == (0o755 if os.geteuid() == 0 else 0o700)

@@ -31,6 +31,35 @@ def private_dir(path: Path) -> None:
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
 
+# What `conveyor run` keeps under var/ that other accounts must not read: caught mail, Redis' data, uploads.
+PRIVATE_SUBDIRS: Final = ("mail", "redis", "storage")
+
+
+def tighten(var_dir: Path) -> None:
+    """Make a `var/` left open by an earlier version private again (new ones are created 0700).
+
+    Each known folder that is a real directory of this account loses group and other access; so does `var/`
+    itself, except for root, whose PostgreSQL cluster may live in `var/pg` for the `postgres` account to reach.
+    Files inside keep their mode, unreachable through a 0700 folder. Links and foreign folders are left alone.
+    """
+    folders = [var_dir / name for name in PRIVATE_SUBDIRS]
+    for path in folders if os.geteuid() == 0 else [var_dir, *folders]:
+        _tighten_dir(path)
+
+
+def _tighten_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:  # absent, a link or not a directory: nothing of ours to tighten
+        return
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+            os.fchmod(fd, DIR_MODE)
+    finally:
+        os.close(fd)
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` as a 0600 file, atomically (a temp file renamed over it), never through a link."""
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Literal, TypeVar
 
-from shared.embedded.private import FILE_MODE, private_dir, write_private
+from shared.embedded.private import FILE_MODE, private_dir, tighten, write_private
 from shared.embedded.process import EmbeddedServerError
 
 Kind = Literal["redis", "postgres"]
@@ -109,6 +109,7 @@ def _private_append(path: Path) -> int:
 
 def _open_lock(var_dir: Path) -> IO[str]:
     private_dir(var_dir)
+    tighten(var_dir)
     return os.fdopen(_private_append(var_dir / LOCK_FILE), "a")
 
 
