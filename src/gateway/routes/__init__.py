@@ -25,4 +25,3 @@ def setup_routes(app: web.Application) -> None:
     modules = (health, openapi, jobs, job_events, job_types, batches, queues, schedules)
     for module in (*modules, uploads, artifacts, notifications, api_keys, webhook_keys):
         app.router.add_routes(module.routes)
-    webhook_keys.setup(app)

@@ -16,12 +16,8 @@ from gateway.responses import json_response
 from gateway.schemas import Doc
 from shared import webhooks
 from shared.errors import BadRequest, Conflict, PermissionDenied
-from shared.settings import WebhookConfig
 
 routes = web.RouteTableDef()
-
-WEBHOOK: web.AppKey[WebhookConfig] = web.AppKey("webhook", WebhookConfig)
-
 
 class SigningKey(Doc):
     """The key that signs one owner's webhook deliveries."""
@@ -31,13 +27,6 @@ class SigningKey(Doc):
     key: str = Field(
         description="The HMAC-SHA256 key (its UTF-8 bytes) of `Conveyor-Signature`'s `v1=`: keep it secret."
     )
-
-
-def setup(app: web.Application) -> None:
-    """Give the app the webhook settings: the gateway's own section once its settings have one, else the
-    environment's (WEBHOOK_SECRET), read once here at startup."""
-    own = getattr(app[SETTINGS], "webhook", None)
-    app[WEBHOOK] = own if isinstance(own, WebhookConfig) else WebhookConfig()
 
 
 @routes.get("/api/v1/webhook-signing-key")
@@ -50,7 +39,7 @@ async def get_signing_key(request: web.Request) -> web.Response:
         raise BadRequest("query parameter `owner`: at least 1 character(s)")
     if not principal.can_see(owner):
         raise PermissionDenied("a user reads only its own signing key; another owner's needs the admin role")
-    secret = request.app[WEBHOOK].secret
+    secret = request.app[SETTINGS].webhook.secret
     if secret is None or not secret.get_secret_value():
         raise Conflict(
             "webhook signing is not configured: deliveries are sent unsigned; set WEBHOOK_SECRET on the "
