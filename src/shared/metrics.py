@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -22,6 +23,10 @@ CIRCUIT_SERIES_TTL_S = 300.0
 CIRCUIT_STATES = {1: "half_open", 2: "open"}
 # The gateway's limiters that count in Redis db 0, or in process while it fails.
 RATE_LIMITERS = ("principal", "auth_failures")
+
+
+BACKGROUND_LOOPS: Final = ("reconciler", "retention", "schedules")
+SCHEDULE_SKIPS: Final = ("queue_cap", "overlap", "invalid_job")
 
 
 class Metrics:
@@ -74,6 +79,19 @@ class Metrics:
             "reconciler_requeued_total", "Jobs the reconciler put back on Redis from the ledger.",
             namespace=NAMESPACE, subsystem="worker", registry=r,
         )  # fmt: skip
+        self.background_item_failures = Counter(
+            "background_item_failures_total", "Items a background pass skipped because they failed, by loop "
+            "(reconciler, retention, schedules); the pass goes on past them.",
+            ["loop"], namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        self.schedule_fires_skipped = Counter(
+            "schedule_fires_skipped_total", "Due schedule fire times that made no job, by reason (queue_cap, "
+            "overlap, invalid_job).", ["reason"], namespace=NAMESPACE, subsystem="worker", registry=r,
+        )  # fmt: skip
+        for loop in BACKGROUND_LOOPS:  # every series exists from the start, at 0
+            self.background_item_failures.labels(loop)
+        for reason in SCHEDULE_SKIPS:
+            self.schedule_fires_skipped.labels(reason)
         self.smtp = Counter(
             "smtp_sends_total", "SMTP send outcomes (sent, refused, transient, error).",
             ["outcome"], namespace=NAMESPACE, subsystem="worker", registry=r,

@@ -5,45 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-from prometheus_client import Counter
-
 from shared.db import UNAVAILABLE_ERRORS
-from shared.metrics import NAMESPACE, Metrics
+from shared.metrics import Metrics
 from shared.queue import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 
 # An outage is no bad item: it fails every item alike, so it ends the step (and is waited out by `every`).
 OUTAGES = (*REDIS_ERRORS, *UNAVAILABLE_ERRORS)
-_COUNTERS: weakref.WeakKeyDictionary[Metrics, dict[str, Counter]] = weakref.WeakKeyDictionary()
-LOOPS = ("reconciler", "retention", "schedules")
-
-
-def counter(metrics: Metrics, name: str, documentation: str, label: str) -> Counter:
-    """`conveyor_worker_<name>{label}`, made once on the process's own registry (a worker-upkeep metric)."""
-    made = _COUNTERS.setdefault(metrics, {})
-    if name not in made:
-        made[name] = Counter(
-            name, documentation, [label], namespace=NAMESPACE, subsystem="worker", registry=metrics.registry
-        )
-    return made[name]
-
-
-def item_failures(metrics: Metrics) -> Counter:
-    """`conveyor_worker_background_item_failures_total{loop}`: items a background pass skipped because they
-    failed (the pass goes on past them); every loop's series exists from the start, at 0."""
-    failures = counter(
-        metrics, "background_item_failures_total",
-        "Items a background pass skipped because they failed, by loop (reconciler, retention, schedules).", "loop",
-    )  # fmt: skip
-    for loop in LOOPS:
-        failures.labels(loop)
-    return failures
 
 
 class isolated:  # lower case: used as a statement, like contextlib.suppress
@@ -65,7 +38,7 @@ class isolated:  # lower case: used as a statement, like contextlib.suppress
         if exc is None or isinstance(exc, OUTAGES) or not isinstance(exc, Exception):
             return False
         logger.error(self.event, extra=self.ids, exc_info=(kind, exc, tb))  # type: ignore[arg-type]
-        item_failures(self.metrics).labels(self.loop).inc()
+        self.metrics.background_item_failures.labels(self.loop).inc()
         self.failed = True
         return True
 

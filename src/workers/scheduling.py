@@ -19,14 +19,13 @@ from shared import ledger, quota, schedules, submission
 from shared.db import Connection
 from shared.errors import InvalidInput, PermanentJobError
 from shared.json import utcnow
-from workers.background import counter, isolated
+from workers.background import isolated
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 
 BATCH = 50
 INTERVAL_S = 1.0
-_SKIPPED = "Due schedule fire times that made no job, by reason (queue_cap, overlap, invalid_job)."
 
 
 async def fire_due(ctx: WorkerContext) -> int:
@@ -96,7 +95,7 @@ async def _fire(
         skipped = None if record is not None else "invalid_job"
     if skipped is not None:
         logger.info("schedules.skipped", extra={"schedule_id": schedule.id, "reason": skipped})
-        counter(ctx.metrics, "schedule_fires_skipped_total", _SKIPPED, "reason").labels(skipped).inc()
+        ctx.metrics.schedule_fires_skipped.labels(skipped).inc()
     await schedules.advance(
         conn, schedule, fired_at=fire_time, job_id=record.id if record else None, next_run_at=following,
         skipped=skipped,
