@@ -1,10 +1,10 @@
-"""The links a mail may carry: only to PUBLIC_URL's host or a MAIL_LINK_HOSTS host, checked on the body as sent.
+"""The links a mail may carry: only to PUBLIC_URL's host or a MAIL_LINK_HOSTS host, checked on the mail as sent.
 
 Mail goes out from MAIL_FROM, so a link in it speaks for the operator: a caller's `url` in a template
 variable, or an `href` in its own HTML, must not lead anywhere else (a perfect phishing mail otherwise).
-The check reads what is about to be sent (a rendered template, a caller's HTML or text), so a link from
-any source is seen: URL attributes (`href`, `src`, `srcset`, `action`, …), URLs written in attribute
-values, text, comments (Outlook renders conditional ones) and styles, and URLs in a text body (mail
+The check reads what is about to be sent (the subject, a rendered template, a caller's HTML or text), so
+a link from any source is seen: URL attributes (`href`, `src`, `srcset`, `action`, …), URLs written in
+attribute values, text, comments (Outlook renders conditional ones) and styles, and URLs in a text body (mail
 clients make them clickable). Allowed: `https://` (also `http://` in development) to an allowed host,
 `mailto:` an address at an allowed host, `cid:` (a part of the message) and `#fragment`; everything
 else (relative paths, `javascript:`, `data:`, user-info in the authority) is refused. With neither
@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from typing import Final
 from urllib.parse import urlsplit
 
 from pydantic import HttpUrl
@@ -116,8 +117,10 @@ class LinkPolicy:
             else:
                 self.check_text(value)
 
-    def check_mail(self, text: str | None, html: str | None) -> None:
-        """Raises LinkNotAllowed for the first link of the mail that may not be sent."""
+    def check_mail(self, text: str | None, html: str | None, *, subject: str) -> None:
+        """Raises LinkNotAllowed for the first link of the mail that may not be sent: in its subject (a
+        client shows a URL there as text, and a reader may follow it), its text body, its HTML body."""
+        self.check_text(subject)
         if text is not None:
             self.check_text(text)
         if html is not None:
@@ -161,3 +164,29 @@ def _html_parts(html: str) -> list[tuple[str, str]]:
     collector.feed(html)
     collector.close()
     return collector.parts
+
+
+# Attachments a mail client or a browser opens as a page, links and forms and all: HTML, XHTML, SVG (and
+# MHTML, an HTML page with its parts, and a forwarded message). Their links are not checked, so a user may
+# not attach them (an admin may).
+_PAGE_TYPES: Final = frozenset(
+    {"text/html", "application/xhtml+xml", "image/svg+xml", "multipart/related", "message/rfc822",
+     "application/x-mimearchive", "application/hta"}
+)  # fmt: skip
+_PAGE_EXTENSIONS: Final = frozenset(
+    {"htm", "html", "shtml", "xhtml", "xht", "svg", "svgz", "mht", "mhtml", "hta"}
+)  # fmt: skip
+
+
+def opens_as_a_page(filename: str, content_type: str) -> bool:
+    """Whether an attachment would be shown as a web page (by its type, or by its name: clients go by
+    either), where links the mail's check never saw could lead anywhere."""
+    declared = content_type.partition(";")[0].strip().lower()
+    # Windows drops trailing dots and spaces from a name: `x.html. ` opens as `x.html`.
+    _, dot, extension = filename.rstrip(". ").rpartition(".")
+    return (
+        declared in _PAGE_TYPES
+        or "html" in declared  # text/x-html, application/xhtml+xml, …
+        or "svg" in declared
+        or (bool(dot) and extension.lower() in _PAGE_EXTENSIONS)
+    )

@@ -223,6 +223,44 @@ async def test_an_owner_with_a_live_admin_api_key_mails_anyone(
     assert len(smtp.messages) == 1
 
 
+async def test_a_users_reply_to_is_held_to_the_recipient_policy_at_submission(services: Services) -> None:
+    """Replies to a mail from MAIL_FROM go to its Reply-To: a free one would make an allowed mail phishing."""
+    mail = {"to": ["ann@example.com"], "subject": "Hi", "text": "x", "reply_to": "billing@evil.example"}
+    async with running_gateway(_restricted_gateway(services, "example.com")) as gateway:
+        status, refused, _ = await gateway.request("POST", "/api/v1/jobs", json={"type": "email.send", "payload": mail})
+        allowed, accepted, _ = await gateway.request(
+            "POST", "/api/v1/jobs",
+            json={"type": "email.send", "payload": {**mail, "reply_to": "Support@Example.com"}},
+        )  # fmt: skip
+        admin_status, by_admin, _ = await gateway.request(
+            "POST", "/api/v1/jobs", as_="root", role="admin", json={"type": "email.send", "payload": mail}
+        )
+
+    assert status == 422, refused
+    assert [(e["loc"], e["type"]) for e in refused["errors"]] == [(["payload", "reply_to"], "recipient_not_allowed")]
+    assert "billing@evil.example" in refused["errors"][0]["msg"]
+    assert allowed == 202, accepted
+    assert admin_status == 202, by_admin
+
+
+async def test_the_worker_refuses_a_reply_to_outside_the_policy(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAIL_ALLOWED_RECIPIENTS", "example.com")
+    await start_worker("default", smtp_port=smtp.port)
+    mail = {"to": ["ann@example.com"], "subject": "Hi", "text": "x", "reply_to": "billing@evil.example"}
+    refused = await api.submit("email.send", mail)
+    allowed = await api.submit("email.send", {**mail, "reply_to": "support@example.com"})
+
+    failed = await api.wait_status(refused["id"], "failed")
+    await api.wait_status(allowed["id"], "succeeded")
+
+    assert failed["attempts"] == 1
+    assert failed["error"]["type"] == "RecipientNotAllowed"
+    assert "billing@evil.example" in failed["error"]["message"]
+    assert [_parse(smtp, i)["Reply-To"] for i in range(len(smtp.messages))] == ["support@example.com"]
+
+
 # The per-owner budget (MAIL_PER_OWNER_PER_HOUR), in recipients.
 
 

@@ -47,11 +47,13 @@ async def pool(services: Services) -> AsyncIterator[db.Pool]:
         yield p
 
 
-async def _artifact(pool: db.Pool, services: Services, *, owner: str, job_id: str, data: bytes) -> str:
+async def _artifact(
+    pool: db.Pool, services: Services, *, owner: str, job_id: str, data: bytes,
+    filename: str = "report.csv", content_type: str = "text/csv; charset=utf-8",
+) -> str:  # fmt: skip
     async with storage.write_artifact(
-        pool, storage_config(services), owner=owner, job_id=job_id, filename="report.csv",
-        content_type="text/csv; charset=utf-8",
-    ) as writer:  # fmt: skip
+        pool, storage_config(services), owner=owner, job_id=job_id, filename=filename, content_type=content_type
+    ) as writer:
         await writer.write(data)
     return writer.stored.id
 
@@ -186,6 +188,31 @@ async def test_a_mail_linking_elsewhere_than_the_public_host_fails_unsent(
     assert smtp.messages == []
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"subject": "Your account is locked: unlock it at https://evil.example/unlock", "text": "See the subject."},
+        {"subject": "Welcome, {{ name }} ({{ ticket }})", "template": "welcome",
+         "context": {"name": "Ann", "ticket": "sign in at www.evil.example", "url": "https://jobs.example.com/login"}},
+    ],
+    ids=["subject", "rendered-subject"],
+)  # fmt: skip
+async def test_a_subject_linking_elsewhere_than_the_public_host_fails_unsent(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, services: Services, payload: dict[str, object]
+) -> None:
+    await start_worker(
+        "default", smtp_port=smtp.port, storage=storage_config(services, public_url="https://jobs.example.com")
+    )
+    job = await api.submit("email.send", {"to": ["a@example.com"], **payload})
+
+    failed = await api.wait_status(job["id"], "failed")
+
+    assert failed["attempts"] == 1
+    assert failed["error"]["type"] == "LinkNotAllowed"
+    assert "evil.example" in failed["error"]["message"]
+    assert smtp.messages == []
+
+
 async def test_links_to_the_public_host_and_the_listed_hosts_are_sent(
     api: Api, start_worker: StartWorker, smtp: SmtpSink, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -269,6 +296,63 @@ async def test_someone_elses_artifact_is_not_attached(
     assert failed["error"]["type"] == "AttachmentNotFound"
     assert failed["error"]["retryable"] is False
     assert smtp.messages == []
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "sent_as"),
+    [
+        ("login.html", "text/html; charset=utf-8", None),
+        ("logo.svg", "image/svg+xml", None),
+        ("report.csv", "text/csv", "invoice.html"),
+    ],
+    ids=["html", "svg", "renamed-to-html"],
+)
+async def test_a_user_may_not_attach_a_file_that_opens_as_a_web_page(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services,
+    filename: str, content_type: str, sent_as: str | None,
+) -> None:  # fmt: skip
+    """An HTML or SVG attachment is a page from MAIL_FROM whose links nothing checked."""
+    page = b'<a href="https://evil.example/login">Sign in to see your invoice</a>'
+    artifact_id = await _artifact(
+        pool, services, owner="alice", job_id="job_page", data=page, filename=filename, content_type=content_type
+    )
+    await start_worker("default", smtp_port=smtp.port)
+    attachment = {"artifact_id": artifact_id, **({"filename": sent_as} if sent_as else {})}
+    job = await api.submit(
+        "email.send", {"to": ["a@example.com"], "subject": "Invoice", "text": "Attached.", "attachments": [attachment]}
+    )
+
+    failed = await api.wait_status(job["id"], "failed")
+
+    assert failed["attempts"] == 1
+    assert failed["error"]["type"] == "AttachmentNotAllowed"
+    assert failed["error"]["retryable"] is False
+    assert (sent_as or filename) in failed["error"]["message"]
+    assert smtp.messages == []
+
+
+async def test_an_owner_with_a_live_admin_api_key_may_attach_html(
+    api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services
+) -> None:
+    status, key, _ = await api.request(
+        "POST", "/api/v1/api-keys", as_="root", role="admin", json={"name": "mailer", "sub": "mailer", "role": "admin"}
+    )
+    assert status == 201, key
+    artifact_id = await _artifact(
+        pool, services, owner="mailer", job_id="job_newsletter", data=b"<p>News</p>",
+        filename="newsletter.html", content_type="text/html; charset=utf-8",
+    )  # fmt: skip
+    await start_worker("default", smtp_port=smtp.port)
+    status, job, _ = await api.request(
+        "POST", "/api/v1/jobs", headers={"Authorization": f"Bearer {key['token']}"},
+        json={"type": "email.send", "payload": {"to": ["a@example.com"], "subject": "News", "text": "Attached.",
+                                                "attachments": [{"artifact_id": artifact_id}]}},
+    )  # fmt: skip
+    assert status == 202, job
+
+    await api.wait_status(job["id"], "succeeded", as_="mailer")
+
+    assert [f.get_filename() for f in _parse(smtp).iter_attachments()] == ["newsletter.html"]
 
 
 async def test_a_retry_after_an_accepted_send_does_not_send_again(

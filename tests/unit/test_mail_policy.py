@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import HttpUrl
 
-from shared.mail_links import LinkNotAllowed, LinkPolicy
+from shared.mail_links import LinkNotAllowed, LinkPolicy, opens_as_a_page
 from shared.mail_policy import RecipientPolicy, distinct_recipients
 from shared.settings import Environment, MailPolicyConfig
 
@@ -116,13 +116,58 @@ def test_text_bodies_are_checked_for_written_urls() -> None:
 @pytest.mark.parametrize("environment", [PRODUCTION, Environment.TEST])
 def test_with_no_public_url_and_no_listed_host_no_link_is_allowed(environment: Environment) -> None:
     policy = LinkPolicy.from_settings(MailPolicyConfig(environment=environment), None)
-    policy.check_mail("No links here.", "<p>Nor here.</p>")
+    policy.check_mail("No links here.", "<p>Nor here.</p>", subject="Nor in the subject")
     with pytest.raises(LinkNotAllowed, match="set PUBLIC_URL or MAIL_LINK_HOSTS"):
-        policy.check_mail(None, '<a href="https://example.com/">x</a>')
+        policy.check_mail(None, '<a href="https://example.com/">x</a>', subject="Hi")
 
 
 def test_with_nothing_configured_development_links_anywhere_but_still_checks_the_forms() -> None:
     policy = LinkPolicy.from_settings(MailPolicyConfig(environment=DEVELOPMENT), None)
-    policy.check_mail("See https://example.com/x", '<a href="http://example.org/">x</a>')
+    policy.check_mail("See https://example.com/x", '<a href="http://example.org/">x</a>', subject="https://example.net")
     with pytest.raises(LinkNotAllowed):
         policy.check_html('<a href="javascript:alert(1)">x</a>')
+
+
+@pytest.mark.parametrize(
+    "subject", ["Locked: unlock at https://evil.example/unlock", "Go to www.evil.example", "ftp://evil.example/"]
+)
+def test_the_subject_is_checked_like_a_text_body(subject: str) -> None:
+    policy = _links()
+    policy.check_mail("x", None, subject="Your report from https://jobs.example.com/jobs")
+    with pytest.raises(LinkNotAllowed, match=r"evil\.example"):
+        policy.check_mail("x", "<p>x</p>", subject=subject)
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type"),
+    [
+        ("page.html", "text/html; charset=utf-8"),
+        ("report.csv", "text/html"),
+        ("report.csv", "TEXT/HTML"),
+        ("page.HTM", "application/octet-stream"),
+        ("page.xhtml", "application/xhtml+xml"),
+        ("logo.svg", "image/svg+xml"),
+        ("logo.png", "image/svg+xml"),
+        ("logo.svgz", "application/gzip"),
+        ("saved.mht", "application/octet-stream"),
+        ("app.hta", "application/octet-stream"),
+        ("invoice.html. ", "text/plain"),
+    ],
+)
+def test_attachments_that_open_as_a_page_are_recognised_by_type_or_name(filename: str, content_type: str) -> None:
+    assert opens_as_a_page(filename, content_type)
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type"),
+    [
+        ("report.csv", "text/csv; charset=utf-8"),
+        ("report.pdf", "application/pdf"),
+        ("logo.png", "image/png"),
+        ("html", "text/plain"),
+        ("notes.html.txt", "text/plain"),
+        ("data.xml", "application/xml"),
+    ],
+)
+def test_other_attachments_are_not_pages(filename: str, content_type: str) -> None:
+    assert not opens_as_a_page(filename, content_type)

@@ -26,8 +26,8 @@ RECIPIENT_POLICY = "email_recipient_policy"
 
 
 def submission_context(config: MailPolicyConfig, *, admin: bool) -> dict[str, Any]:
-    """The validation context that holds a new request's `to`, `cc` and `bcc` to its submitter's policy:
-    a refused address is a 422 naming it (`["payload", "to", 3]`)."""
+    """The validation context that holds a new request's `to`, `cc`, `bcc` and `reply_to` to its submitter's
+    policy: a refused address is a 422 naming it (`["payload", "to", 3]`, `["payload", "reply_to"]`)."""
     return {RECIPIENT_POLICY: RecipientPolicy.for_role(config, admin=admin)}
 
 
@@ -38,7 +38,8 @@ def _allowed_recipient(address: str, info: ValidationInfo) -> str:
     return address
 
 
-# A recipient: an address, and one the submitter may write to (see `submission_context`).
+# A recipient: an address, and one the submitter may write to (see `submission_context`). `reply_to` is one
+# too: replies to a mail from MAIL_FROM go there, so a free one would make any allowed mail a phishing mail.
 Recipient = Annotated[EmailAddress, AfterValidator(_allowed_recipient)]
 
 # Every line break `str.splitlines()` knows, for the published schema (the validator below is the check).
@@ -92,7 +93,7 @@ class EmailPayload(Payload):
     )  # fmt: skip
     text: str | None = Field(None, max_length=512 * 1024, description="Not with `template`.")
     html: str | None = Field(None, max_length=512 * 1024, description="Not with `template`.")
-    reply_to: EmailAddress | None = None
+    reply_to: Recipient | None = Field(None, description="Held to the same recipient policy as `to`.")
     template: str | None = Field(
         None, pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$",
         description="Render the body from this template (`<name>.txt` and/or `<name>.html` in the template folders).",

@@ -7,7 +7,7 @@ import logging
 
 import aiosmtplib
 
-from shared import mail_log, mail_policy, storage
+from shared import mail_links, mail_log, mail_policy, storage
 from shared.errors import JobDeferred, PermanentJobError, RetryableJobError
 from shared.jobtypes.email import EMAIL_SEND, EmailPayload, EmailResult
 from shared.mail import MailAttachment, OutgoingMail, SendOutcome, message_id_for
@@ -38,9 +38,10 @@ async def handle_send(job: JobContext, payload: EmailPayload) -> EmailResult:
     and a later attempt returns that record instead of sending again. The Message-ID is derived from the
     job id, so even a send repeated through the remaining window is recognisably the same message.
 
-    Before anything is sent: every recipient must be one the owner may write to, and every link one the
-    mail may carry (else the job fails); the owner's hourly budget must have room for its recipients (else
-    the job waits, using no attempt).
+    Before anything is sent: every recipient (and the Reply-To) must be one the owner may write to, no
+    attachment may open as a web page unless the owner is an admin, and every link of the subject and
+    body must be one the mail may carry (else the job fails); the owner's hourly budget must have room for
+    its recipients (else the job waits, using no attempt).
 
     Refused recipients (all of them) and other 5xx replies fail the job; 4xx replies and connection errors retry.
     """
@@ -62,15 +63,17 @@ async def handle_send(job: JobContext, payload: EmailPayload) -> EmailResult:
 
 
 async def _check_recipients(job: JobContext, payload: EmailPayload) -> None:
-    """Hold every recipient to the owner's policy: the user one, unless the owner holds a live admin API key
-    (the ledger does not know which role created the job, nor whether a schedule or batch did).
+    """Hold every recipient, and the Reply-To (where answers to a mail from MAIL_FROM go), to the owner's
+    policy: the user one, unless the owner holds a live admin API key (the ledger does not know which role
+    created the job, nor whether a schedule or batch did).
 
     Raises:
         PermanentJobError: `RecipientNotAllowed`, naming the first refused address.
     """
     config = job.worker.settings.mail_policy
     policy = RecipientPolicy.for_role(config, admin=False)
-    refused = [a for a in (*payload.to, *payload.cc, *payload.bcc) if not policy.allows(a)]
+    reply_to = [payload.reply_to] if payload.reply_to is not None else []
+    refused = [a for a in (*payload.to, *payload.cc, *payload.bcc, *reply_to) if not policy.allows(a)]
     if not refused or await mail_policy.owner_is_admin(job.worker.pg, job.owner):
         return
     raise PermanentJobError(
@@ -81,14 +84,16 @@ async def _check_recipients(job: JobContext, payload: EmailPayload) -> None:
 
 
 def _check_links(job: JobContext, mail: OutgoingMail) -> None:
-    """Every link of the mail as it is about to be sent must lead to PUBLIC_URL's host or a MAIL_LINK_HOSTS one.
+    """Every link of the mail as it is about to be sent (subject, text, HTML) must lead to PUBLIC_URL's host
+    or a MAIL_LINK_HOSTS one.
 
     Raises:
         PermanentJobError: `LinkNotAllowed`.
     """
     settings = job.worker.settings
+    policy = LinkPolicy.from_settings(settings.mail_policy, settings.storage.public_url)
     try:
-        LinkPolicy.from_settings(settings.mail_policy, settings.storage.public_url).check_mail(mail.text, mail.html)
+        policy.check_mail(mail.text, mail.html, subject=mail.subject)
     except LinkNotAllowed as exc:
         raise PermanentJobError(f"{exc}; nothing was sent", type_name="LinkNotAllowed") from exc
 
@@ -149,6 +154,7 @@ async def _attachments(job: JobContext, payload: EmailPayload) -> list[MailAttac
         if stored is None:
             raise PermanentJobError(f"no artifact {wanted.artifact_id!r}", type_name="AttachmentNotFound")
         found.append((stored, wanted.filename or stored.filename))
+    await _check_pages(job, [(filename, stored.content_type) for stored, filename in found])
     total = sum(stored.size for stored, _ in found)
     if total > MAX_ATTACHMENT_BYTES:
         raise PermanentJobError(
@@ -163,6 +169,25 @@ async def _attachments(job: JobContext, payload: EmailPayload) -> list[MailAttac
             raise RetryableJobError(f"artifact {stored.id!r} is being replaced", type_name="AttachmentMoved") from exc
         attachments.append(MailAttachment(filename=filename, content_type=stored.content_type, data=data))
     return attachments
+
+
+async def _check_pages(job: JobContext, files: list[tuple[str, str]]) -> None:
+    """Refuse attachments that open as a web page (HTML, XHTML, SVG, by type or name) unless the owner is
+    an admin: their links and forms are not checked, and they arrive from MAIL_FROM.
+
+    Raises:
+        PermanentJobError: `AttachmentNotAllowed`, naming the first such file.
+    """
+    pages = [(name, content_type) for name, content_type in files if mail_links.opens_as_a_page(name, content_type)]
+    if not pages or await mail_policy.owner_is_admin(job.worker.pg, job.owner):
+        return
+    name, content_type = pages[0]
+    raise PermanentJobError(
+        f"attachment {name!r} ({content_type}) would open as a web page, whose links mail may not carry:"
+        " attach HTML, XHTML and SVG as another format (a PDF, an archive); only an admin may attach them;"
+        " nothing was sent",
+        type_name="AttachmentNotAllowed",
+    )
 
 
 async def _send(job: JobContext, mail: OutgoingMail) -> SendOutcome:
