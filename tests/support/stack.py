@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,14 @@ else:
     Conn = asyncpg.Connection
 
 StartWorker = Callable[..., Awaitable[WorkerProcess]]
+
+# The test stack is a development environment, as `make run` is (an unset ENVIRONMENT means production):
+# the gateways, workers and subprocesses it starts offer `system.echo`, let users mail anyone and serve
+# /metrics on the API port. Set once, on import (before any test runs); a caller's ENVIRONMENT, in any case,
+# is replaced so the suite tests what it says. A test of another or no ENVIRONMENT says so itself.
+for _name in [name for name in os.environ if name.upper() == "ENVIRONMENT"]:
+    del os.environ[_name]
+os.environ["ENVIRONMENT"] = "development"
 
 
 @dataclass(frozen=True)
