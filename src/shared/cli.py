@@ -91,8 +91,9 @@ def _run_async(main: Coroutine[Any, Any, T]) -> T:
 
 def _local_auth() -> AuthConfig:
     """JWT settings as `conveyor token` reads them: an unset ENVIRONMENT means development, as for `conveyor run`
-    (signing with the public dev secret grants nothing a copy of the source does not; servers still refuse it
-    outside explicit development on loopback)."""
+    (whose gateway then accepts the token), although every server takes it as production (signing with the
+    public dev secret grants nothing a copy of the source does not; servers refuse it outside explicit
+    development on loopback)."""
     if any(key.upper() == "ENVIRONMENT" for key in os.environ):
         return AuthConfig()
     return AuthConfig(environment="development")

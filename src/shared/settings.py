@@ -67,6 +67,13 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+def _environment() -> Any:
+    """Every section's ENVIRONMENT: `production` unless set, so a deployment that forgets it gets no
+    development relaxation (dev secrets, `system.echo`, mail to anyone, /metrics on the API port).
+    `conveyor run` sets `development` for itself and its children when it is unset."""
+    return Field(Environment.PRODUCTION, validation_alias=_env("ENVIRONMENT"))
+
+
 class RedisConfig(BaseSettings):
     model_config = _config()
 
@@ -105,7 +112,7 @@ class LogConfig(BaseSettings):
 class AuthConfig(BaseSettings):
     model_config = _config()
 
-    environment: Environment = Field(Environment.DEVELOPMENT, validation_alias=_env("ENVIRONMENT"))
+    environment: Environment = _environment()
     jwt_secret: SecretStr = Field(SecretStr(DEV_JWT_SECRET), validation_alias=_env("JWT_SECRET"))
     jwt_issuer: str | None = Field(None, validation_alias=_env("JWT_ISSUER"))
     jwt_audience: str | None = Field(None, validation_alias=_env("JWT_AUDIENCE"))
@@ -115,8 +122,8 @@ class AuthConfig(BaseSettings):
 
     @property
     def explicit_development(self) -> bool:
-        """ENVIRONMENT=development was set, not defaulted: the one case the public dev secrets may be used."""
-        return self.environment is Environment.DEVELOPMENT and "environment" in self.model_fields_set
+        """ENVIRONMENT=development (never a default): the one case the public dev secrets may be used."""
+        return self.environment is Environment.DEVELOPMENT
 
     @property
     def uses_dev_secret(self) -> bool:
@@ -194,7 +201,7 @@ class JobTypesConfig(BaseSettings):
 
     model_config = _config()
 
-    environment: Environment = Field(Environment.DEVELOPMENT, validation_alias=_env("ENVIRONMENT"))
+    environment: Environment = _environment()
     # `system.echo` (sleeps, fails on demand: a test tool). None: on in development only.
     system_echo: bool | None = Field(None, validation_alias=_env("SYSTEM_ECHO_ENABLED"))
 
@@ -208,7 +215,7 @@ class MailPolicyConfig(BaseSettings):
 
     model_config = _config()
 
-    environment: Environment = Field(Environment.DEVELOPMENT, validation_alias=_env("ENVIRONMENT"))
+    environment: Environment = _environment()
     # Comma-separated domains (`example.com`) and addresses (`ops@example.org`) a `user` may send to;
     # admins are unrestricted. Empty: anywhere in development, nowhere otherwise.
     allowed_recipients: str = Field("", validation_alias=_env("MAIL_ALLOWED_RECIPIENTS"))
@@ -222,7 +229,7 @@ class CryptoConfig(BaseSettings):
 
     model_config = _config()
 
-    environment: Environment = Field(Environment.DEVELOPMENT, validation_alias=_env("ENVIRONMENT"))
+    environment: Environment = _environment()
     # Comma-separated Fernet keys, newest first: the first encrypts, every one decrypts (rotation).
     keys: SecretStr | None = Field(None, validation_alias=_env("ENCRYPTION_KEYS"))
 
@@ -233,8 +240,7 @@ class CryptoConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _dev_key_in_development_only(self) -> Self:
-        explicit = self.environment is Environment.DEVELOPMENT and "environment" in self.model_fields_set
-        if self.uses_dev_key and not explicit:
+        if self.uses_dev_key and self.environment is not Environment.DEVELOPMENT:
             _refuse([f"{KEYS_HOWTO} (without it, the public development key is used: {_DEV_ONLY} it)"])
         return self
 
@@ -318,7 +324,8 @@ class GatewaySettings(BaseSettings):
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
-        """Where /metrics has its own listener; None: on the API port (development without METRICS_PORT)."""
+        """Where /metrics has its own listener; None: on the API port (ENVIRONMENT=development without
+        METRICS_PORT)."""
         port = self.gateway.metrics_port
         if port is None and self.auth.environment is Environment.DEVELOPMENT:
             return None

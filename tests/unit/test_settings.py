@@ -10,9 +10,12 @@ import sys
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from shared.mail_links import LinkPolicy
+from shared.mail_policy import RecipientPolicy
 from shared.settings import (
     DEV_JWT_SECRET,
     AuthConfig,
+    Environment,
     GatewaySettings,
     LogConfig,
     RedisConfig,
@@ -241,6 +244,31 @@ def test_an_unset_environment_is_not_development_for_the_dev_secrets(bare: pytes
     assert [m.split(" (")[0] for m in gateway] == [JWT_ADVICE, KEYS_ADVICE], "both at once, each with its recipe"
     assert "ENVIRONMENT=development" in gateway[0]
     assert [m.split(" (")[0] for m in _messages(WorkerSettings)] == [KEYS_ADVICE]
+
+
+def test_an_unset_environment_is_production_for_every_relaxation(bare: pytest.MonkeyPatch) -> None:
+    """A pip or systemd deployment with real secrets on a public bind that never sets ENVIRONMENT: no
+    `system.echo`, users mail nobody, links only over https to listed hosts, /metrics off the API port."""
+    for name in ("SYSTEM_ECHO_ENABLED", "MAIL_ALLOWED_RECIPIENTS", "MAIL_LINK_HOSTS"):
+        bare.delenv(name, raising=False)
+        bare.delenv(name.lower(), raising=False)
+    bare.setenv("JWT_SECRET", PRODUCTION_JWT)
+    bare.setenv("ENCRYPTION_KEYS", TEST_KEY)
+    bare.setenv("API_HOST", "0.0.0.0")  # noqa: S104 - the bind under test
+
+    gateway, worker = GatewaySettings(), WorkerSettings()
+    links = LinkPolicy.from_settings(worker.mail_policy, None)
+
+    assert {s.environment for s in (gateway.auth, gateway.crypto, gateway.job_types, gateway.mail_policy)} == {
+        Environment.PRODUCTION
+    }
+    assert {s.environment for s in (worker.crypto, worker.job_types, worker.mail_policy)} == {Environment.PRODUCTION}
+    assert not gateway.job_types.echo_enabled
+    assert not worker.job_types.echo_enabled
+    assert not RecipientPolicy.for_role(gateway.mail_policy, admin=False).allows("ann@example.com")
+    assert RecipientPolicy.for_role(gateway.mail_policy, admin=True).allows("ann@example.com")
+    assert (links.allow_http, links.any_host, links.hosts) == (False, False, frozenset())
+    assert gateway.metrics_address == ("127.0.0.1", 9100), "/metrics on a loopback listener of its own"
 
 
 @pytest.mark.parametrize("environment", ["test", "production"])

@@ -185,7 +185,8 @@ async def run(options: RunOptions) -> int:
 
     A local run is a development setup unless ENVIRONMENT says otherwise: it is set to `development` for
     the children (and the settings checked here) when the environment does not set it, since the
-    gateway and workers accept the development secrets only when told so explicitly. Everything
+    gateway and workers take an unset ENVIRONMENT as `production` (no dev secrets, no `system.echo`,
+    mail only to MAIL_ALLOWED_RECIPIENTS, /metrics on its own port). Everything
     written meanwhile is private to this account (PRIVATE_UMASK).
 
     Raises:
