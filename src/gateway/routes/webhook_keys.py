@@ -19,6 +19,7 @@ from shared.errors import BadRequest, Conflict, PermissionDenied
 
 routes = web.RouteTableDef()
 
+
 class SigningKey(Doc):
     """The key that signs one owner's webhook deliveries."""
 
