@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from gateway.app import create_app
 from gateway.routes.health import MetricsListenerUnavailable
 from shared import json
 from shared.embedded import follow_parent
+from shared.listen import bind_failure
 from shared.logging import configure_logging
 from shared.settings import GatewaySettings, describe_errors
 
@@ -32,8 +32,6 @@ from shared.settings import GatewaySettings, describe_errors
 # 400 before any handler runs (aiohttp's defaults today, pinned here so an upgrade cannot loosen them).
 MAX_LINE_BYTES = MAX_FIELD_BYTES = 8190
 MAX_HEADERS = 128
-# What only bind() says: the address is taken, or is not one of this host's.
-_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _serve(settings, loop_factory, reporter if args.ready_fd is not None else None)
     except OSError as exc:
-        if exc.errno not in _BIND_ERRORS:
+        if (reason := bind_failure(exc)) is None:
             raise
-        reason = os.strerror(exc.errno).lower()
         print(f"gateway: cannot listen on {address}: {reason} (set API_HOST / API_PORT)", file=sys.stderr)  # noqa: T201
         return 2
     except MetricsListenerUnavailable as exc:

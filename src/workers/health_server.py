@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,10 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shared import json
+from shared.listen import AddressUnavailable, start_site
 from shared.metrics import Metrics
-
-# What only bind() says: the address is taken, or is not one of this host's.
-_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 
 class PortUnavailable(RuntimeError):
@@ -41,20 +37,13 @@ async def serve(metrics: Metrics, host: str, port: int, health: Callable[[], dic
     app.router.add_get("/metrics", get_metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
     try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        if exc.errno not in _BIND_ERRORS:
-            raise
-        reason = os.strerror(exc.errno).lower()
-        raise PortUnavailable(
-            f"cannot serve /health and /metrics on {host}:{port}: {reason} (set WORKER_METRICS_PORT, 0 = any free port)"
-        ) from None
+        bound = await start_site(
+            runner, host, port, serves="/health and /metrics", settings="WORKER_METRICS_PORT, 0 = any free port"
+        )
+    except AddressUnavailable as exc:
+        raise PortUnavailable(str(exc)) from None
     try:
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        yield int(sockets[0].getsockname()[1]) if sockets else port
+        yield bound
     finally:
         await runner.cleanup()

@@ -7,9 +7,7 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -19,13 +17,12 @@ from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, SETTINGS
 from gateway.middlewares import security_headers
 from gateway.responses import json_response
 from shared import db, redis
+from shared.listen import AddressUnavailable, start_site
 from shared.metrics import Metrics
 
 routes = web.RouteTableDef()
 logger = logging.getLogger("gateway")
 
-# What only bind() says: the address is taken, or is not one of this host's.
-_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 # Where the separate /metrics listener listens once started (host, port): port 0 picks a free one.
 METRICS_LISTENING = web.AppKey("metrics_listening", tuple)
 
@@ -93,18 +90,10 @@ async def metrics_listener(app: web.Application) -> AsyncIterator[None]:
     host, port = address
     runner = web.AppRunner(_metrics_app(app[METRICS]), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
     try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        if exc.errno not in _BIND_ERRORS:
-            raise
-        reason = os.strerror(exc.errno).lower()
-        raise MetricsListenerUnavailable(
-            f"cannot serve /metrics on {host}:{port}: {reason} (set METRICS_HOST / METRICS_PORT)"
-        ) from None
-    bound = int(runner.addresses[0][1])
+        bound = await start_site(runner, host, port, serves="/metrics", settings="METRICS_HOST / METRICS_PORT")
+    except AddressUnavailable as exc:
+        raise MetricsListenerUnavailable(str(exc)) from None
     app[METRICS_LISTENING] = (host, bound)
     shown = f"[{host}]" if ":" in host else host
     logger.info("gateway.metrics_listening", extra={"url": f"http://{shown}:{bound}/metrics"})
