@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.json import rfc3339
-from shared.ledger import JobRecord
+from shared.ledger import JobRecord, JobSummary
 from shared.sealing import redact
 
 API = "/api/v1"
@@ -15,7 +15,8 @@ def job_url(job_id: str) -> str:
     return f"{API}/jobs/{job_id}"
 
 
-def job_resource(job: JobRecord, *, progress: dict[str, Any] | None = None) -> dict[str, Any]:
+def job_summary(job: JobSummary | JobRecord, *, progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job as a list shows it: the resource less `payload`, `result` and `errors` (GET the job for those)."""
     url = job_url(job.id)
     return {
         "id": job.id,
@@ -24,14 +25,11 @@ def job_resource(job: JobRecord, *, progress: dict[str, Any] | None = None) -> d
         "status": job.status,
         "priority": job.priority,
         "owner": job.owner,
-        "payload": redact(job.payload),  # as stored: sealed (secret) values show "[redacted]", never opened
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "timeout_s": job.timeout_s,
         "progress": progress,
-        "result": job.result if job.status == "succeeded" else None,
         "error": job.error if job.status in ("failed", "retrying", "cancelled") else None,
-        "errors": job.error_history,
         "batch_id": job.batch_id,
         "idempotency_key": job.idempotency_key,
         "created_at": rfc3339(job.created_at),
@@ -41,3 +39,17 @@ def job_resource(job: JobRecord, *, progress: dict[str, Any] | None = None) -> d
         "finished_at": rfc3339(job.finished_at),
         "links": {"self": url, "events": f"{url}/events"},
     }
+
+
+def job_resource(job: JobRecord, *, progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole job: its summary, with the payload as stored (sealed values show "[redacted]", never
+    opened), the result of a success and every recorded attempt's error."""
+    body = job_summary(job, progress=progress)
+    links = body.pop("links")
+    body.update(
+        payload=redact(job.payload),
+        result=job.result if job.status == "succeeded" else None,
+        errors=job.error_history,
+        links=links,
+    )
+    return body

@@ -13,12 +13,11 @@ from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTR
 from gateway.lookup import job_view, visible_job
 from gateway.params import page
 from gateway.ratelimit import guard_queue
-from gateway.resources import job_resource, job_url
+from gateway.resources import job_resource, job_summary, job_url
 from gateway.responses import json_response, read_json, validate_body
 from shared import events, ledger, queue, submission
 from shared.errors import Conflict, InvalidInput
 from shared.jobtypes.email import submission_context
-from shared.json import rfc3339
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -154,29 +153,4 @@ async def _summaries(app: web.Application, jobs: Sequence[ledger.JobSummary]) ->
     except queue.REDIS_ERRORS as exc:
         logger.warning("job.progress_unavailable", extra={"reason": type(exc).__name__})
         progress = {}
-    return [_summary(j, progress.get(j.id)) for j in jobs]
-
-
-def _summary(job: ledger.JobSummary, progress: dict[str, Any] | None) -> dict[str, Any]:
-    url = job_url(job.id)
-    return {
-        "id": job.id,
-        "type": job.type,
-        "queue": job.queue,
-        "status": job.status,
-        "priority": job.priority,
-        "owner": job.owner,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "timeout_s": job.timeout_s,
-        "progress": progress,
-        "error": job.error if job.status in ("failed", "retrying", "cancelled") else None,
-        "batch_id": job.batch_id,
-        "idempotency_key": job.idempotency_key,
-        "created_at": rfc3339(job.created_at),
-        "scheduled_for": rfc3339(job.scheduled_for),
-        "expires_at": rfc3339(job.expires_at),
-        "started_at": rfc3339(job.started_at),
-        "finished_at": rfc3339(job.finished_at),
-        "links": {"self": url, "events": f"{url}/events"},
-    }
+    return [job_summary(j, progress=progress.get(j.id)) for j in jobs]
