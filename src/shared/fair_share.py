@@ -20,6 +20,8 @@ import math
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Final
 
+from arq.utils import timestamp_ms
+
 from shared import json
 from shared.db import Pool
 
@@ -32,6 +34,13 @@ SHARE_TTL_S: Final = 2.0
 # At most this many owners with due jobs are read per queue and step; any further owner is unlimited until
 # it runs jobs (the running owners are always read).
 MAX_WAITING_OWNERS: Final = 1000
+# Every job the claim script takes is noted, with when, for TRIED_WINDOW_MS (`conveyor:tried:<queue>`). A job
+# taken at least TRIED_SETTLE_MS ago that the ledger still calls due never started: its type's limits held it
+# (a per-owner concurrency limit, an open webhook circuit) and arq put it back for later. Its owner's due jobs
+# of that type then do not count as waiting: nobody is held back for jobs that could not run anyway.
+TRIED_PREFIX: Final = "conveyor:tried:"
+TRIED_WINDOW_MS: Final = 2000
+TRIED_SETTLE_MS: Final = 200
 
 # Owners with due jobs on a queue: a loose scan of the waiting-jobs index, one probe per owner (its earliest
 # job tells whether it has a due one), however many jobs each owner has queued.
@@ -50,6 +59,22 @@ WITH RECURSIVE owners AS (
 SELECT owner FROM owners WHERE scheduled_for <= now() LIMIT $2
 """
 
+# Of the owners above, those whose every due job is of a type held for them (see TRIED_WINDOW_MS): $2 the
+# owners, $3 the ledger ids of the jobs taken lately.
+_HELD_OWNERS: Final = """
+WITH held AS (
+    SELECT DISTINCT owner, type FROM jobs
+    WHERE id = ANY($3::text[]) AND queue = $1 AND owner = ANY($2::text[])
+      AND status IN ('queued', 'scheduled', 'retrying') AND scheduled_for <= now()
+)
+SELECT DISTINCT h.owner FROM held h
+WHERE NOT EXISTS (
+    SELECT 1 FROM jobs j
+    WHERE j.queue = $1 AND j.owner = h.owner AND j.status IN ('queued', 'scheduled', 'retrying')
+      AND j.scheduled_for <= now() AND j.type NOT IN (SELECT type FROM held WHERE held.owner = h.owner)
+)
+"""
+
 _RUNNING: Final = """
 SELECT owner, count(*) AS running FROM jobs WHERE queue = $1 AND status = 'running' GROUP BY owner
 """
@@ -57,6 +82,10 @@ SELECT owner, count(*) AS running FROM jobs WHERE queue = $1 AND status = 'runni
 
 def share_key(queue: str) -> str:
     return SHARE_PREFIX + queue
+
+
+def tried_key(queue: str) -> str:
+    return TRIED_PREFIX + queue
 
 
 def owner_field(owner: str) -> str:
@@ -85,17 +114,31 @@ def allowances(running: Mapping[str, int], waiting: Collection[str], *, capacity
     return limited
 
 
-async def standing(pg: Pool, queue: str) -> tuple[dict[str, int], list[str]]:
-    """From the ledger: running jobs per owner on `queue`, and the owners with due jobs waiting there."""
+async def standing(pg: Pool, redis: ArqRedis, queue: str) -> tuple[dict[str, int], list[str]]:
+    """Running jobs per owner on `queue` (from the ledger), and the owners with due jobs waiting there that
+    could run: an owner whose due jobs were all taken lately and came back held by their type's limits does
+    not wait for a slot (see TRIED_WINDOW_MS)."""
+    now = timestamp_ms()
+    tried = await redis.zrangebyscore(tried_key(queue), now - TRIED_WINDOW_MS, now - TRIED_SETTLE_MS)
+    ledger_ids = [_ledger_id(arq_id) for arq_id in tried]
     async with pg.acquire() as conn:
         running = {r["owner"]: int(r["running"]) for r in await conn.fetch(_RUNNING, queue)}
         waiting = [r["owner"] for r in await conn.fetch(_WAITING_OWNERS, queue, MAX_WAITING_OWNERS)]
-    return running, waiting
+        held: set[str] = set()
+        if ledger_ids and waiting:
+            held = {r["owner"] for r in await conn.fetch(_HELD_OWNERS, queue, waiting, ledger_ids)}
+    return running, [owner for owner in waiting if owner not in held]
+
+
+def _ledger_id(arq_id: bytes | str) -> str:
+    """The ledger id in an arq id (which carries a `.<generation>` suffix after a manual retry)."""
+    text = arq_id.decode() if isinstance(arq_id, bytes) else arq_id
+    return text.partition(".")[0]
 
 
 async def publish(pg: Pool, redis: ArqRedis, queue: str, *, capacity: int, share: float) -> dict[str, int]:
     """Copy the shares of `queue` from the ledger to Redis (nothing there when no owner is limited)."""
-    running, waiting = await standing(pg, queue)
+    running, waiting = await standing(pg, redis, queue)
     limited = allowances(running, waiting, capacity=capacity, share=share)
     key = share_key(queue)
     async with redis.pipeline(transaction=True) as pipe:

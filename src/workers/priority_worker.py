@@ -12,11 +12,12 @@ from shared.claim import claim
 from shared.queue import due_job_ids
 
 # After parking jobs (their owners had used their share), the next read goes this many times deeper, so the
-# jobs of other owners behind a long backlog come into view within a few polls.
+# jobs of other owners behind a long backlog come into view within a few polls. Each job is parked once.
 DEEP_READ: Final = 4
-# When a full round of parking found nothing but held jobs, the shares are set aside this long: whoever
-# else waits in the ledger cannot be served now (held by a per-type limit, not yet in Redis), and a slot
-# must not idle for it.
+# When a claim took nothing and passed over due jobs without parking any, every due job in Redis belongs to
+# an owner that has used its share (the claim serves every other owner's parked jobs itself): whoever else
+# waits in the ledger cannot be served now (not in Redis yet, or held by its type's limits), and a slot must
+# not idle for it. The shares are set aside this long.
 SHARES_ASIDE_S: Final = 0.5
 
 
@@ -34,7 +35,6 @@ class PriorityWorker(Worker):
     def __init__(self, *, gate_queue: str, **options: Any) -> None:
         super().__init__(**options)
         self.gate_queue = gate_queue  # the queue's name (not its arq key): whose pause gate every claim checks
-        self._parked = 0  # jobs parked since this worker last took one
         self._deep = False  # the last claim parked jobs: read deeper
         self._shares_aside_until = 0.0
 
@@ -64,22 +64,12 @@ class PriorityWorker(Worker):
             limit=free, lease_ms=int(self.in_progress_timeout_s * 1000), now_ms=timestamp_ms(),
             shares=time.monotonic() >= self._shares_aside_until,
         )  # fmt: skip
-        self._note_parking(claimed.held, took=bool(claimed.jobs), due=claimed.due)
+        self._deep = claimed.parked > 0
+        if claimed.held and not claimed.parked and not claimed.jobs:
+            self._shares_aside_until = time.monotonic() + SHARES_ASIDE_S
         for job_id, score in claimed.jobs:
             await self.sem.acquire()  # never waits: arq sizes it max_jobs + 1 and at most `free` are taken
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
-
-    def _note_parking(self, held: int, *, took: bool, due: int) -> None:
-        """Track parking; once the jobs parked without a take cover every due entry, nothing else could be
-        taken: the shares are set aside for a moment (work-conserving)."""
-        self._deep = held > 0
-        if took or not held:
-            self._parked = 0
-            return
-        self._parked += held
-        if self._parked >= due:
-            self._parked = 0
-            self._shares_aside_until = time.monotonic() + SHARES_ASIDE_S

@@ -3,16 +3,28 @@ owner; one owner alone still uses every slot; priority orders an owner's jobs wi
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from pydantic import Field
+
+from shared.jobs import JobSpec, Limits, Payload, Queue, Registry, Result
+from shared.jobtypes import builtin_specs
 from support.helpers import eventually
-from support.stack import Api, Conn, StartWorker
+from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
+from workers.context import JobContext
+from workers.families import builtin_handlers
+from workers.runtime import bind
 
 LONG_S = 1.5  # long enough that the other owner's job arrives while the first ones run
 
 
 async def _running(pg: Conn, owner: str) -> int:
     return int(await pg.fetchval("SELECT count(*) FROM jobs WHERE owner = $1 AND status = 'running'", owner))
+
+
+async def _succeeded(pg: Conn, owner: str) -> int:
+    return int(await pg.fetchval("SELECT count(*) FROM jobs WHERE owner = $1 AND status = 'succeeded'", owner))
 
 
 async def _queued(pg: Conn, owner: str) -> int:
@@ -71,3 +83,45 @@ async def test_priority_orders_an_owners_jobs_within_its_share(api: Api, pg: Con
     by_start = sorted(done, key=lambda j: j["started_at"])
     assert [j["owner"] for j in by_start] == ["bob", "alice"] * 3, "one slot, two owners: they take turns"
     assert [j["priority"] for j in by_start if j["owner"] == "alice"] == ["high", "normal", "low"]
+
+
+class NapPayload(Payload):
+    nap_s: float = Field(0.3, ge=0, le=10)
+
+
+class NapResult(Result):
+    napped_s: float
+
+
+def _one_at_a_time() -> tuple[Registry, dict[str, Any]]:
+    """A type a user might add: one job of it per owner at a time."""
+
+    async def handle(job: JobContext, payload: NapPayload) -> NapResult:
+        await asyncio.sleep(payload.nap_s)
+        return NapResult(napped_s=payload.nap_s)
+
+    spec = JobSpec(
+        name="test.solo", description="naps, one per owner at a time", queue=Queue.DEFAULT,
+        payload_model=NapPayload, result_model=NapResult, limits=Limits(concurrency_per_owner=1),
+    )  # fmt: skip
+    return Registry([*builtin_specs(), spec]), {**builtin_handlers(), spec.name: bind(spec, handle)}
+
+
+async def test_jobs_held_by_their_own_limit_hold_back_no_other_owner(
+    services: Services, pg: Conn, start_worker: StartWorker
+) -> None:
+    registry, handlers = _one_at_a_time()
+    await start_worker("default", max_jobs=4, handlers=handlers, registry=registry)
+    async with running_gateway(gateway_settings(services), registry=registry) as api:
+        for _ in range(4):
+            await api.submit("test.solo", {"nap_s": 8}, as_="alice")
+        await eventually(lambda: _holds(pg, "alice", 1))  # one runs; the others wait on the type's limit
+        bobs = [await api.submit("system.echo", {"sleep_s": 0.4}, as_="bob") for _ in range(15)]
+
+        async def every_other_slot_after_a_while() -> bool | None:
+            return True if await _succeeded(pg, "bob") >= 3 and await _running(pg, "bob") == 3 else None
+
+        # Alice's waiting jobs could not run if given a slot: bob keeps every slot her running job leaves.
+        await eventually(every_other_slot_after_a_while, within=6, interval=0.02)
+        for job in bobs:
+            await api.wait_status(job["id"], "succeeded", as_="bob")
