@@ -104,12 +104,11 @@ PRIORITY_BANDS: Final = {"high": 2 * BAND_MS, "normal": BAND_MS, "low": 0}
 HORIZON_MS: Final = 400 * 24 * 3600 * 1000  # beyond the furthest due time a job may have
 JOB_KEY_EXTRA: Final = dt.timedelta(days=1)  # how long arq keeps a job's record past its due time
 # Below every band lies the parking region: due jobs held back by their owner's fair share (`shared.claim`),
-# read after every band. It has a part per priority (high, normal, low: PARK_WIDTH_MS each), and within a
-# part jobs stand in the order they were parked. Every parked score is far below the high band's lowest
-# (PARK_TOP_MS) and stays an exact integer as a double.
+# read after every band, in the order they were parked: PARK_BASE_MS + the park time in ms * 1000 + a count.
+# Every parked score stays an exact integer as a double and below PARK_TOP_MS (until the 2230s), which is
+# far below the high band's lowest.
 PARK_BASE_MS: Final = -8_700_000_000_000_000
-PARK_WIDTH_MS: Final = 2_800_000_000_000_000
-PARK_TOP_MS: Final = PARK_BASE_MS + 3 * PARK_WIDTH_MS
+PARK_TOP_MS: Final = PARK_BASE_MS + 8_400_000_000_000_000
 
 
 def retry_defer_s(defer_s: float, priority: str) -> float:
@@ -142,7 +141,7 @@ async def enqueue(redis: ArqRedis, job: JobRecord) -> bool:
 
 async def due_job_ids(redis: ArqRedis, queue_name: str, *, limit: int) -> list[bytes]:
     """Ids of due jobs, high priority first, then normal, then low, each in due-time order; then the parked
-    ones (held back by their owner's share), high first, each in the order they were parked."""
+    ones (held back by their owner's share), in the order they were parked."""
     now = timestamp_ms()
     windows: list[tuple[float | str, float | str]] = [
         (PARK_TOP_MS, now - PRIORITY_BANDS["high"]),
