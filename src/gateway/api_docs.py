@@ -17,9 +17,10 @@ from gateway.openapi import Body, Header, Operation, Operations
 from gateway.routes.queues import CleanRequest
 from gateway.routes.webhook_keys import SigningKey
 from shared.api_keys import KeyRequest
+from shared.batch_submission import BatchRequest
 from shared.jobs import Queue
 from shared.schedules import SchedulePatch, ScheduleRequest
-from shared.submission import BatchRequest, JobRequest
+from shared.submission import JobRequest
 
 EVENT_STREAM = "text/event-stream"
 

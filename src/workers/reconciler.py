@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from shared import batches, ledger, queue, submission
+from shared import batch_submission, batches, ledger, queue
 from workers.background import isolated
 from workers.context import WorkerContext
 
@@ -44,7 +44,7 @@ async def complete_orphaned_batches(ctx: WorkerContext) -> None:
         # A batch whose completion raises (a stored request no code path expected, say) stays open and is
         # tried again next pass; the others complete meanwhile.
         with isolated(ctx.metrics, "reconciler", "reconciler.batch_failed", batch_id=batch_id):
-            await submission.complete_batch(
+            await batch_submission.complete_batch(
                 ctx.pg, ctx.jobs_redis, ctx.registry, batch_id, sealer=ctx.sealer, enqueue_timeout_s=2.0,
                 queue_cap=cap,
             )  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any, Generic
 from arq.worker import Function, Retry, func
 from pydantic import BaseModel, ValidationError
 
-from shared import events, json, ledger, submission
+from shared import batch_submission, events, json, ledger
 from shared.db import POSTGRES_ERRORS
 from shared.errors import DependencyUnavailable, JobDeferred, JobError, PermanentJobError
 from shared.jobs import AnySpec, JobSpec, Limits, P, R
@@ -228,7 +228,7 @@ class Runtime:
         if batch_id is None:
             return
         try:
-            await submission.complete_batch(
+            await batch_submission.complete_batch(
                 self.ctx.pg, self.ctx.jobs_redis, self.ctx.registry, batch_id,
                 sealer=self.ctx.sealer, enqueue_timeout_s=BATCH_ENQUEUE_TIMEOUT_S,
                 queue_cap=self.ctx.settings.security.max_queued_per_owner,

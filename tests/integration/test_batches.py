@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared import db, json, queue, submission
+from shared import batch_submission, db, json, queue
 from shared.jobtypes import builtin_registry
 from shared.sealing import Sealer
 from support.helpers import eventually
@@ -118,7 +118,7 @@ async def test_concurrent_last_finishers_complete_the_batch_exactly_once(
     async with db.open_pool(postgres_config(services), migrate=False) as pool:
         created = await asyncio.gather(
             *(
-                submission.complete_batch(
+                batch_submission.complete_batch(
                     pool,
                     redis,
                     builtin_registry(),

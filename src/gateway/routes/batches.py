@@ -9,7 +9,7 @@ from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQU
 from gateway.lookup import well_formed_id
 from gateway.ratelimit import guard_queue
 from gateway.responses import json_response, read_model
-from shared import batches, submission
+from shared import batch_submission, batches, submission
 from shared.errors import NotFound
 from shared.jobtypes.email import submission_context
 
@@ -22,10 +22,10 @@ async def create_batch(request: web.Request) -> web.Response:
     Errors: 400, 401, 413, 415, 422 (locations start at `jobs[i]` or `on_complete`; an on_complete takes no
     idempotency key), 429 past MAX_QUEUED_PER_OWNER waiting jobs (the whole batch counts; the on_complete job
     counts when it is made)."""
-    body = await read_model(request, submission.BatchRequest)
+    body = await read_model(request, batch_submission.BatchRequest)
     app, owner = request.app, request[PRINCIPAL].sub
     batch_id = batches.new_batch_id()
-    members = submission.prepare_batch(
+    members = batch_submission.prepare_batch(
         body, app[REGISTRY], sealer=app[SEALER], batch_id=batch_id, owner=owner, request_id=request[REQUEST_ID],
         for_anyone=request[PRINCIPAL].is_admin,
         context=submission_context(app[SETTINGS].mail_policy, admin=request[PRINCIPAL].is_admin),
@@ -34,7 +34,7 @@ async def create_batch(request: web.Request) -> web.Response:
         on_complete = submission.sealed_request(body.on_complete, app[REGISTRY], sealer=app[SEALER])
         body = body.model_copy(update={"on_complete": on_complete})
     await guard_queue(request, len(members))
-    records = await submission.submit_batch(
+    records = await batch_submission.submit_batch(
         app[PG_POOL], app[JOBS_REDIS], body, members, batch_id=batch_id, owner=owner,
         request_id=request[REQUEST_ID], enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s,
         created_with_key=api_key_id(request),

@@ -15,7 +15,7 @@ from gateway.params import page
 from gateway.ratelimit import guard_queue
 from gateway.resources import job_resource, job_summary, job_url
 from gateway.responses import json_response, read_json, validate_body
-from shared import events, ledger, queue, submission
+from shared import batch_submission, events, ledger, queue, submission
 from shared.errors import Conflict, InvalidInput
 from shared.jobtypes.email import submission_context
 
@@ -88,7 +88,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     await _announce(request, job.id, "cancelled")
     if job.batch_id is not None:
         app = request.app
-        await submission.complete_batch(
+        await batch_submission.complete_batch(
             app[PG_POOL], app[JOBS_REDIS], app[REGISTRY], job.batch_id, sealer=app[SEALER],
             enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s,
             queue_cap=app[SETTINGS].security.max_queued_per_owner,
