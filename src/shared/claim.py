@@ -68,6 +68,9 @@ if not gate then return {-1, 0, 0} end
 if string.sub(gate, -5) ~= ':open' then return {0, 0, 0} end
 local now, lease, wanted = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local shares = ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1
+-- Parked jobs are served from their owners' indexes whenever any are parked, shares or none: with no shares
+-- every owner may start jobs, and a parked job must not wait behind the bands for a window to reach it.
+local indexed = redis.call('EXISTS', KEYS[4]) == 1
 local base, top, prefix, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local tried_window, lease_prefix = tonumber(ARGV[9]), ARGV[10]
 
@@ -115,7 +118,8 @@ local function take(id, score, owner, lease_key)
   end
 end
 
--- Per owner that may start jobs, its best parked job still waiting (false: none): {id, prior score, score}.
+-- Per owner that may start jobs, its best parked job still waiting (false: none):
+-- {id, prior score, parked score, prior score as stored}.
 local heads, skips = nil, {}
 
 local function head(owner)
@@ -133,7 +137,7 @@ local function head(owner)
     elseif redis.call('EXISTS', lease_prefix .. id) == 1 then
       skips[owner] = (skips[owner] or 0) + 1  -- running
     else
-      return {id, tonumber(entry[2]), score}
+      return {id, tonumber(entry[2]), score, entry[2]}
     end
   end
 end
@@ -156,7 +160,9 @@ local function serve_parked(upto)
     end
     if not best then return end
     redis.call('ZREM', prefix .. best_owner, best[1])
-    take(best[1], best[3], best_owner, lease_prefix .. best[1])
+    -- Back at the score it had before it was parked: should its worker die, the job is found there again.
+    redis.call('ZADD', KEYS[1], 'XX', best[4], best[1])
+    take(best[1], best[4], best_owner, lease_prefix .. best[1])
     heads[best_owner] = head(best_owner)
   end
 end
@@ -169,7 +175,7 @@ for i = 1, (#KEYS - 5) / 2 do
     if score and tonumber(score) <= now then
       local in_band = tonumber(score) >= top
       local owner = (shares or not in_band) and owner_of(job_key)
-      if shares and in_band then serve_parked(tonumber(score)) end
+      if indexed and in_band then serve_parked(tonumber(score)) end
       if got >= wanted then break end
       if not may_start(owner) then
         held = held + 1
@@ -183,14 +189,14 @@ for i = 1, (#KEYS - 5) / 2 do
         end
       elseif in_band or not owner then
         take(id, score, owner, lease_key)
-      elseif not shares or not redis.call('ZSCORE', prefix .. owner, id) then
+      elseif not indexed or not redis.call('ZSCORE', prefix .. owner, id) then
         redis.call('ZREM', prefix .. owner, id)
         take(id, score, owner, lease_key)
       end  -- else a parked job of an owner that may start: served below, in priority order across owners
     end
   end
 end
-if shares and got < wanted then serve_parked(math.huge) end
+if indexed and got < wanted then serve_parked(math.huge) end
 if got > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tried_window)
   redis.call('PEXPIRE', KEYS[5], tried_window * 2)

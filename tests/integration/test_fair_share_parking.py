@@ -123,3 +123,28 @@ async def test_a_parked_job_is_re_scored_once_however_often_the_worker_polls(poo
         assert again == parked, "parked jobs were re-scored on every poll"
     finally:
         await _stop(worker)
+
+
+async def test_parked_jobs_come_first_once_the_shares_lapse_even_behind_a_full_read_window(pool: ArqRedis) -> None:
+    parked = [_record("alice", "high") for _ in range(3)]
+    for job in parked:
+        await queue.enqueue(pool, job)
+    worker = await _worker(pool)
+    try:
+        await _shares(pool, alice=0, bob=1)  # bob waits: alice's high jobs are parked
+        await _park_all(worker, pool, parked)
+        await pool.delete(fair_share.share_key(QUEUE))  # nobody waits any more: the shares are gone
+        later = [_record("alice", "low") for _ in range(READ * 2)]  # more due banded jobs than one read holds
+        for job in later:
+            await queue.enqueue(pool, job)
+
+        await worker._poll_iteration()
+
+        taken = list(worker.tasks)
+        assert taken[: len(parked)] == [job.id for job in parked], "parked high jobs waited behind low ones"
+        for job in parked:  # back where they stood before parking: found there again if their worker dies
+            score = await pool.zscore(queue.queue_key(QUEUE), job.id)
+            assert score is not None
+            assert score > queue.PARK_TOP_MS
+    finally:
+        await _stop(worker)
