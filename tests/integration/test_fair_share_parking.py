@@ -141,7 +141,8 @@ async def test_parked_jobs_come_first_once_the_shares_lapse_even_behind_a_full_r
         await worker._poll_iteration()
 
         taken = list(worker.tasks)
-        assert taken[: len(parked)] == [job.id for job in parked], "parked high jobs waited behind low ones"
+        # all three first (jobs due in the same millisecond may come in any order among themselves)
+        assert set(taken[: len(parked)]) == {job.id for job in parked}, "parked high jobs waited behind low ones"
         for job in parked:  # back where they stood before parking: found there again if their worker dies
             score = await pool.zscore(queue.queue_key(QUEUE), job.id)
             assert score is not None
