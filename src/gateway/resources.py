@@ -15,7 +15,7 @@ def job_url(job_id: str) -> str:
     return f"{API}/jobs/{job_id}"
 
 
-def job_summary(job: JobSummary | JobRecord, *, progress: dict[str, Any] | None = None) -> dict[str, Any]:
+def job_summary(job: JobSummary, *, progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """A job as a list shows it: the resource less `payload`, `result` and `errors` (GET the job for those)."""
     url = job_url(job.id)
     return {

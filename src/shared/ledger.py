@@ -53,50 +53,6 @@ class NewJob:
 
 
 @dataclass(frozen=True, slots=True)
-class JobRecord:
-    id: str
-    type: str
-    queue: str
-    owner: str
-    status: str
-    priority: str
-    payload: dict[str, Any]
-    attempts: int
-    max_attempts: int
-    timeout_s: float
-    result: Any
-    error: dict[str, Any] | None
-    error_history: list[dict[str, Any]]
-    batch_id: str | None
-    idempotency_key: str | None
-    request_hash: str | None
-    request_id: str | None
-    created_at: dt.datetime
-    scheduled_for: dt.datetime
-    expires_at: dt.datetime | None
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    updated_at: dt.datetime
-    run_seq: int
-    generation: int
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> JobRecord:
-        return cls(**dict(row.items()))
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def summary(self) -> JobSummary:
-        return JobSummary(**{column: getattr(self, column) for column in SUMMARY_COLUMNS})
-
-    @property
-    def arq_id(self) -> str:
-        return arq_id(self.id, self.generation)
-
-
-@dataclass(frozen=True, slots=True)
 class JobSummary:
     """A job without its payload, result and per-attempt errors: what a list shows and what a stream
     re-checks. A payload may be MAX_BODY_BYTES and a result RESULT_MAX_BYTES of JSON, each tens of times
@@ -125,6 +81,34 @@ class JobSummary:
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> JobSummary:
         return cls(**dict(row.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord(JobSummary):
+    """A whole job row: its summary and the large or internal fields (payload, result, error history)."""
+
+    payload: dict[str, Any]
+    result: Any
+    error_history: list[dict[str, Any]]
+    request_hash: str | None
+    request_id: str | None
+    run_seq: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> JobRecord:
+        return cls(**dict(row.items()))
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def summary(self) -> JobSummary:
+        """Its summary as a plain JobSummary (what a stream compares with a re-read one)."""
+        return JobSummary(**{column: getattr(self, column) for column in SUMMARY_COLUMNS})
+
+    @property
+    def arq_id(self) -> str:
+        return arq_id(self.id, self.generation)
 
 
 SUMMARY_COLUMNS = pages.columns_of(JobSummary)

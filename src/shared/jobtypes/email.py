@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from pydantic import (
@@ -28,7 +29,11 @@ RECIPIENT_POLICY = "email_recipient_policy"
 def submission_context(config: MailPolicyConfig, *, admin: bool) -> dict[str, Any]:
     """The validation context that holds a new request's `to`, `cc`, `bcc` and `reply_to` to its submitter's
     policy: a refused address is a 422 naming it (`["payload", "to", 3]`, `["payload", "reply_to"]`)."""
-    return {RECIPIENT_POLICY: RecipientPolicy.for_role(config, admin=admin)}
+    return {RECIPIENT_POLICY: _policy(config, admin=admin)}
+
+
+# Every request asks; the settings are frozen, so each (settings, role) pair is parsed once per process.
+_policy = functools.lru_cache(maxsize=16)(RecipientPolicy.for_role)
 
 
 def _allowed_recipient(address: str, info: ValidationInfo) -> str:
