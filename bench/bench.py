@@ -37,8 +37,9 @@ from pydantic_settings import BaseSettings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import db, json
-from shared.settings import GatewaySettings, WorkerSettings
+from shared.core import json
+from shared.core.settings import GatewaySettings, WorkerSettings
+from shared.infra import db
 
 if TYPE_CHECKING:
     Conn = asyncpg.Connection[asyncpg.Record]

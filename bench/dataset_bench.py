@@ -20,7 +20,7 @@ from typing import Final
 
 import polars as pl
 
-from workers.cpu import child_threads
+from workers.families.dataset.cpu import child_threads
 
 TARGET_RATIO: Final = 0.8  # DESIGN.md: >= 0.8x a bare streaming scan
 TARGET_RSS_MB: Final = 300.0
@@ -39,8 +39,8 @@ print(json.dumps({"seconds": elapsed, "rss_mb": int(hwm) / 1024}))
 CONVEYOR: Final = """
 import asyncio, json, os, sys, time
 import workers.processes  # the worker process's own imports, so its footprint is the worker's
-from workers.cpu import open_cpu_pool
-from workers.families.dataset import run_engine
+from workers.families.dataset.cpu import open_cpu_pool
+from workers.families.dataset.handler import run_engine
 
 def hwm_mb(pid):
     for line in open(f"/proc/{pid}/status"):

@@ -22,11 +22,11 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.routes.health import MetricsListenerUnavailable
-from shared import json
-from shared.embedded import follow_parent
-from shared.listen import bind_failure
-from shared.logging import configure_logging
-from shared.settings import GatewaySettings, describe_errors
+from shared.core import json
+from shared.core.logging import configure_logging
+from shared.core.settings import GatewaySettings, describe_errors
+from shared.infra.listen import bind_failure
+from shared.infra.parent import follow_parent
 
 # The HTTP parser's limits, stated rather than inherited: a longer request line or header is refused with a
 # 400 before any handler runs (aiohttp's defaults today, pinned here so an upgrade cannot loosen them).

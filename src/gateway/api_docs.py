@@ -2,7 +2,7 @@
 
 Keyed by (method, path) with every path variable written `{}`, so a route module may name its variables as
 it likes. `gateway.openapi` joins this table (given to it as `app[DOCS]`) with the app's router and the
-query parameters `gateway.params` declares; a route missing here is reported there.
+query parameters `gateway.http.params` declares; a route missing here is reported there.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from gateway import schemas
 from gateway.openapi import Body, Header, Operation, Operations
 from gateway.routes.queues import CleanRequest
 from gateway.routes.webhook_keys import SigningKey
-from shared.api_keys import KeyRequest
-from shared.batch_submission import BatchRequest
-from shared.jobs import Queue
-from shared.schedules import SchedulePatch, ScheduleRequest
-from shared.submission import JobRequest
+from shared.accounts.api_keys import KeyRequest
+from shared.jobtypes.spec import Queue
+from shared.ledger.batch_submission import BatchRequest
+from shared.ledger.schedules import SchedulePatch, ScheduleRequest
+from shared.ledger.submission import JobRequest
 
 EVENT_STREAM = "text/event-stream"
 

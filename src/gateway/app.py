@@ -9,18 +9,18 @@ from aiohttp import web
 
 from gateway.api_docs import OPERATIONS
 from gateway.event_hub import EventHub
+from gateway.http.middlewares import middlewares, security_headers
 from gateway.keys import CACHE, EVENT_HUB, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
-from gateway.middlewares import middlewares, security_headers
 from gateway.openapi import DOCS
 from gateway.routes import setup_routes
 from gateway.routes.health import metrics_listener
 from gateway.routes.openapi import build_on_startup
-from shared import db, queue, redis
-from shared.jobs import Registry
+from shared.core.metrics import Metrics
+from shared.core.settings import GatewaySettings
+from shared.infra import broker, db, redis
+from shared.infra.sealing import Sealer
 from shared.jobtypes import builtin_registry
-from shared.metrics import Metrics
-from shared.sealing import Sealer
-from shared.settings import GatewaySettings
+from shared.jobtypes.spec import Registry
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
@@ -31,7 +31,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     config = app[SETTINGS].redis
-    async with redis.open_cache(config) as cache, queue.open_jobs_redis(config) as jobs:
+    async with redis.open_cache(config) as cache, broker.open_jobs_redis(config) as jobs:
         app[CACHE] = cache
         app[JOBS_REDIS] = jobs
         yield

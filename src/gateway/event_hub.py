@@ -9,10 +9,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from shared import events, json
-from shared.queue import REDIS_ERRORS
-from shared.redis import cache_client
-from shared.settings import RedisConfig
+from shared.core import json
+from shared.core.settings import RedisConfig
+from shared.infra import events
+from shared.infra.redis import REDIS_ERRORS, cache_client
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class EventHub:
         self._inboxes: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._closing = False
         self._subscribed = asyncio.Event()
-        # Open streams per principal in this process (gateway.sse's cap while the cache is unreachable).
+        # Open streams per principal in this process (gateway.http.sse's cap while the cache is unreachable).
         self.streams_by_principal: Counter[str] = Counter()
 
     @property

@@ -5,14 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 from arq.connections import ArqRedis
 
-from gateway.auth import Principal
 from gateway.event_hub import EventHub
-from shared.db import Pool
-from shared.jobs import Registry
-from shared.metrics import Metrics
-from shared.redis import CacheRedis
-from shared.sealing import Sealer
-from shared.settings import GatewaySettings
+from gateway.security.auth import Principal
+from shared.core.metrics import Metrics
+from shared.core.settings import GatewaySettings
+from shared.infra.db import Pool
+from shared.infra.redis import CacheRedis
+from shared.infra.sealing import Sealer
+from shared.jobtypes.spec import Registry
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 PG_POOL = web.AppKey("pg_pool", Pool)

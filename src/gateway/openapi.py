@@ -1,7 +1,7 @@
 """Build the OpenAPI 3.1 document from the app's router, its operation table and the validating models.
 
 The table (`gateway.api_docs`, in `app[DOCS]`) says what the router cannot, in the terms defined here
-(Body, Header, Operation); query parameters come from their one declaration in `gateway.params`, which
+(Body, Header, Operation); query parameters come from their one declaration in `gateway.http.params`, which
 the server enforces. Every route of the router is in the document (a route the table lacks still appears,
 marked `x-undocumented`); every schema comes from a pydantic model, and every job type of the app's
 registry gets its own job-request variants (with and without an idempotency key), payload and result schema.
@@ -20,11 +20,12 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from gateway import params, schemas
-from gateway.errors import title_for
+from gateway import schemas
+from gateway.http import params
+from gateway.http.errors import title_for
 from gateway.keys import REGISTRY
-from shared.jobs import AnySpec, Registry
-from shared.submission import JobRequest, KeylessJobRequest
+from shared.jobtypes.spec import AnySpec, Registry
+from shared.ledger.submission import JobRequest, KeylessJobRequest
 
 Access = Literal["public", "user", "admin"]
 ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 64, "description": "An opaque id."}
@@ -44,7 +45,7 @@ class Body:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """A request header an operation reads (query parameters are declared in `gateway.params`)."""
+    """A request header an operation reads (query parameters are declared in `gateway.http.params`)."""
 
     name: str
     schema: Mapping[str, Any]

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from shared.events import Progress
+from shared.core.status import JobStatus
+from shared.infra.events import Progress
 
-JobStatus = Literal["queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"]
 Priority = Literal["low", "normal", "high"]
 Role = Literal["user", "admin"]
 

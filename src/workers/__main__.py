@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from shared import json
-from shared.embedded import follow_parent, parent_gone
-from shared.logging import configure_logging
-from shared.settings import WorkerSettings, describe_errors
+from shared.core import json
+from shared.core.logging import configure_logging
+from shared.core.settings import WorkerSettings, describe_errors
+from shared.infra.parent import follow_parent, parent_gone
 from workers.health_server import PortUnavailable
 from workers.processes import PROCESSES, WorkerProcess
 

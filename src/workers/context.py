@@ -9,15 +9,14 @@ from dataclasses import dataclass
 import aiohttp
 from arq.connections import ArqRedis
 
-from shared import events
-from shared.db import Pool
-from shared.jobs import Registry
-from shared.mail import MailSender
-from shared.metrics import Metrics
-from shared.queue import REDIS_ERRORS
-from shared.redis import CacheRedis
-from shared.sealing import Sealer
-from shared.settings import WorkerSettings
+from shared.core.metrics import Metrics
+from shared.core.settings import WorkerSettings
+from shared.infra import events
+from shared.infra.db import Pool
+from shared.infra.redis import REDIS_ERRORS, CacheRedis
+from shared.infra.sealing import Sealer
+from shared.jobtypes.spec import Registry
+from workers.mailer import MailSender
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +31,8 @@ class WorkerContext:
     mailer: MailSender
     metrics: Metrics
     registry: Registry
-    http: aiohttp.ClientSession  # outbound calls (webhooks), see workers.outbound
-    cpu: Executor  # CPU-heavy work off the event loop, see workers.cpu
+    http: aiohttp.ClientSession  # outbound calls (webhooks), see workers.families.webhook.outbound
+    cpu: Executor  # CPU-heavy work off the event loop, see workers.families.dataset.cpu
     sealer: Sealer  # opens the secret payload fields of a job about to run
 
 

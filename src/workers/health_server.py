@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from shared import json
-from shared.listen import AddressUnavailable, start_site
-from shared.metrics import Metrics
+from shared.core import json
+from shared.core.metrics import Metrics
+from shared.infra.listen import AddressUnavailable, start_site
 
 
 class PortUnavailable(RuntimeError):

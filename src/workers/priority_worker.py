@@ -8,8 +8,8 @@ from typing import Any, Final
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
-from shared.claim import claim
-from shared.queue import due_job_ids
+from shared.infra.broker import due_job_ids
+from shared.infra.claim import claim
 
 # After parking jobs (their owners had used their share), the next read goes this many times deeper, so the
 # jobs of other owners behind a long backlog come into view within a few polls. Each job is parked once.
@@ -25,11 +25,11 @@ class PriorityWorker(Worker):
     """arq's worker, reading due jobs high priority first and taking them through the queue's start gate.
 
     Two of arq 0.28's methods (pinned) are replaced. `_poll_iteration` differs only in its read of due ids
-    (`shared.queue.due_job_ids`): arq reads the front of its sorted set, which would order jobs by score
-    alone. `start_jobs` takes the jobs with one Lua call (`shared.claim.claim`) instead of a WATCH/MULTI
+    (`shared.infra.broker.due_job_ids`): arq reads the front of its sorted set, which would order jobs by score
+    alone. `start_jobs` takes the jobs with one Lua call (`shared.infra.claim.claim`) instead of a WATCH/MULTI
     round per job: the same checks as arq's, plus the queue's pause gate, atomically, so a job never starts
     once a pause has reached Redis, whatever this worker read before; and each owner's fair share of the
-    queue's slots (`shared.fair_share`), parking the jobs of an owner that has used its share.
+    queue's slots (`shared.infra.fair_share`), parking the jobs of an owner that has used its share.
     """
 
     def __init__(self, *, gate_queue: str, **options: Any) -> None:

@@ -15,20 +15,25 @@ from typing import Final
 
 from arq.worker import Worker
 
-from shared import db, fair_share, queue, redis
-from shared import pause as queue_pause
-from shared.db import POSTGRES_ERRORS
-from shared.errors import Conflict
-from shared.jobs import Queue, Registry
+from shared.core.errors import Conflict
+from shared.core.metrics import Metrics
+from shared.core.settings import WorkerSettings
+from shared.infra import broker, db, fair_share, redis
+from shared.infra.db import POSTGRES_ERRORS
+from shared.infra.redis import REDIS_ERRORS
+from shared.infra.sealing import Sealer
 from shared.jobtypes import builtin_registry
-from shared.mail import MailSender, SmtpMailSender
-from shared.metrics import Metrics
-from shared.sealing import Sealer
-from shared.settings import WorkerSettings
-from workers import cpu, health_server, outbound, reconciler, retention, scheduling
-from workers.background import every, pause
+from shared.jobtypes.spec import Queue, Registry
+from shared.ledger import pause as queue_pause
+from workers import health_server
 from workers.context import WorkerContext
 from workers.families import builtin_handlers
+from workers.families.dataset import cpu
+from workers.families.email.sender import SmtpMailSender
+from workers.families.webhook import outbound
+from workers.loops import reconciler, retention, scheduling
+from workers.loops.background import every, pause
+from workers.mailer import MailSender
 from workers.priority_worker import PriorityWorker
 from workers.runtime import ARQ_MAX_TRIES, AnyHandler, Runtime
 
@@ -85,7 +90,7 @@ class WorkerProcess:
         self._loops_end = asyncio.Event()  # set once arq's loop is over: the background loops end too
         self.paused = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.member = queue.worker_member(self.worker_id, settings.worker.max_jobs)
+        self.member = broker.worker_member(self.worker_id, settings.worker.max_jobs)
 
     async def run(self) -> None:
         s, d = self.settings, self.definition
@@ -93,7 +98,7 @@ class WorkerProcess:
         async with (
             db.open_pool(s.postgres) as pg,
             redis.open_cache(s.redis) as cache,
-            queue.open_jobs_redis(s.redis, queue=d.queue.value) as jobs_redis,
+            broker.open_jobs_redis(s.redis, queue=d.queue.value) as jobs_redis,
             health_server.serve(self.metrics, s.worker.metrics_host, port, self._health) as bound_port,
             outbound.open_http(s.webhook) as http,
         ):
@@ -112,7 +117,7 @@ class WorkerProcess:
         self._worker = worker = PriorityWorker(
             gate_queue=d.queue.value,
             functions=[runtime.arq_function()],
-            queue_name=queue.queue_key(d.queue.value),
+            queue_name=broker.queue_key(d.queue.value),
             redis_pool=ctx.jobs_redis,
             handle_signals=False,  # our entry point owns signals and calls stop()
             allow_abort_jobs=True,  # POST /jobs/{id}/cancel interrupts a running job through arq's abort set
@@ -121,8 +126,8 @@ class WorkerProcess:
             keep_result=s.jobs.result_ttl_s,
             max_tries=ARQ_MAX_TRIES,
             log_results=False,  # results and arguments are user data: our own job.* events carry ids only
-            job_serializer=queue.serialize,
-            job_deserializer=queue.deserialize,
+            job_serializer=broker.serialize,
+            job_deserializer=broker.deserialize,
             health_check_interval=10,
         )
         # The in-progress key is the job's lease: short, and renewed below while the job runs.
@@ -162,9 +167,9 @@ class WorkerProcess:
                 for task in stuck:
                     task.cancel()
                 await asyncio.wait(stuck, timeout=BACKGROUND_STOP_S)
-            with contextlib.suppress(*queue.REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await ctx.jobs_redis.delete(worker.health_check_key)
-                await queue.leave(ctx.jobs_redis, d.queue.value, self.member)
+                await broker.leave(ctx.jobs_redis, d.queue.value, self.member)
             logger.info("worker.stopped", extra={"queue": d.queue.value, "completed": worker.jobs_complete})
 
     async def _poll_until_stopped(self, worker: Worker) -> None:
@@ -173,7 +178,7 @@ class WorkerProcess:
             try:
                 await worker.async_run()
                 return
-            except queue.REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 if self._stop_requested:
                     return
                 logger.warning("worker.redis_lost", extra={"reason": type(exc).__name__})
@@ -182,13 +187,13 @@ class WorkerProcess:
     async def _control_step(self, ctx: WorkerContext) -> None:
         """Copy the queue's pause flag from the ledger to its start gate in Redis, record this worker (and its
         slots) as live, and publish the owners' fair shares of the queue's slots. The gate, not this copy,
-        decides every start (see `shared.claim`): this only makes sure Redis holds the ledger's flag again
+        decides every start (see `shared.infra.claim`): this only makes sure Redis holds the ledger's flag again
         after a restart or flush, and never undoes a newer pause."""
         flag = await queue_pause.publish(ctx.pg, ctx.jobs_redis, ctx.queue)
         if flag.paused != self.paused:
             logger.info("worker.paused" if flag.paused else "worker.resumed", extra={"queue": ctx.queue})
         self.paused = flag.paused
-        slots = await queue.heartbeat(ctx.jobs_redis, ctx.queue, self.member, ttl_s=queue.WORKER_TTL_S)
+        slots = await broker.heartbeat(ctx.jobs_redis, ctx.queue, self.member, ttl_s=broker.WORKER_TTL_S)
         await fair_share.publish(
             ctx.pg, ctx.jobs_redis, ctx.queue, capacity=slots, share=self.settings.worker.owner_share
         )
@@ -198,8 +203,8 @@ class WorkerProcess:
         lease_s = self.settings.worker.lease_s
         while not await pause(lease_s / 3, self._loops_end):
             try:
-                await queue.renew_leases(ctx.jobs_redis, list(worker.job_tasks), lease_s=lease_s)
-            except queue.REDIS_ERRORS as exc:
+                await broker.renew_leases(ctx.jobs_redis, list(worker.job_tasks), lease_s=lease_s)
+            except REDIS_ERRORS as exc:
                 logger.warning("worker.lease_renewal_failed", extra={"reason": type(exc).__name__})
 
     async def _control_loop(self, ctx: WorkerContext, worker: Worker) -> None:
@@ -209,7 +214,7 @@ class WorkerProcess:
                     # arq checks cancels only while it takes jobs; keep honouring them during the grace period.
                     await worker._cancel_aborted_jobs()  # arq 0.28 (pinned)
                 await self._control_step(ctx)
-            except (*queue.REDIS_ERRORS, *POSTGRES_ERRORS, Conflict) as exc:
+            except (*REDIS_ERRORS, *POSTGRES_ERRORS, Conflict) as exc:
                 logger.warning("worker.control_unavailable", extra={"reason": type(exc).__name__})
 
     async def started(self) -> None:

@@ -15,14 +15,17 @@ from typing import Any, Generic
 from arq.worker import Function, Retry, func
 from pydantic import BaseModel, ValidationError
 
-from shared import batch_submission, events, json, ledger
-from shared.db import POSTGRES_ERRORS
-from shared.errors import DependencyUnavailable, JobDeferred, JobError, PermanentJobError
-from shared.jobs import AnySpec, JobSpec, Limits, P, R
-from shared.json import utcnow
-from shared.limits import release, try_start
-from shared.logging import job_id_var, job_type_var, request_id_var
-from shared.queue import HORIZON_MS, PRIORITY_BANDS, REDIS_ERRORS, RUN_FUNCTION, retry_defer_s
+from shared.core import json
+from shared.core.errors import DependencyUnavailable, JobDeferred, JobError, PermanentJobError
+from shared.core.json import utcnow
+from shared.core.logging import job_id_var, job_type_var, request_id_var
+from shared.infra import events
+from shared.infra.broker import HORIZON_MS, PRIORITY_BANDS, RUN_FUNCTION, retry_defer_s
+from shared.infra.db import POSTGRES_ERRORS
+from shared.infra.redis import REDIS_ERRORS
+from shared.infra.slots import release, try_start
+from shared.jobtypes.spec import AnySpec, JobSpec, Limits, P, R
+from shared.ledger import batch_submission, records
 from workers.context import JobContext, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -87,7 +90,7 @@ class Runtime:
         )
 
     async def run(self, ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """arq's entry for every job of this process: `args[0]` is the envelope built by `shared.queue`.
+        """arq's entry for every job of this process: `args[0]` is the envelope built by `shared.infra.broker`.
 
         A PostgreSQL error at any ledger transition becomes an arq `Retry`: arq keeps the job and runs it
         again shortly, so a ledger hiccup never strands a job (its effect may run twice: at-least-once).
@@ -118,7 +121,7 @@ class Runtime:
         expires_at = envelope.get("expires_at")
         if expires_at and dt.datetime.fromisoformat(expires_at) < utcnow():
             error = {"type": "JobExpired", "message": "the job was not started before it expired", "retryable": False}
-            if await ledger.mark_expired(self.ctx.pg, job_id, error):  # only if it never started
+            if await records.mark_expired(self.ctx.pg, job_id, error):  # only if it never started
                 await self._announce(job_id, "failed")
                 await self._member_finished(envelope.get("batch_id"))
                 metrics.jobs.labels(type_name, "expired").inc()
@@ -158,7 +161,7 @@ class Runtime:
     async def _start(self, envelope: dict[str, Any], handler: AnyHandler | None) -> dict[str, Any]:
         job_id, type_name = envelope["id"], envelope["type"]
         metrics = self.ctx.metrics
-        record = await ledger.mark_running(self.ctx.pg, job_id, int(envelope.get("generation", 0)))
+        record = await records.mark_running(self.ctx.pg, job_id, int(envelope.get("generation", 0)))
         if record is None:
             logger.info("job.skipped_duplicate")
             return {"status": "skipped"}
@@ -175,7 +178,7 @@ class Runtime:
             )
         return await self._attempt(handler, record, attempt)
 
-    async def _attempt(self, handler: AnyHandler, record: ledger.JobRecord, attempt: int) -> dict[str, Any]:
+    async def _attempt(self, handler: AnyHandler, record: records.JobRecord, attempt: int) -> dict[str, Any]:
         job = JobContext(
             job_id=record.id, type=record.type, owner=record.owner, attempt=attempt,
             max_attempts=record.max_attempts, worker=self.ctx,
@@ -236,10 +239,10 @@ class Runtime:
         except (*POSTGRES_ERRORS, *REDIS_ERRORS) as exc:  # the reconciler completes it later
             logger.warning("batch.completion_deferred", extra={"batch_id": batch_id, "reason": type(exc).__name__})
 
-    async def _requeue(self, record: ledger.JobRecord, attempt: int) -> None:
+    async def _requeue(self, record: records.JobRecord, attempt: int) -> None:
         """The attempt was interrupted: by a shutdown (back to the queue) or by a cancel (already recorded)."""
         try:
-            requeued = await asyncio.shield(ledger.mark_requeued(self.ctx.pg, record))
+            requeued = await asyncio.shield(records.mark_requeued(self.ctx.pg, record))
         except POSTGRES_ERRORS as exc:  # the job still re-runs; only its attempt count is not given back
             logger.warning("job.requeue_unrecorded", extra={"reason": type(exc).__name__})
             return
@@ -251,10 +254,10 @@ class Runtime:
             self.ctx.metrics.jobs.labels(record.type, "cancelled").inc()
             logger.info("job.interrupted", extra={"attempt": attempt})
 
-    async def _defer(self, record: ledger.JobRecord, attempt: int, exc: JobDeferred) -> dict[str, Any]:
+    async def _defer(self, record: records.JobRecord, attempt: int, exc: JobDeferred) -> dict[str, Any]:
         """The handler cannot run the job yet: it waits in the queue and the attempt is given back, as for a
         job held by its type's limits."""
-        if await self._record(lambda: ledger.mark_deferred(self.ctx.pg, record)):
+        if await self._record(lambda: records.mark_deferred(self.ctx.pg, record)):
             await self._announce(record.id, "queued")
         self.ctx.metrics.jobs.labels(record.type, "held").inc()
         wait_s = exc.wait_s
@@ -275,8 +278,8 @@ class Runtime:
             await asyncio.sleep(delay)
         return await write()
 
-    async def _succeed(self, record: ledger.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
-        if await self._record(lambda: ledger.mark_succeeded(self.ctx.pg, record, result)):
+    async def _succeed(self, record: records.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
+        if await self._record(lambda: records.mark_succeeded(self.ctx.pg, record, result)):
             await self._announce(record.id, "succeeded")
             await self._member_finished(record.batch_id)
             self.ctx.metrics.jobs.labels(record.type, "succeeded").inc()
@@ -285,9 +288,9 @@ class Runtime:
             logger.warning("job.fenced", extra={"attempt": attempt})
         return {"status": "succeeded", "result": result}
 
-    async def _fail(self, record: ledger.JobRecord, attempt: int, exc: BaseException) -> dict[str, Any]:
+    async def _fail(self, record: records.JobRecord, attempt: int, exc: BaseException) -> dict[str, Any]:
         error = error_body(exc, retryable=False)
-        if await self._record(lambda: ledger.mark_failed(self.ctx.pg, record, error)):
+        if await self._record(lambda: records.mark_failed(self.ctx.pg, record, error)):
             await self._announce(record.id, "failed")
             await self._member_finished(record.batch_id)
         self.ctx.metrics.jobs.labels(record.type, "failed").inc()
@@ -297,7 +300,7 @@ class Runtime:
     async def _retry_or_fail(
         self,
         spec: AnySpec,
-        record: ledger.JobRecord,
+        record: records.JobRecord,
         attempt: int,
         exc: BaseException,
         cause: BaseException | None = None,
@@ -307,7 +310,7 @@ class Runtime:
         defer_s = getattr(exc, "defer_s", None) or spec.backoff.delay_s(attempt)
         error = error_body(exc, retryable=True)
         next_at = utcnow() + dt.timedelta(seconds=defer_s)
-        if await self._record(lambda: ledger.mark_retrying(self.ctx.pg, record, error, next_at)):
+        if await self._record(lambda: records.mark_retrying(self.ctx.pg, record, error, next_at)):
             await self._announce(record.id, "retrying")
         self.ctx.metrics.jobs.labels(record.type, "retried").inc()
         logger.info(
@@ -317,7 +320,7 @@ class Runtime:
 
 
 def _early_s(score: int | None) -> float:
-    """How long before its due time arq started a job, from its banded score (see `shared.queue`)."""
+    """How long before its due time arq started a job, from its banded score (see `shared.infra.broker`)."""
     if score is None:
         return 0.0
     now = int(time.time() * 1000)

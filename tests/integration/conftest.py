@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from shared import db
+from shared.infra import db
 from support.helpers import postgres_admin_url, redis_base_url
 from support.stack import (
     Api,

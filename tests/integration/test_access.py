@@ -1,4 +1,4 @@
-"""Every route has an access rule (gateway.access) and the gateway enforces it: 401 without a token, 403 for a
+"""Every route has an access rule (gateway.security.access) and the gateway enforces it: 401 without a token, 403 for a
 user on admin routes, someone else's resource is a 404 for a user and visible to an admin; the README's
 route table is the one the rules generate."""
 
@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from gateway.access import RULES, Access, markdown_table, required_access
 from gateway.app import create_app
-from shared.settings import GatewaySettings, SecurityConfig
+from gateway.security.access import RULES, Access, markdown_table, required_access
+from shared.core.settings import GatewaySettings, SecurityConfig
 from support.helpers import make_token
 from support.stack import Api, Conn, Services, gateway_settings, running_gateway
 
@@ -129,7 +129,7 @@ def _readme_table() -> str:
 
 
 def test_the_readme_route_table_is_the_generated_one() -> None:
-    assert _readme_table() == markdown_table().strip(), "paste gateway.access.markdown_table() into README.md"
+    assert _readme_table() == markdown_table().strip(), "paste gateway.security.access.markdown_table() into README.md"
 
 
 # --- someone else's resources ---------------------------------------------------------------------------

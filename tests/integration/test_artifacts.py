@@ -1,4 +1,4 @@
-"""Artifacts: written by jobs through shared.storage, streamed to their owner over HTTP."""
+"""Artifacts: written by jobs through shared.files.storage, streamed to their owner over HTTP."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.keys import PG_POOL
-from shared import storage
-from shared.settings import StorageConfig
+from shared.core.settings import StorageConfig
+from shared.files import storage
 from support.stack import Api, Conn, Services, storage_config
 
 CSV = b"day,jobs\n2026-01-01,3\n2026-01-02,5\n"

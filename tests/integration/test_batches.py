@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared import batch_submission, db, json, queue
+from shared.core import json
+from shared.infra import broker, db
+from shared.infra.sealing import Sealer
 from shared.jobtypes import builtin_registry
-from shared.sealing import Sealer
+from shared.ledger import batch_submission
 from support.helpers import eventually
 from support.stack import TEST_ENCRYPTION_KEY as _KEY
 from support.stack import Api, Conn, Services, StartWorker, postgres_config, redis_config
@@ -113,7 +115,7 @@ async def test_concurrent_last_finishers_complete_the_batch_exactly_once(
         "POST", "/api/v1/batches", json={"jobs": [_echo(1), _echo(2)], "on_complete": _echo("x")}
     )
     await pg.execute("UPDATE jobs SET status = 'succeeded', finished_at = now()")
-    redis = queue.jobs_redis(redis_config(services))
+    redis = broker.jobs_redis(redis_config(services))
 
     async with db.open_pool(postgres_config(services), migrate=False) as pool:
         created = await asyncio.gather(

@@ -15,9 +15,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from shared.jobs import JobSpec, Payload, Queue, Registry, Result
 from shared.jobtypes import builtin_specs
 from shared.jobtypes.dataset import MAX_COLUMNS
+from shared.jobtypes.spec import JobSpec, Payload, Queue, Registry, Result
 from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
 from workers.context import JobContext

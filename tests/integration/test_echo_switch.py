@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from shared.settings import Environment, JobTypesConfig
+from shared.core.settings import Environment, JobTypesConfig
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
 
 ECHO = {"type": "system.echo", "payload": {"data": 1}}

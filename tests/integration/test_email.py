@@ -9,8 +9,8 @@ from email.message import Message
 import pytest
 from redis.asyncio import Redis
 
-from shared import submission
-from shared.settings import GatewaySettings, MailPolicyConfig
+from shared.core.settings import GatewaySettings, MailPolicyConfig
+from shared.ledger import submission
 from support.helpers import eventually
 from support.stack import (
     Api,

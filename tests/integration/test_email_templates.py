@@ -12,15 +12,16 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from shared import db, storage
-from shared.errors import RetryableJobError
+from shared.core.errors import RetryableJobError
+from shared.core.settings import SmtpConfig
+from shared.files import storage
+from shared.infra import db
 from shared.jobtypes.email import EMAIL_SEND, EmailPayload, EmailResult
-from shared.settings import SmtpConfig
 from support.stack import Api, Services, SmtpSink, StartWorker, free_port, postgres_config, storage_config
 from support.tcp_proxy import TcpProxy
 from workers.context import JobContext
 from workers.families import builtin_handlers
-from workers.families.email import handle_send
+from workers.families.email.handler import handle_send
 from workers.runtime import bind
 
 

@@ -17,8 +17,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis, fallback_home, registry
-from shared.mailcatcher import catch_mail
+from devstack.embedded import EmbeddedPostgres, EmbeddedRedis, fallback_home, registry
+from devstack.mailcatcher import catch_mail
 
 
 def _mode(path: Path) -> int:

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import Field
 
-from shared.jobs import JobSpec, Limits, Payload, Queue, Registry, Result
 from shared.jobtypes import builtin_specs
+from shared.jobtypes.spec import JobSpec, Limits, Payload, Queue, Registry, Result
 from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
 from workers.context import JobContext

@@ -1,7 +1,7 @@
 """Parking under fair shares, through the worker's own read and claim on real Redis: an owner with share left
 is served however long another owner's parked high-priority backlog is, and parking re-scores each job once.
 
-The shares are written to Redis as a worker's control step publishes them (`shared.fair_share`), so that the
+The shares are written to Redis as a worker's control step publishes them (`shared.infra.fair_share`), so that the
 test can hold them still while the worker polls.
 """
 
@@ -16,9 +16,10 @@ from arq.connections import ArqRedis
 from arq.worker import func
 from redis.asyncio import Redis
 
-from shared import fair_share, json, queue
-from shared.claim import set_gate
-from shared.ledger import JobRecord, new_job_id
+from shared.core import json
+from shared.infra import broker, fair_share
+from shared.infra.claim import set_gate
+from shared.ledger.records import JobRecord, new_job_id
 from support.stack import Services, redis_config
 from workers.priority_worker import PriorityWorker
 
@@ -39,7 +40,7 @@ def _record(owner: str, priority: str) -> JobRecord:
 
 @pytest.fixture
 async def pool(services: Services, jobs_redis: Redis) -> AsyncIterator[ArqRedis]:
-    async with queue.open_jobs_redis(redis_config(services), queue=QUEUE) as client:
+    async with broker.open_jobs_redis(redis_config(services), queue=QUEUE) as client:
         await set_gate(client, QUEUE, version=1, paused=False)
         yield client
 
@@ -49,9 +50,9 @@ async def _worker(pool: ArqRedis) -> PriorityWorker:
         await asyncio.sleep(60)  # holds its slot for the whole test
 
     return PriorityWorker(
-        gate_queue=QUEUE, functions=[func(run, name=queue.RUN_FUNCTION)], queue_name=queue.queue_key(QUEUE),
+        gate_queue=QUEUE, functions=[func(run, name=broker.RUN_FUNCTION)], queue_name=broker.queue_key(QUEUE),
         redis_pool=pool, handle_signals=False, max_jobs=4, queue_read_limit=READ,
-        job_serializer=queue.serialize, job_deserializer=queue.deserialize,
+        job_serializer=broker.serialize, job_deserializer=broker.deserialize,
     )  # fmt: skip
 
 
@@ -79,8 +80,8 @@ async def _stop(worker: PriorityWorker) -> None:
 async def _park_all(worker: PriorityWorker, pool: ArqRedis, jobs: list[JobRecord]) -> dict[str, float]:
     """Poll until every job is parked; their parked scores."""
     for _ in range(10):
-        scores = {job.id: await pool.zscore(queue.queue_key(QUEUE), job.id) for job in jobs}
-        if all(score is not None and score < queue.PARK_TOP_MS for score in scores.values()):
+        scores = {job.id: await pool.zscore(broker.queue_key(QUEUE), job.id) for job in jobs}
+        if all(score is not None and score < broker.PARK_TOP_MS for score in scores.values()):
             return {job_id: float(score) for job_id, score in scores.items() if score is not None}
         await worker._poll_iteration()
     raise AssertionError("the jobs were not parked")
@@ -89,7 +90,7 @@ async def _park_all(worker: PriorityWorker, pool: ArqRedis, jobs: list[JobRecord
 async def test_an_owner_with_share_left_is_served_behind_a_parked_high_priority_flood(pool: ArqRedis) -> None:
     jobs = [_record("alice", "high") for _ in range(30)] + [_record("bob", "normal")]
     for job in jobs:
-        await queue.enqueue(pool, job)
+        await broker.enqueue(pool, job)
     worker = await _worker(pool)
     try:
         await _shares(pool, alice=0, bob=0)  # both have used their share: everything due is parked
@@ -109,16 +110,16 @@ async def test_an_owner_with_share_left_is_served_behind_a_parked_high_priority_
 async def test_a_parked_job_is_re_scored_once_however_often_the_worker_polls(pool: ArqRedis) -> None:
     flood = [_record("alice", "high") for _ in range(12)]
     for job in flood:
-        await queue.enqueue(pool, job)
+        await broker.enqueue(pool, job)
     worker = await _worker(pool)
     await _shares(pool, alice=0, bob=4)  # alice has used her share; bob waits, and may start jobs
     try:
         parked = await _park_all(worker, pool, flood)
         bobs = [_record("bob", "normal") for _ in range(3)]
         for job in bobs:
-            await queue.enqueue(pool, job)
+            await broker.enqueue(pool, job)
             await worker._poll_iteration()
-        again = {job.id: await pool.zscore(queue.queue_key(QUEUE), job.id) for job in flood}
+        again = {job.id: await pool.zscore(broker.queue_key(QUEUE), job.id) for job in flood}
         assert _taken(worker, flood + bobs) == ["bob"] * 3
         assert again == parked, "parked jobs were re-scored on every poll"
     finally:
@@ -128,7 +129,7 @@ async def test_a_parked_job_is_re_scored_once_however_often_the_worker_polls(poo
 async def test_parked_jobs_come_first_once_the_shares_lapse_even_behind_a_full_read_window(pool: ArqRedis) -> None:
     parked = [_record("alice", "high") for _ in range(3)]
     for job in parked:
-        await queue.enqueue(pool, job)
+        await broker.enqueue(pool, job)
     worker = await _worker(pool)
     try:
         await _shares(pool, alice=0, bob=1)  # bob waits: alice's high jobs are parked
@@ -136,7 +137,7 @@ async def test_parked_jobs_come_first_once_the_shares_lapse_even_behind_a_full_r
         await pool.delete(fair_share.share_key(QUEUE))  # nobody waits any more: the shares are gone
         later = [_record("alice", "low") for _ in range(READ * 2)]  # more due banded jobs than one read holds
         for job in later:
-            await queue.enqueue(pool, job)
+            await broker.enqueue(pool, job)
 
         await worker._poll_iteration()
 
@@ -144,8 +145,8 @@ async def test_parked_jobs_come_first_once_the_shares_lapse_even_behind_a_full_r
         # all three first (jobs due in the same millisecond may come in any order among themselves)
         assert set(taken[: len(parked)]) == {job.id for job in parked}, "parked high jobs waited behind low ones"
         for job in parked:  # back where they stood before parking: found there again if their worker dies
-            score = await pool.zscore(queue.queue_key(QUEUE), job.id)
+            score = await pool.zscore(broker.queue_key(QUEUE), job.id)
             assert score is not None
-            assert score > queue.PARK_TOP_MS
+            assert score > broker.PARK_TOP_MS
     finally:
         await _stop(worker)

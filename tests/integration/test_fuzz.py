@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared.settings import SecurityConfig
+from shared.core.settings import SecurityConfig
 from support.helpers import make_token
 from support.stack import Conn, Services, gateway_settings, running_gateway
 

@@ -11,8 +11,8 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.errors import TITLES
-from shared import json
+from gateway.http.errors import TITLES
+from shared.core import json
 from support.helpers import TEST_JWT_SECRET, make_token
 from support.stack import Api, Conn
 

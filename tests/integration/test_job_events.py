@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from gateway.keys import EVENT_HUB
-from shared import json
+from shared.core import json
 from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
 

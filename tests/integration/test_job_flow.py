@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared import json
+from shared.core import json
 from support.stack import Api, Conn, StartWorker
 
 

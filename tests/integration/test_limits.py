@@ -11,8 +11,8 @@ from collections import Counter, defaultdict
 
 from pydantic import Field
 
-from shared.jobs import JobSpec, Limits, Payload, Queue, Registry, Result
 from shared.jobtypes import builtin_specs
+from shared.jobtypes.spec import JobSpec, Limits, Payload, Queue, Registry, Result
 from support.stack import Conn, Services, StartWorker, gateway_settings, running_gateway
 from workers.context import JobContext
 from workers.families import builtin_handlers

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from gateway import params
-from shared import json
+from gateway.http import params
+from shared.core import json
 from support.stack import Api, Services, gateway_settings, running_gateway
 
 pytestmark = pytest.mark.usefixtures("pg", "jobs_redis")

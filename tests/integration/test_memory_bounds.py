@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from shared import json
+from shared.core import json
 from support.helpers import TEST_JWT_SECRET, eventually, make_token
 from support.stack import TEST_ENCRYPTION_KEY, Api, Conn, Services, StartWorker, free_port
 

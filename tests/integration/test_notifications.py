@@ -11,18 +11,19 @@ from typing import Any
 import aiohttp
 
 from gateway.keys import METRICS
-from shared import db, json, queue, redis
+from shared.core import json
+from shared.core.metrics import Metrics
+from shared.core.settings import SecurityConfig
+from shared.infra import broker, db, redis
+from shared.infra.sealing import Sealer
 from shared.jobtypes import builtin_registry
 from shared.jobtypes.notification import NotificationPayload
-from shared.mail import SmtpMailSender
-from shared.metrics import Metrics
-from shared.sealing import Sealer
-from shared.settings import SecurityConfig
 from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway, worker_settings
 from support.tcp_proxy import TcpProxy
 from workers.context import JobContext, WorkerContext
-from workers.families.notification import handle_push
+from workers.families.email.sender import SmtpMailSender
+from workers.families.notification.handler import handle_push
 
 Events = asyncio.Queue[tuple[str, Any]]
 
@@ -162,7 +163,7 @@ async def test_the_same_job_run_twice_stores_one_notification(services: Services
     async with (
         db.open_pool(settings.postgres) as pool,
         redis.open_cache(settings.redis) as cache,
-        queue.open_jobs_redis(settings.redis) as jobs_redis,
+        broker.open_jobs_redis(settings.redis) as jobs_redis,
         aiohttp.ClientSession() as http,
     ):
         with ThreadPoolExecutor(1) as cpu:

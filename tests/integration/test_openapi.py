@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 
 from gateway.api_docs import OPERATIONS
 from gateway.openapi import REF, UNDOCUMENTED, routes, template_key
-from shared.jobs import JobSpec, Payload, Queue, Registry, Result
 from shared.jobtypes import builtin_registry, builtin_specs
+from shared.jobtypes.spec import JobSpec, Payload, Queue, Registry, Result
 from support.stack import Api, Services, StartWorker, gateway_settings, running_gateway
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"

@@ -8,7 +8,7 @@ import secrets
 import aiohttp
 import asyncpg
 
-from shared import db
+from shared.infra import db
 from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, postgres_config
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared import claim
-from shared.claim import Gate
-from shared.queue import open_jobs_redis
+from shared.infra import claim
+from shared.infra.broker import open_jobs_redis
+from shared.infra.claim import Gate
 from support.helpers import eventually
 from support.stack import TEST_ENCRYPTION_KEY, Api, Conn, Services, StartWorker, redis_config
 

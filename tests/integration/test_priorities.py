@@ -6,7 +6,7 @@ import datetime as dt
 
 from redis.asyncio import Redis
 
-from shared import queue
+from shared.infra import broker
 from support.stack import Api, StartWorker
 
 ADMIN = {"as_": "root", "role": "admin"}
@@ -49,5 +49,5 @@ async def test_a_retried_high_priority_job_stays_in_its_band(
 
     assert score is not None
     due_ms = dt.datetime.fromisoformat(retrying["scheduled_for"]).timestamp() * 1000
-    assert abs(score - (due_ms - queue.PRIORITY_BANDS["high"])) < 1000, "back in the high band, at its due time"
+    assert abs(score - (due_ms - broker.PRIORITY_BANDS["high"])) < 1000, "back in the high band, at its due time"
     await api.wait_status(job["id"], "succeeded")

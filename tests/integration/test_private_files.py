@@ -19,8 +19,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
-from shared.embedded import fallback_home
-from shared.settings import StorageConfig
+from devstack.embedded import fallback_home
+from shared.core.settings import StorageConfig
 from support.helpers import make_token
 from support.stack import Services, free_port, gateway_settings, running_gateway
 from support.supervisor import clean_env, conveyor_run

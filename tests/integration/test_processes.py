@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from shared import json
+from shared.core import json
 from support.helpers import TEST_JWT_SECRET, eventually, make_token
 from support.stack import Conn, Services, SmtpSink, free_port
 

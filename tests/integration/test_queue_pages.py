@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from shared import queues
-from shared.settings import SecurityConfig
+from shared.core.settings import SecurityConfig
+from shared.ledger import queue_state
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
 
 ADMIN = {"as_": "root", "role": "admin"}
@@ -25,7 +25,7 @@ async def _fail(pg: Conn, job_id: str, *, minutes_ago: int) -> None:
 async def test_retry_failed_over_many_pages_keeps_each_owners_cap_oldest_failure_first(
     services: Services, pg: Conn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queues, "RETRY_PAGE", 2)
+    monkeypatch.setattr(queue_state, "RETRY_PAGE", 2)
     security = SecurityConfig(max_queued_per_owner=3)
     async with running_gateway(gateway_settings(services, security=security)) as api:
         alice: list[str] = []
@@ -47,7 +47,7 @@ async def test_retry_failed_over_many_pages_keeps_each_owners_cap_oldest_failure
 async def test_clean_over_many_pages_removes_every_job_and_its_result(
     api: Api, start_worker: StartWorker, pg: Conn, jobs_redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queues, "CLEAN_PAGE", 2)
+    monkeypatch.setattr(queue_state, "CLEAN_PAGE", 2)
     await start_worker("default")
     jobs = [await api.submit("system.echo", {"data": i}) for i in range(6)]
     for job in jobs:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.settings import SecurityConfig
+from shared.core.settings import SecurityConfig
 from support.stack import Api, Conn, Services, gateway_settings, running_gateway
 
 pytestmark = pytest.mark.usefixtures("pg", "jobs_redis")

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.ratelimit import PROBE_EVERY_S
-from shared.settings import GatewaySettings, RedisConfig, SecurityConfig
+from gateway.security.ratelimit import PROBE_EVERY_S
+from shared.core.settings import GatewaySettings, RedisConfig, SecurityConfig
 from support.helpers import eventually
 from support.stack import Api, Services, gateway_settings, running_gateway
 from support.tcp_proxy import TcpProxy
@@ -104,7 +104,7 @@ async def test_while_the_cache_is_down_limits_hold_in_process_until_it_answers_a
         before = await get()  # counted in Redis: the fallback goes on from there
         proxy.cut()
         connections, cut_at = proxy.connections, time.monotonic()
-        with caplog.at_level(logging.INFO, logger="gateway.ratelimit"):
+        with caplog.at_level(logging.INFO, logger="gateway.security.ratelimit"):
             during = [await get() for _ in range(4)]
             failures = [await get(**BAD) for _ in range(4)]
             valid_from_that_address = await get(as_="bob")

@@ -9,13 +9,13 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
-from shared import reporting
 from shared.jobtypes.report import REPORT_GENERATE, ReportPayload, ReportResult
 from support.stack import Api, Conn, Services, SmtpSink, StartWorker, storage_config
 from support.tcp_proxy import TcpProxy
 from workers.context import JobContext
 from workers.families import builtin_handlers
-from workers.families.report import handle_generate
+from workers.families.report import query
+from workers.families.report.handler import handle_generate
 from workers.runtime import bind
 
 DAY = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -143,7 +143,7 @@ async def _seed_many(pg: Conn, types: int) -> None:
 async def test_a_large_report_streams_every_row(api: Api, pg: Conn, start_worker: StartWorker) -> None:
     types = 3000
     await _seed_many(pg, types)
-    assert 2 * types > 4 * reporting.PREFETCH, "the cursor must make several round trips"
+    assert 2 * types > 4 * query.PREFETCH, "the cursor must make several round trips"
     await start_worker("heavy")
     job = await api.submit("report.generate", {**RANGE, "format": "csv"})
 

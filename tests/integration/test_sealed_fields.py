@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared import json
+from shared.core import json
 from support.receiver import running_receiver
 from support.stack import Api, Conn, StartWorker
 

@@ -18,8 +18,8 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr
 
-from shared.logging import ConsoleFormatter, ContextFilter, JsonFormatter, configure_logging
-from shared.settings import AuthConfig, LogConfig, SmtpConfig, WebhookConfig
+from shared.core.logging import ConsoleFormatter, ContextFilter, JsonFormatter, configure_logging
+from shared.core.settings import AuthConfig, LogConfig, SmtpConfig, WebhookConfig
 from support.helpers import eventually, make_token
 from support.stack import Api, Services, StartWorker, gateway_settings, running_gateway, smtp_server
 

@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from shared.supervisor import RestartPolicy
-from shared.supervisor.children import Child
-from shared.supervisor.options import ChildSpec
-from shared.supervisor.stopping import StopRequest
-from shared.supervisor.supervise import _stop_in_order
+from devstack.supervisor import RestartPolicy
+from devstack.supervisor.children import Child
+from devstack.supervisor.options import ChildSpec
+from devstack.supervisor.stopping import StopRequest
+from devstack.supervisor.supervise import _stop_in_order
 from support.helpers import eventually, make_token
 from support.stack import Conn, Services, SmtpSink, free_port
 from support.supervisor import CONVEYOR, alive, conveyor_run, get_json, services_env

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from shared import json
+from shared.core import json
 from support.helpers import eventually, make_token
 from support.stack import Conn, Services, SmtpSink, free_port
 from support.supervisor import Run, conveyor_run, get_json, services_env

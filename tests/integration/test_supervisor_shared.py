@@ -17,8 +17,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.embedded import EmbeddedPostgres, fallback_home
-from shared.embedded.registry import shared_server
+from devstack.embedded import EmbeddedPostgres, fallback_home
+from devstack.embedded.registry import shared_server
 from support.helpers import eventually, make_token
 from support.stack import Services, SmtpSink, free_port
 from support.supervisor import Run, alive, clean_env, conveyor_run, embedded_url

@@ -16,7 +16,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from gateway.keys import METRICS, SETTINGS
-from shared.settings import StorageConfig
+from shared.core.settings import StorageConfig
 from support.helpers import eventually, make_token
 from support.stack import Api, Conn, Services, gateway_settings, running_gateway
 

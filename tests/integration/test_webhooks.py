@@ -15,17 +15,18 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from shared import json, webhooks
-from shared.circuit import Breaker, CircuitState, Permit, circuit
-from shared.jobs import Backoff, Registry
+from shared.core import json
+from shared.core.settings import WebhookConfig
 from shared.jobtypes import builtin_specs
+from shared.jobtypes.spec import Backoff, Registry
 from shared.jobtypes.webhook import WEBHOOK_DELIVER
-from shared.settings import WebhookConfig
 from support.helpers import eventually
 from support.receiver import Hit, Receiver, Reply, running_receiver
 from support.stack import Api, Conn, Services, StartWorker, free_port, gateway_settings, running_gateway
 from workers.families import builtin_handlers
-from workers.families.webhook import handle_deliver
+from workers.families.webhook import wire
+from workers.families.webhook.circuit import Breaker, CircuitState, Permit, circuit
+from workers.families.webhook.handler import handle_deliver
 from workers.processes import WorkerProcess
 from workers.runtime import bind
 
@@ -62,7 +63,7 @@ def key_of(api_key: dict[str, Any]) -> str:
 
 
 def verifies(hit: Hit, key: str, owner: str) -> bool:
-    return webhooks.verify(hit.body, hit.headers, key, owner=owner)
+    return wire.verify(hit.body, hit.headers, key, owner=owner)
 
 
 async def test_delivery_is_signed_and_keeps_its_id_across_a_retry(
@@ -81,16 +82,16 @@ async def test_delivery_is_signed_and_keeps_its_id_across_a_retry(
     assert done["result"]["attempt"] == done["attempts"] == 2
     first, second = receiver.at("/hook")
     assert first.body == second.body, "a retry sends the same delivery"
-    delivery = webhooks.delivery_id(job["id"])
+    delivery = wire.delivery_id(job["id"])
     for hit in (first, second):
-        assert hit.headers[webhooks.DELIVERY_HEADER] == delivery
-        assert hit.headers[webhooks.EVENT_HEADER] == "order.paid"
+        assert hit.headers[wire.DELIVERY_HEADER] == delivery
+        assert hit.headers[wire.EVENT_HEADER] == "order.paid"
         assert hit.headers["Content-Type"] == "application/json"
         assert hit.headers["User-Agent"].startswith("Conveyor-Webhooks/")
         assert hit.headers["X-Tenant"] == "acme"
-        assert hit.headers[webhooks.OWNER_HEADER] == "alice"
-        assert verifies(hit, webhooks.signing_key(SECRET, "alice"), "alice")
-        assert not verifies(hit, webhooks.signing_key("another-secret", "alice"), "alice")
+        assert hit.headers[wire.OWNER_HEADER] == "alice"
+        assert verifies(hit, wire.signing_key(SECRET, "alice"), "alice")
+        assert not verifies(hit, wire.signing_key("another-secret", "alice"), "alice")
     body = json.loads(first.body)
     assert body["id"] == delivery
     assert (body["event"], body["data"]) == ("order.paid", {"order": 42})
@@ -121,14 +122,14 @@ async def test_a_delivery_verifies_only_with_its_own_owners_key_read_from_the_ga
         for_alice = await signing_key(api, "root", role="admin", owner="alice")
         refused, problem, _ = await api.request("GET", "/api/v1/webhook-signing-key?owner=alice", as_="bob")
 
-    by_delivery = {h.headers[webhooks.DELIVERY_HEADER]: h for h in receiver.at("/alice")}
-    alice_hit, bob_hit = (by_delivery[webhooks.delivery_id(j["id"])] for j in (alices, bobs))
+    by_delivery = {h.headers[wire.DELIVERY_HEADER]: h for h in receiver.at("/alice")}
+    alice_hit, bob_hit = (by_delivery[wire.delivery_id(j["id"])] for j in (alices, bobs))
     assert (alice_key["owner"], bob_key["owner"]) == ("alice", "bob")
     assert key_of(alice_key) != key_of(bob_key)
     assert verifies(alice_hit, key_of(alice_key), "alice")
     assert not verifies(bob_hit, key_of(alice_key), "alice"), "alice's receiver refuses bob's delivery"
     assert verifies(bob_hit, key_of(bob_key), "bob")
-    assert f"k={alice_key['key_id']}," in alice_hit.headers[webhooks.SIGNATURE_HEADER], "the id of the key used"
+    assert f"k={alice_key['key_id']}," in alice_hit.headers[wire.SIGNATURE_HEADER], "the id of the key used"
     assert for_alice == alice_key, "an admin may read any owner's key"
     assert refused == 403, problem
     assert "admin" in problem["detail"]
@@ -181,7 +182,7 @@ async def test_a_client_error_fails_at_once(
     assert str(status) in done["error"]["message"]
     assert "no such subscription" in done["error"]["message"]
     (hit,) = receiver.hits
-    assert webhooks.SIGNATURE_HEADER not in hit.headers, "unsigned when no secret is configured"
+    assert wire.SIGNATURE_HEADER not in hit.headers, "unsigned when no secret is configured"
 
 
 async def test_429_waits_as_long_as_retry_after_asks(services: Services, pg: Conn, start_worker: StartWorker) -> None:
@@ -230,7 +231,7 @@ async def test_redirects_are_followed_and_caller_headers_stay_with_their_origin(
     assert old.body == new.body == final.body
     assert new.headers["Authorization"] == "Bearer x", "same origin keeps the caller's headers"
     assert "Authorization" not in final.headers, "another origin does not get them"
-    assert verifies(final, webhooks.signing_key(SECRET, "alice"), "alice")
+    assert verifies(final, wire.signing_key(SECRET, "alice"), "alice")
     assert looped["error"]["type"] == "WebhookRedirect"
     assert len(receiver.at("/loop")) == 4, "the first request and three redirects"
 

@@ -18,9 +18,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import SecretStr
 
 from gateway.app import create_app
-from shared import json
-from shared.jobs import Registry
-from shared.settings import (
+from shared.core import json
+from shared.core.settings import (
     AuthConfig,
     CryptoConfig,
     GatewayConfig,
@@ -36,6 +35,7 @@ from shared.settings import (
     WorkerConfig,
     WorkerSettings,
 )
+from shared.jobtypes.spec import Registry
 from support.helpers import TEST_JWT_SECRET, eventually, make_token
 from workers.processes import WorkerProcess
 

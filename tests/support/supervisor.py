@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from shared import json
+from shared.core import json
 from support.helpers import TEST_JWT_SECRET, eventually
 from support.stack import Services
 

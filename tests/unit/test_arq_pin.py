@@ -3,8 +3,8 @@
 `workers.priority_worker.PriorityWorker` replaces `Worker.start_jobs` (the claim through the queue's pause gate) and
 `Worker._poll_iteration` (the read of due ids by priority), and `workers.processes` uses arq's private state
 (`job_counter`, `sem`, `tasks`, `allow_pick_jobs`, the burst switches, `_cancel_aborted_jobs`). The claim script
-(`shared.claim`) reads a job's owner from the head of arq's job record, so the record's layout is pinned too. A new
-arq that changes any of these must be read before it is taken: this test names what changed.
+(`shared.infra.claim`) reads a job's owner from the head of arq's job record, so the record's layout is pinned
+too. A new arq that changes any of these must be read before it is taken: this test names what changed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from arq.worker import Worker
 # sha256 (first 16 hex digits) of the source of each arq 0.28.0 method the worker replaces or depends on.
 PINNED = {
     "__init__": "edfb0cd7e05e77cf",  # where job_counter, sem, tasks and the burst switches are set up
-    "start_jobs": "b45797cfa40bed7f",  # replaced: its checks are repeated in shared.claim's Lua
+    "start_jobs": "b45797cfa40bed7f",  # replaced: its checks are repeated in shared.infra.claim's Lua
     "_poll_iteration": "f8d39d823a0a59f2",  # replaced: only the read of due ids differs
     "_release_sem_dec_counter_on_complete": "0ed101482e942c33",
     "_cancel_aborted_jobs": "54575eaf8682f95b",  # called during the shutdown grace period
@@ -44,4 +44,4 @@ def test_the_arq_methods_the_worker_replaces_or_relies_on_are_unchanged() -> Non
 def test_the_job_record_keeps_its_arguments_near_its_head() -> None:
     # {'t': job_try, 'f': function, 'a': args, ...}: the envelope (owner first) starts within a few bytes.
     digest = hashlib.sha256(inspect.getsource(jobs.serialize_job).encode()).hexdigest()[:16]
-    assert digest == "1fc854cc50e16e5c", "arq changed serialize_job: compare with shared.claim's owner_of"
+    assert digest == "1fc854cc50e16e5c", "arq changed serialize_job: compare with shared.infra.claim's owner_of"

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
-from gateway.auth import Principal, Role, bearer_token, verify_jwt
-from shared.cli import main
-from shared.errors import Unauthenticated
-from shared.settings import AuthConfig
+from devstack.cli import main
+from gateway.security.auth import Principal, Role, bearer_token, verify_jwt
+from shared.core.errors import Unauthenticated
+from shared.core.settings import AuthConfig
 from support.helpers import TEST_JWT_SECRET, make_token
 
 CONFIG = AuthConfig(jwt_secret=SecretStr(TEST_JWT_SECRET), jwt_leeway_s=30)

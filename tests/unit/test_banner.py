@@ -9,8 +9,8 @@ from typing import Any, cast
 import jwt
 from pydantic import SecretStr
 
-from shared.settings import AuthConfig, GatewayConfig
-from shared.supervisor.banner import banner
+from devstack.supervisor.banner import banner
+from shared.core.settings import AuthConfig, GatewayConfig
 from support.helpers import TEST_JWT_SECRET
 
 _JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")

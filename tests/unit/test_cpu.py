@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.cpu import open_cpu_pool
+from workers.families.dataset.cpu import open_cpu_pool
 
 
 def test_a_dead_child_breaks_its_task_and_the_next_submit_gets_a_fresh_pool() -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from shared.core.settings import JobStoreConfig
 from shared.jobtypes import dataset as dataset_spec
 from shared.jobtypes.dataset import DatasetResult
-from shared.settings import JobStoreConfig
-from workers import dataset_engine
-from workers.dataset_engine import MalformedCSV, TooManyColumns, analyze
+from workers.families.dataset import engine
+from workers.families.dataset.engine import MalformedCSV, TooManyColumns, analyze
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "data.csv") -> str:
@@ -85,8 +85,8 @@ def test_nulls_are_counted_and_left_out_of_the_statistics(tmp_path: Path) -> Non
 
 
 def test_a_value_past_the_inferred_rows_widens_the_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dataset_engine, "INFER_ROWS", 2)
-    monkeypatch.setattr(dataset_engine, "DATE_INFER_ROWS", 2)
+    monkeypatch.setattr(engine, "INFER_ROWS", 2)
+    monkeypatch.setattr(engine, "DATE_INFER_ROWS", 2)
     text = "n,d,w\n1,2024-01-01,1\n2,2024-01-02,2\n3,2024-01-03,3\n4.5,2024-01-04 10:30:00,x\n"
     cols = by_name(analyze(write(tmp_path, text)))
 
@@ -135,12 +135,12 @@ def test_progress_is_written_where_the_caller_reads_it(tmp_path: Path) -> None:
     Path(progress).touch()
     analyze(write(tmp_path, "a\n1\n2\n"), progress_path=progress)
 
-    assert dataset_engine.read_progress(progress) == (dataset_engine.STAGE_SCANNING, 1.0)
-    assert dataset_engine.read_progress(str(tmp_path / "absent")) is None
+    assert engine.read_progress(progress) == (engine.STAGE_SCANNING, 1.0)
+    assert engine.read_progress(str(tmp_path / "absent")) is None
 
 
 def test_a_file_wider_than_the_cap_is_refused_before_any_scan(tmp_path: Path) -> None:
-    cap = dataset_engine.MAX_COLUMNS
+    cap = engine.MAX_COLUMNS
     at_cap = ",".join(f"c{i}" for i in range(cap)) + "\n" + ",".join("1" for _ in range(cap)) + "\n"
     wider = ",".join(f"c{i}" for i in range(cap + 1)) + "\n" + ",".join("1" for _ in range(cap + 1)) + "\n"
 
@@ -150,14 +150,14 @@ def test_a_file_wider_than_the_cap_is_refused_before_any_scan(tmp_path: Path) ->
 
 
 def test_the_engine_enforces_the_published_cap() -> None:
-    assert dataset_engine.MAX_COLUMNS == dataset_spec.MAX_COLUMNS
+    assert engine.MAX_COLUMNS == dataset_spec.MAX_COLUMNS
     assert DatasetResult.model_json_schema()["properties"]["columns"]["maxItems"] == dataset_spec.MAX_COLUMNS
 
 
 def test_the_widest_result_stays_under_the_stored_result_cap(tmp_path: Path) -> None:
     """Long names and long string values (characters JSON escapes at 6 bytes each) are cut, so a file at the
     column cap still gives a result far below the default RESULT_MAX_BYTES."""
-    cap = dataset_engine.MAX_COLUMNS
+    cap = engine.MAX_COLUMNS
     long = "\x01" * 5000
     header = ",".join(f"{i}{long}" for i in range(cap))
     rows = [",".join(f"{'a' if r else 'z'}{long}" for _ in range(cap)) for r in range(2)]
@@ -165,8 +165,8 @@ def test_the_widest_result_stays_under_the_stored_result_cap(tmp_path: Path) -> 
 
     assert len(json.dumps(result).encode()) < JobStoreConfig().result_max_bytes
     column = result["columns"][7]
-    assert column["name"] == ("7" + long)[: dataset_engine.MAX_TEXT_CHARS - 1] + "…"
-    assert column["min"] == ("a" + long)[: dataset_engine.MAX_TEXT_CHARS - 1] + "…"
+    assert column["name"] == ("7" + long)[: engine.MAX_TEXT_CHARS - 1] + "…"
+    assert column["min"] == ("a" + long)[: engine.MAX_TEXT_CHARS - 1] + "…"
     assert column["max"].startswith("z")
     DatasetResult.model_validate(result)
 
@@ -174,22 +174,22 @@ def test_the_widest_result_stays_under_the_stored_result_cap(tmp_path: Path) -> 
 def test_rescans_are_bounded_however_many_columns_widen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every column gets a value past the inferred rows that widens it: each pass finds one, so without a
     bound the scans would grow with the width. After MAX_RESCANS rescans the last one reads text."""
-    monkeypatch.setattr(dataset_engine, "INFER_ROWS", 2)
-    monkeypatch.setattr(dataset_engine, "DATE_INFER_ROWS", 2)
+    monkeypatch.setattr(engine, "INFER_ROWS", 2)
+    monkeypatch.setattr(engine, "DATE_INFER_ROWS", 2)
     scans = []
-    real_scan = dataset_engine._scan
+    real_scan = engine._scan
 
     def counted(*args: Any) -> Any:
         scans.append(args)
         return real_scan(*args)
 
-    monkeypatch.setattr(dataset_engine, "_scan", counted)
-    width = 3 * dataset_engine.MAX_RESCANS
+    monkeypatch.setattr(engine, "_scan", counted)
+    width = 3 * engine.MAX_RESCANS
     lines = [",".join(f"c{i}" for i in range(width))] + [",".join("1" for _ in range(width))] * 3
     lines += [",".join(f"x{i}" for i in range(width))]
     result = analyze(write(tmp_path, "\n".join(lines) + "\n"))
 
-    assert len(scans) == 1 + dataset_engine.MAX_RESCANS
+    assert len(scans) == 1 + engine.MAX_RESCANS
     assert result["rows"] == 4
     assert {c["type"] for c in result["columns"]} == {"string"}, "settled as text on the last rescan"
     assert all((c["min"], c["distinct_estimate"]) == ("1", 2) for c in result["columns"])

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import (
+from gateway.http.errors import (
     STATUS,
     TITLES,
     BodyTooLarge,
@@ -22,7 +22,7 @@ from gateway.errors import (
     status_for,
     validation_errors,
 )
-from shared import errors
+from shared.core import errors
 
 
 class _NotFoundSubclass(errors.NotFound):

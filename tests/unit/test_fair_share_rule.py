@@ -1,8 +1,8 @@
-"""Who may start how many more jobs on a queue: the rule of `shared.fair_share`, without any service."""
+"""Who may start how many more jobs on a queue: the rule of `shared.infra.fair_share`, without any service."""
 
 from __future__ import annotations
 
-from shared.fair_share import allowances, owner_field, slots_per_owner
+from shared.infra.fair_share import allowances, owner_field, slots_per_owner
 
 
 def test_one_owner_alone_is_never_limited() -> None:

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from shared.jobs import Backoff, Registry
+from shared.core.settings import JobTypesConfig
 from shared.jobtypes import builtin_registry, builtin_specs
 from shared.jobtypes.email import EMAIL_SEND
-from shared.settings import JobTypesConfig
+from shared.jobtypes.spec import Backoff, Registry
 from workers.families import builtin_handlers
 from workers.processes import PROCESSES
 

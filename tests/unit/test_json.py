@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from shared import json
+from shared.core import json
 
 
 def test_rfc3339_is_utc_with_milliseconds() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
-from shared import json
-from shared.logging import ConsoleFormatter, ContextFilter, JsonFormatter, job_id_var, request_id_var
+from shared.core import json
+from shared.core.logging import ConsoleFormatter, ContextFilter, JsonFormatter, job_id_var, request_id_var
 
 
 def _logger(stream: io.StringIO, formatter: logging.Formatter | None = None, role: str = "gateway") -> logging.Logger:

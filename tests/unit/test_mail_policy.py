@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import HttpUrl
 
-from shared.mail_links import LinkNotAllowed, LinkPolicy, opens_as_a_page
-from shared.mail_policy import RecipientPolicy, distinct_recipients
-from shared.settings import Environment, MailPolicyConfig
+from shared.core.settings import Environment, MailPolicyConfig
+from shared.jobtypes.email_policy import RecipientPolicy, distinct_recipients
+from workers.families.email.links import LinkNotAllowed, LinkPolicy, opens_as_a_page
 
 PRODUCTION, DEVELOPMENT = Environment.PRODUCTION, Environment.DEVELOPMENT
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.local_limits import Failures, LocalBuckets, LocalFailures, Verdict
+from gateway.security.local_limits import Failures, LocalBuckets, LocalFailures, Verdict
 
 MINUTE_MS = 60_000
 

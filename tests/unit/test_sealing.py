@@ -6,12 +6,12 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
-from shared import json
-from shared.errors import PermanentJobError
+from shared.core import json
+from shared.core.errors import PermanentJobError
+from shared.core.settings import CryptoConfig
+from shared.infra.sealing import REDACTED, SEALED, Sealer, redact
 from shared.jobtypes.email import EmailPayload
 from shared.jobtypes.webhook import WebhookPayload
-from shared.sealing import REDACTED, SEALED, Sealer, redact
-from shared.settings import CryptoConfig
 
 
 def test_webhook_headers_are_sealed_and_nothing_else() -> None:

@@ -10,9 +10,7 @@ import sys
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from shared.mail_links import LinkPolicy
-from shared.mail_policy import RecipientPolicy
-from shared.settings import (
+from shared.core.settings import (
     DEV_JWT_SECRET,
     AuthConfig,
     Environment,
@@ -24,6 +22,8 @@ from shared.settings import (
     StorageConfig,
     WorkerSettings,
 )
+from shared.jobtypes.email_policy import RecipientPolicy
+from workers.families.email.links import LinkPolicy
 
 
 def test_env_names_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,7 +112,7 @@ def test_readme_documents_every_setting() -> None:
 
     from pydantic_settings import BaseSettings
 
-    from shared import settings as s
+    from shared.core import settings as s
 
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     sections = [v for v in vars(s).values() if isinstance(v, type) and issubclass(v, BaseSettings)]
@@ -129,7 +129,7 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_configuration_errors_never_echo_the_value() -> None:
-    from shared.settings import describe_errors
+    from shared.core.settings import describe_errors
 
     with pytest.raises(ValidationError) as caught:
         AuthConfig(jwt_secret=SecretStr("too-short-but-secret"))
@@ -194,8 +194,8 @@ def _run(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         (["-m", "gateway"], {}, "JWT_SECRET: set it to 32"),
         (["-m", "gateway"], {"JWT_SECRET": PRODUCTION_JWT}, "ENCRYPTION_KEYS: set it to a Fernet key"),
         (["-m", "workers", "default"], {"JWT_SECRET": PRODUCTION_JWT}, "ENCRYPTION_KEYS: set it to a Fernet key"),
-        (["-m", "shared.cli", "run"], {}, "JWT_SECRET: set it to 32"),
-        (["-m", "shared.cli", "token", "--sub", "alice"], {}, "JWT_SECRET: set it to 32"),
+        (["-m", "devstack.cli", "run"], {}, "JWT_SECRET: set it to 32"),
+        (["-m", "devstack.cli", "token", "--sub", "alice"], {}, "JWT_SECRET: set it to 32"),
     ],
 )
 def test_entry_points_refuse_to_start_in_production_with_dev_defaults(

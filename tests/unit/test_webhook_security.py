@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from shared import webhooks
-from shared.circuit import CircuitState, circuit
-from shared.metrics import MAX_TRACKED_CIRCUITS, Metrics
-from workers.families.webhook import RETRY_AFTER_MAX_S, retry_after_s
-from workers.outbound import AddressRefused, GuardedResolver, guarded_socket, refusal
+from shared.core.metrics import MAX_TRACKED_CIRCUITS, Metrics
+from workers.families.webhook import wire
+from workers.families.webhook.circuit import CircuitState, circuit
+from workers.families.webhook.handler import RETRY_AFTER_MAX_S, retry_after_s
+from workers.families.webhook.outbound import AddressRefused, GuardedResolver, guarded_socket, refusal
 
 BODY = b'{"id":"dlv_1","event":"order.paid"}'
 # printf '%s' '1700000000.{"id":"dlv_1","event":"order.paid"}' | openssl dgst -sha256 -hmac whsec_test
@@ -30,75 +30,75 @@ NOW = 1700000010
 
 def delivery(owner: str, body: bytes = BODY, *, secret: str = SECRET, at: int = 1700000000) -> dict[str, str]:
     """The headers Conveyor's sender puts on `owner`'s delivery of `body`."""
-    return webhooks.signed_headers(secret, owner, body, timestamp=at)
+    return wire.signed_headers(secret, owner, body, timestamp=at)
 
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
-    assert webhooks.sign("whsec_test", 1700000000, BODY) == EXPECTED
-    header = webhooks.signature_header("whsec_test", 1700000000, BODY)
-    assert header == f"t=1700000000,k={webhooks.key_id('whsec_test')},v1={EXPECTED}"
+    assert wire.sign("whsec_test", 1700000000, BODY) == EXPECTED
+    header = wire.signature_header("whsec_test", 1700000000, BODY)
+    assert header == f"t=1700000000,k={wire.key_id('whsec_test')},v1={EXPECTED}"
 
 
 def test_each_owner_signs_with_its_own_key_derived_from_the_secret_with_hkdf() -> None:
-    alice = webhooks.signing_key(SECRET, "alice")
+    alice = wire.signing_key(SECRET, "alice")
 
     assert alice.startswith("whsk_")
     assert base64.urlsafe_b64decode(alice.removeprefix("whsk_") + "=").hex() == ALICE_KEY_BYTES
-    assert webhooks.signing_key(SECRET, "alice") == alice, "every process derives the same key"
-    others = {webhooks.signing_key(SECRET, o) for o in ("bob", "Alice", "alice ", "")}
+    assert wire.signing_key(SECRET, "alice") == alice, "every process derives the same key"
+    others = {wire.signing_key(SECRET, o) for o in ("bob", "Alice", "alice ", "")}
     assert alice not in others, "one key per owner"
     assert len(others) == 4
-    assert webhooks.signing_key("another secret", "alice") != alice
+    assert wire.signing_key("another secret", "alice") != alice
     assert SECRET not in alice
-    assert webhooks.key_id(alice).startswith("whk_")
-    assert webhooks.key_id(alice) != webhooks.key_id(others.pop())
-    assert webhooks.key_id(alice) not in alice
+    assert wire.key_id(alice).startswith("whk_")
+    assert wire.key_id(alice) != wire.key_id(others.pop())
+    assert wire.key_id(alice) not in alice
 
 
 def test_a_delivery_verifies_only_for_its_own_owner() -> None:
-    alice, bob = webhooks.signing_key(SECRET, "alice"), webhooks.signing_key(SECRET, "bob")
+    alice, bob = wire.signing_key(SECRET, "alice"), wire.signing_key(SECRET, "bob")
     bobs = delivery("bob")  # bob posts `invoice.paid` to alice's receiver
 
-    assert webhooks.verify(BODY, bobs, bob, owner="bob", now=NOW)
-    assert not webhooks.verify(BODY, bobs, alice, owner="alice", now=NOW), "alice's key does not check bob's"
-    assert not webhooks.verify(BODY, bobs, bob, owner="alice", now=NOW), "it names bob, not alice"
-    forged = {**bobs, webhooks.OWNER_HEADER: "alice"}
-    assert not webhooks.verify(BODY, forged, alice, owner="alice", now=NOW), "renaming the owner does not help"
-    assert webhooks.verify(BODY, delivery("alice"), alice, owner="alice", now=NOW)
+    assert wire.verify(BODY, bobs, bob, owner="bob", now=NOW)
+    assert not wire.verify(BODY, bobs, alice, owner="alice", now=NOW), "alice's key does not check bob's"
+    assert not wire.verify(BODY, bobs, bob, owner="alice", now=NOW), "it names bob, not alice"
+    forged = {**bobs, wire.OWNER_HEADER: "alice"}
+    assert not wire.verify(BODY, forged, alice, owner="alice", now=NOW), "renaming the owner does not help"
+    assert wire.verify(BODY, delivery("alice"), alice, owner="alice", now=NOW)
 
 
 def test_the_old_verify_without_an_owner_is_gone() -> None:
-    header = webhooks.signature_header(SECRET, 1700000000, BODY)
-    verify: Any = webhooks.verify
+    header = wire.signature_header(SECRET, 1700000000, BODY)
+    verify: Any = wire.verify
 
     with pytest.raises(TypeError):
         verify(SECRET, header, BODY)
 
 
 def test_verify_accepts_a_fresh_signature_and_rejects_tampering() -> None:
-    key = webhooks.signing_key(SECRET, "alice")
+    key = wire.signing_key(SECRET, "alice")
     headers = delivery("alice")
-    header = headers[webhooks.SIGNATURE_HEADER]
+    header = headers[wire.SIGNATURE_HEADER]
 
-    assert webhooks.verify(BODY, headers, key, owner="alice", now=NOW)
-    assert webhooks.verify(BODY, {k.lower(): v for k, v in headers.items()}, key, owner="alice", now=NOW)
-    assert not webhooks.verify(BODY + b" ", headers, key, owner="alice", now=NOW), "body changed"
-    assert not webhooks.verify(BODY, headers, SECRET, owner="alice", now=NOW), "the secret is not the key"
-    moved = {**headers, webhooks.SIGNATURE_HEADER: header.replace("t=1700000000", "t=1700000005")}
-    assert not webhooks.verify(BODY, moved, key, owner="alice", now=NOW)
-    assert not webhooks.verify(BODY, headers, key, owner="alice", now=NOW + 3600), "too old: a replay"
-    unnamed = {webhooks.SIGNATURE_HEADER: header}
-    assert not webhooks.verify(BODY, unnamed, key, owner="alice", now=NOW), "no Conveyor-Owner"
+    assert wire.verify(BODY, headers, key, owner="alice", now=NOW)
+    assert wire.verify(BODY, {k.lower(): v for k, v in headers.items()}, key, owner="alice", now=NOW)
+    assert not wire.verify(BODY + b" ", headers, key, owner="alice", now=NOW), "body changed"
+    assert not wire.verify(BODY, headers, SECRET, owner="alice", now=NOW), "the secret is not the key"
+    moved = {**headers, wire.SIGNATURE_HEADER: header.replace("t=1700000000", "t=1700000005")}
+    assert not wire.verify(BODY, moved, key, owner="alice", now=NOW)
+    assert not wire.verify(BODY, headers, key, owner="alice", now=NOW + 3600), "too old: a replay"
+    unnamed = {wire.SIGNATURE_HEADER: header}
+    assert not wire.verify(BODY, unnamed, key, owner="alice", now=NOW), "no Conveyor-Owner"
     for broken in ("", "v1=abc", f"t=x,v1={EXPECTED}", "t=1700000000", "t=\u00b2,v1=x", "t=1700000000,v1=\u00e9"):
-        assert not webhooks.verify(BODY, {**headers, webhooks.SIGNATURE_HEADER: broken}, key, owner="alice", now=NOW)
+        assert not wire.verify(BODY, {**headers, wire.SIGNATURE_HEADER: broken}, key, owner="alice", now=NOW)
 
 
 def test_verify_accepts_any_of_several_signatures() -> None:
-    key = webhooks.signing_key(SECRET, "alice")
+    key = wire.signing_key(SECRET, "alice")
     headers = delivery("alice")
-    several = headers[webhooks.SIGNATURE_HEADER].replace("v1=", f"v1={'0' * 64},v1=")
+    several = headers[wire.SIGNATURE_HEADER].replace("v1=", f"v1={'0' * 64},v1=")
 
-    assert webhooks.verify(BODY, {**headers, webhooks.SIGNATURE_HEADER: several}, key, owner="alice", now=NOW)
+    assert wire.verify(BODY, {**headers, wire.SIGNATURE_HEADER: several}, key, owner="alice", now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -108,22 +108,22 @@ def test_verify_accepts_any_of_several_signatures() -> None:
 def test_the_owner_header_is_the_owner_percent_encoded_only_where_a_header_needs_it(owner: str, header: str) -> None:
     headers = delivery(owner)
 
-    assert headers[webhooks.OWNER_HEADER] == header
-    assert webhooks.verify(BODY, headers, webhooks.signing_key(SECRET, owner), owner=owner, now=NOW)
+    assert headers[wire.OWNER_HEADER] == header
+    assert wire.verify(BODY, headers, wire.signing_key(SECRET, owner), owner=owner, now=NOW)
 
 
 def test_delivery_id_and_body_are_the_same_for_every_attempt_of_a_job() -> None:
     created = dt.datetime(2026, 11, 23, 19, 30, tzinfo=dt.UTC)
-    first = webhooks.body(webhooks.delivery_id("job_abc"), "order.paid", {"n": 1}, created, owner="alice")
+    first = wire.body(wire.delivery_id("job_abc"), "order.paid", {"n": 1}, created, owner="alice")
 
-    assert webhooks.delivery_id("job_abc") == webhooks.delivery_id("job_abc") == "dlv_abc"
-    assert first == webhooks.body(webhooks.delivery_id("job_abc"), "order.paid", {"n": 1}, created, owner="alice")
+    assert wire.delivery_id("job_abc") == wire.delivery_id("job_abc") == "dlv_abc"
+    assert first == wire.body(wire.delivery_id("job_abc"), "order.paid", {"n": 1}, created, owner="alice")
     assert orjson.loads(first) == {
         "id": "dlv_abc", "event": "order.paid", "created_at": "2026-11-23T19:30:00.000Z", "owner": "alice",
         "data": {"n": 1},
     }  # fmt: skip
     assert b" " not in first, "compact"
-    assert webhooks.user_agent().startswith("Conveyor-Webhooks/")
+    assert wire.user_agent().startswith("Conveyor-Webhooks/")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""API keys (admin, by gateway.access): POST/GET /api/v1/api-keys, DELETE /api/v1/api-keys/{id}."""
+"""API keys (admin, by gateway.security.access): POST/GET /api/v1/api-keys, DELETE /api/v1/api-keys/{id}."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http.lookup import well_formed_id
+from gateway.http.params import page
+from gateway.http.responses import json_response, read_model
 from gateway.keys import PG_POOL, PRINCIPAL
-from gateway.lookup import well_formed_id
-from gateway.params import page
-from gateway.responses import json_response, read_model
-from shared import api_keys
-from shared.errors import NotFound
-from shared.json import rfc3339
+from shared.accounts import api_keys
+from shared.core.errors import NotFound
+from shared.core.json import rfc3339
 
 routes = web.RouteTableDef()
 

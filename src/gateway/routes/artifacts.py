@@ -11,8 +11,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from gateway.keys import PG_POOL, PRINCIPAL, SETTINGS
-from shared import storage
-from shared.errors import NotFound
+from shared.core.errors import NotFound
+from shared.files import storage
 
 routes = web.RouteTableDef()
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.access import api_key_id
+from gateway.http.lookup import well_formed_id
+from gateway.http.responses import json_response, read_model
 from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
-from gateway.lookup import well_formed_id
-from gateway.ratelimit import guard_queue
-from gateway.responses import json_response, read_model
-from shared import batch_submission, batches, submission
-from shared.errors import NotFound
+from gateway.security.access import api_key_id
+from gateway.security.ratelimit import guard_queue
+from shared.core.errors import NotFound
 from shared.jobtypes.email import submission_context
+from shared.ledger import batch_submission, batches, submission
 
 routes = web.RouteTableDef()
 

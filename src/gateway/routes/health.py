@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.http.middlewares import security_headers
+from gateway.http.responses import json_response
 from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, SETTINGS
-from gateway.middlewares import security_headers
-from gateway.responses import json_response
-from shared import db, redis
-from shared.listen import AddressUnavailable, start_site
-from shared.metrics import Metrics
+from shared.core.metrics import Metrics
+from shared.infra import db, redis
+from shared.infra.listen import AddressUnavailable, start_site
 
 routes = web.RouteTableDef()
 logger = logging.getLogger("gateway")

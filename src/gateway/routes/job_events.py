@@ -9,11 +9,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import sse
+from gateway.http import sse
+from gateway.http.lookup import job_view, well_formed_id
 from gateway.keys import EVENT_HUB, PG_POOL, PRINCIPAL, SETTINGS
-from gateway.lookup import job_view, well_formed_id
-from shared import json, ledger
-from shared.errors import NotFound
+from shared.core import json
+from shared.core.errors import NotFound
+from shared.core.status import FINISHED
+from shared.ledger import records
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -24,20 +26,20 @@ routes = web.RouteTableDef()
 LARGE = ("payload", "result")
 
 
-async def _current(app: web.Application, job_id: str) -> tuple[dict[str, Any], ledger.JobSummary] | None:
+async def _current(app: web.Application, job_id: str) -> tuple[dict[str, Any], records.JobSummary] | None:
     """The whole resource, with its large fields kept encoded, and the summary it was rendered from."""
-    record = await ledger.get_job(app[PG_POOL], job_id)
+    record = await records.get_job(app[PG_POOL], job_id)
     if record is None:
         return None
     view = await job_view(app, record)
     return {**view, **{k: orjson.Fragment(json.dumps(view[k])) for k in LARGE}}, record.summary()
 
 
-async def _visible_job(request: web.Request) -> ledger.JobSummary:
+async def _visible_job(request: web.Request) -> records.JobSummary:
     """The job named in the path, if the caller may see it (another owner's job is a 404), without its large
     columns: the stream reads the whole job once it listens."""
     job_id = request.match_info["job_id"]
-    summary = await ledger.get_summary(request.app[PG_POOL], job_id) if well_formed_id(job_id) else None
+    summary = await records.get_summary(request.app[PG_POOL], job_id) if well_formed_id(job_id) else None
     if summary is None or not request[PRINCIPAL].can_see(summary.owner):
         raise NotFound(f"no job {job_id!r}")
     return summary
@@ -72,13 +74,13 @@ async def _follow(
     stream: web.StreamResponse,
     inbox: asyncio.Queue[dict[str, Any]],
     view: dict[str, Any],
-    seen: ledger.JobSummary,
+    seen: records.JobSummary,
 ) -> None:
     """Send the job on every visible change. A status event or a heartbeat re-reads only the job's summary;
     the whole row is read again only when the summary changed."""
     heartbeat_s = app[SETTINGS].gateway.sse_heartbeat_s
     await sse.send(stream, "job", view)
-    while view["status"] not in ledger.TERMINAL:
+    while view["status"] not in FINISHED:
         try:
             event = await asyncio.wait_for(inbox.get(), heartbeat_s)
         except TimeoutError:
@@ -89,7 +91,7 @@ async def _follow(
         if event["kind"] == "progress":
             fresh = {**view, "progress": event["progress"]}
         else:
-            summary = await ledger.get_summary(app[PG_POOL], seen.id)
+            summary = await records.get_summary(app[PG_POOL], seen.id)
             if summary is None:
                 return  # cleaned away meanwhile
             if summary == seen:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.http.responses import json_response
 from gateway.keys import REGISTRY
-from gateway.responses import json_response
 
 routes = web.RouteTableDef()
 

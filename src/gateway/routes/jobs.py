@@ -9,15 +9,17 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http.lookup import job_view, visible_job
+from gateway.http.params import page
+from gateway.http.resources import job_resource, job_summary, job_url
+from gateway.http.responses import json_response, read_json, validate_body
 from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
-from gateway.lookup import job_view, visible_job
-from gateway.params import page
-from gateway.ratelimit import guard_queue
-from gateway.resources import job_resource, job_summary, job_url
-from gateway.responses import json_response, read_json, validate_body
-from shared import batch_submission, events, ledger, queue, submission
-from shared.errors import Conflict, InvalidInput
+from gateway.security.ratelimit import guard_queue
+from shared.core.errors import Conflict, InvalidInput
+from shared.infra import broker, events
+from shared.infra.redis import REDIS_ERRORS
 from shared.jobtypes.email import submission_context
+from shared.ledger import batch_submission, records, submission
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -76,13 +78,13 @@ async def cancel_job(request: web.Request) -> web.Response:
     """POST /api/v1/jobs/{id}/cancel: the owner or an admin. A job not yet started never starts; a running
     one is interrupted (its handler sees CancelledError). Errors: 401, 404, 409 when already finished."""
     record = await visible_job(request)
-    cancelled = await ledger.cancel(request.app[PG_POOL], record.id)
+    cancelled = await records.cancel(request.app[PG_POOL], record.id)
     if cancelled is None:
         raise Conflict(f"the job is already {record.status}", details={"status": record.status})
     job, before = cancelled
     try:
-        await queue.withdraw(request.app[JOBS_REDIS], job, running=before == "running")
-    except queue.REDIS_ERRORS as exc:
+        await broker.withdraw(request.app[JOBS_REDIS], job, running=before == "running")
+    except REDIS_ERRORS as exc:
         # The ledger already says cancelled: a worker that picks the job up skips it.
         logger.warning("job.withdraw_failed", extra={"job_id": job.id, "reason": type(exc).__name__})
     await _announce(request, job.id, "cancelled")
@@ -104,7 +106,7 @@ async def retry_job(request: web.Request) -> web.Response:
     app = request.app
     if record.status in ("failed", "cancelled"):  # a retry makes a waiting job: it counts against the cap
         await guard_queue(request, 1, owner=record.owner)
-    reset = await ledger.reset_for_retry(app[PG_POOL], [record.id])
+    reset = await records.reset_for_retry(app[PG_POOL], [record.id])
     if not reset:
         raise Conflict(
             f"only failed or cancelled jobs can be retried; this one is {record.status}",
@@ -119,13 +121,13 @@ async def _announce(request: web.Request, job_id: str, status: str) -> None:
     """Tell event streams (on any gateway) that the job changed; best effort."""
     try:
         await events.publish_status(request.app[CACHE], job_id, status)
-    except queue.REDIS_ERRORS as exc:
+    except REDIS_ERRORS as exc:
         logger.warning("job.announce_failed", extra={"job_id": job_id, "reason": type(exc).__name__})
 
 
-def _query(params: Mapping[str, str]) -> tuple[ledger.JobFilter, int, str | None]:
-    """The list's filters, already checked against their declarations by `gateway.params`."""
-    where = ledger.JobFilter(
+def _query(params: Mapping[str, str]) -> tuple[records.JobFilter, int, str | None]:
+    """The list's filters, already checked against their declarations by `gateway.http.params`."""
+    where = records.JobFilter(
         status=params.get("status"), type=params.get("type"), queue=params.get("queue"), batch_id=params.get("batch_id")
     )
     return where, *page(params)
@@ -140,17 +142,17 @@ async def list_jobs(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     if not principal.is_admin:
         where = dataclasses.replace(where, owner=principal.sub)
-    page, next_cursor = await ledger.list_jobs(request.app[PG_POOL], where, limit=limit, cursor=cursor)
+    page, next_cursor = await records.list_jobs(request.app[PG_POOL], where, limit=limit, cursor=cursor)
     return json_response({"items": await _summaries(request.app, page), "next_cursor": next_cursor})
 
 
-async def _summaries(app: web.Application, jobs: Sequence[ledger.JobSummary]) -> list[dict[str, Any]]:
+async def _summaries(app: web.Application, jobs: Sequence[records.JobSummary]) -> list[dict[str, Any]]:
     """List items: each job as its resource shows it, less `payload`, `result` and `errors` (GET the job for
     those), with the progress of running jobs (from the cache; left out while it is down)."""
     running = [j.id for j in jobs if j.status == "running"]
     try:
         progress = await events.get_progresses(app[CACHE], running)
-    except queue.REDIS_ERRORS as exc:
+    except REDIS_ERRORS as exc:
         logger.warning("job.progress_unavailable", extra={"reason": type(exc).__name__})
         progress = {}
     return [job_summary(j, progress=progress.get(j.id)) for j in jobs]

@@ -9,13 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import sse
+from gateway.http import sse
+from gateway.http.lookup import well_formed_id
+from gateway.http.params import bad_query, page
+from gateway.http.responses import json_response
 from gateway.keys import EVENT_HUB, PG_POOL, PRINCIPAL, SETTINGS
-from gateway.lookup import well_formed_id
-from gateway.params import bad_query, page
-from gateway.responses import json_response
-from shared import notifications
-from shared.errors import NotFound
+from shared.core.errors import NotFound
+from shared.ledger import notifications
 
 logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -28,7 +28,7 @@ CATCH_UP_MAX = 200
 
 
 def _query(params: Mapping[str, str]) -> tuple[bool, int, str | None]:
-    """`unread` and the page; unknown, repeated and oversized parameters were refused by `gateway.params`."""
+    """`unread` and the page; unknown, repeated and oversized parameters were refused by `gateway.http.params`."""
     unread = BOOLEANS.get(params.get("unread", "false").lower())
     if unread is None:
         raise bad_query("unread", "`true` or `false`")

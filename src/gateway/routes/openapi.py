@@ -7,7 +7,7 @@ import weakref
 from aiohttp import web
 
 from gateway.openapi import build_document
-from shared import json
+from shared.core import json
 
 routes = web.RouteTableDef()
 

@@ -1,23 +1,25 @@
-"""Queue administration (admin only, by gateway.access): stats, pause/resume, clean, retry-failed, health alerts."""
+"""Queue administration (admin only, by gateway.security.access): stats, pause/resume, clean, retry-failed,
+health alerts."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.http.responses import json_response, read_model
 from gateway.keys import JOBS_REDIS, PG_POOL, SETTINGS
-from gateway.responses import json_response, read_model
-from shared import ledger, pause, queue, queues, quota, submission
-from shared.errors import DependencyUnavailable, NotFound
-from shared.jobs import Queue
+from shared.core.errors import DependencyUnavailable, NotFound
+from shared.core.status import FINISHED, Finished
+from shared.infra import broker
+from shared.infra.redis import REDIS_ERRORS
+from shared.jobtypes.spec import Queue
+from shared.ledger import owner_caps, pause, queue_state, records, submission
 
 routes = web.RouteTableDef()
 
 QUEUE_NAMES = tuple(q.value for q in Queue)
-Finished = Literal["succeeded", "failed", "cancelled"]
-FINISHED: tuple[Finished, ...] = ("succeeded", "failed", "cancelled")
 
 
 class CleanRequest(BaseModel):
@@ -36,12 +38,12 @@ def _queue_name(request: web.Request) -> str:
 
 async def _resources(request: web.Request, names: tuple[str, ...]) -> list[dict[str, Any]]:
     app = request.app
-    found = await queues.counts(app[PG_POOL], names)
+    found = await queue_state.counts(app[PG_POOL], names)
     result = []
     for entry in found:
         try:
-            workers: int | None = await queue.live_workers(app[JOBS_REDIS], entry.name, ttl_s=queue.WORKER_TTL_S)
-        except queue.REDIS_ERRORS:
+            workers: int | None = await broker.live_workers(app[JOBS_REDIS], entry.name, ttl_s=broker.WORKER_TTL_S)
+        except REDIS_ERRORS:
             workers = None  # unknown while Redis is down; the ledger counts still stand
         result.append(
             {
@@ -96,7 +98,7 @@ async def _set_paused(request: web.Request, paused: bool) -> web.Response:
     app, name = request.app, _queue_name(request)
     try:
         await pause.set_paused(app[PG_POOL], app[JOBS_REDIS], name, paused)
-    except queue.REDIS_ERRORS as exc:
+    except REDIS_ERRORS as exc:
         what = "pause" if paused else "resume"
         raise DependencyUnavailable(
             f"the {what} is recorded, but Redis did not confirm it; it takes effect once Redis answers"
@@ -123,13 +125,13 @@ async def clean_queue(request: web.Request) -> web.Response:
     name = _queue_name(request)
     body = await read_model(request, CleanRequest) if request.can_read_body else CleanRequest()
     removed, drop = 0, True
-    pages = queues.clean(request.app[PG_POOL], name, statuses=body.statuses, older_than_s=body.older_than_s)
+    pages = queue_state.clean(request.app[PG_POOL], name, statuses=body.statuses, older_than_s=body.older_than_s)
     async for arq_ids in pages:
         removed += len(arq_ids)
         if drop:
             try:
-                await queue.drop_results(request.app[JOBS_REDIS], arq_ids)
-            except queue.REDIS_ERRORS:  # arq's copies expire with RESULT_TTL_S anyway: Redis is not waited for
+                await broker.drop_results(request.app[JOBS_REDIS], arq_ids)
+            except REDIS_ERRORS:  # arq's copies expire with RESULT_TTL_S anyway: Redis is not waited for
                 drop = False
     return json_response({"removed": removed})
 
@@ -140,15 +142,15 @@ async def retry_failed(request: web.Request) -> web.Response:
     as each owner's MAX_QUEUED_PER_OWNER allows (a retried job waits like a new one): the jobs that do not
     fit stay failed and are counted in `skipped`, to be retried once their owners' queues have drained.
 
-    A page of jobs at a time (`queues.RETRY_PAGE`), oldest failure first: each reset job is re-enqueued
+    A page of jobs at a time (`queue_state.RETRY_PAGE`), oldest failure first: each reset job is re-enqueued
     whole, so what the request holds is a page of them, however many failed. Each page's room is read
     after the pages before it were queued, so the cap holds across pages."""
     app = request.app
     pool, cap = app[PG_POOL], app[SETTINGS].security.max_queued_per_owner
     retried = skipped = 0
-    async for ids in queues.failed_pages(pool, _queue_name(request)):
-        fitting, over = await quota.within_room(pool, ids, cap=cap)
-        reset = await ledger.reset_for_retry(pool, fitting)
+    async for ids in queue_state.failed_pages(pool, _queue_name(request)):
+        fitting, over = await owner_caps.within_room(pool, ids, cap=cap)
+        reset = await records.reset_for_retry(pool, fitting)
         await submission.resubmit(app[JOBS_REDIS], reset, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s)
         retried, skipped = retried + len(reset), skipped + over
     return json_response({"retried": retried, "skipped": skipped})

@@ -6,16 +6,16 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.access import api_key_id
+from gateway.http.lookup import well_formed_id
+from gateway.http.params import page
+from gateway.http.responses import json_response, read_model
 from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
-from gateway.lookup import well_formed_id
-from gateway.params import page
-from gateway.responses import json_response, read_model
-from shared import schedules, submission
-from shared.errors import InvalidInput, NotFound
+from gateway.security.access import api_key_id
+from shared.core.errors import InvalidInput, NotFound
+from shared.core.json import rfc3339
+from shared.infra.sealing import redact
 from shared.jobtypes.email import submission_context
-from shared.json import rfc3339
-from shared.sealing import redact
+from shared.ledger import schedules, submission
 
 routes = web.RouteTableDef()
 

@@ -10,13 +10,13 @@ from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from gateway.errors import BodyTooLarge, human_bytes
+from gateway.http.errors import BodyTooLarge, human_bytes
+from gateway.http.params import page
+from gateway.http.responses import json_response
 from gateway.keys import METRICS, PG_POOL, PRINCIPAL, SETTINGS
-from gateway.params import page
-from gateway.responses import json_response
-from shared import storage, storage_quota
-from shared.errors import BadRequest, NotFound, QuotaExceeded
-from shared.json import rfc3339
+from shared.core.errors import BadRequest, NotFound, QuotaExceeded
+from shared.core.json import rfc3339
+from shared.files import storage, storage_quota
 
 routes = web.RouteTableDef()
 

@@ -1,6 +1,6 @@
 """GET /api/v1/webhook-signing-key: the key that signs the caller's webhook deliveries, for its receivers.
 
-Each owner's deliveries are signed with its own key (shared.webhooks.signing_key, derived from
+Each owner's deliveries are signed with its own key (shared.jobtypes.webhook.signing_key, derived from
 WEBHOOK_SECRET and the owner), so a receiver that checks signatures with the key read here accepts only
 deliveries of that owner's jobs. The key is derived on each call, never stored; the gateway and the workers
 must be given the same WEBHOOK_SECRET.
@@ -11,11 +11,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import Field
 
+from gateway.http.responses import json_response
 from gateway.keys import PRINCIPAL, SETTINGS
-from gateway.responses import json_response
 from gateway.schemas import Doc
-from shared import webhooks
-from shared.errors import BadRequest, Conflict, PermissionDenied
+from shared.core.errors import BadRequest, Conflict, PermissionDenied
+from shared.jobtypes import webhook as webhook_spec
 
 routes = web.RouteTableDef()
 
@@ -46,7 +46,7 @@ async def get_signing_key(request: web.Request) -> web.Response:
             "webhook signing is not configured: deliveries are sent unsigned; set WEBHOOK_SECRET on the "
             "gateway and the workers"
         )
-    key = webhooks.signing_key(secret.get_secret_value(), owner)
+    key = webhook_spec.signing_key(secret.get_secret_value(), owner)
     return json_response(
-        {"owner": owner, "key_id": webhooks.key_id(key), "key": key}, headers={"Cache-Control": "no-store"}
+        {"owner": owner, "key_id": webhook_spec.key_id(key), "key": key}, headers={"Cache-Control": "no-store"}
     )

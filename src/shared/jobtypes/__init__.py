@@ -10,8 +10,8 @@ import importlib
 import pkgutil
 from functools import cache
 
-from shared.jobs import AnySpec, JobSpec, Registry
-from shared.settings import JobTypesConfig
+from shared.core.settings import JobTypesConfig
+from shared.jobtypes.spec import AnySpec, JobSpec, Registry
 
 
 @cache

@@ -6,7 +6,7 @@ from typing import Final, Literal
 
 from pydantic import Field
 
-from shared.jobs import Backoff, JobSpec, Limits, Payload, Queue, Result
+from shared.jobtypes.spec import Backoff, JobSpec, Limits, Payload, Queue, Result
 
 # The widest file analysed (a wider one fails as TooManyColumns); with names and string statistics cut to
 # 50 characters, it bounds a result to well under the stored-result cap.

@@ -17,9 +17,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.jobs import Backoff, EmailAddress, JobSpec, Payload, Queue, Result
-from shared.mail_policy import RecipientPolicy
-from shared.settings import MailPolicyConfig
+from shared.core.settings import MailPolicyConfig
+from shared.jobtypes.email_policy import RecipientPolicy
+from shared.jobtypes.spec import Backoff, EmailAddress, JobSpec, Payload, Queue, Result
 
 # The validation context key under which a new request's submitter policy is given (`submission_context`);
 # without it (a stored request, the worker) no recipient is refused here: the worker checks on its own.

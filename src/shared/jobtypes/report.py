@@ -7,7 +7,7 @@ from typing import Literal, Self
 
 from pydantic import ConfigDict, Field, JsonValue, model_validator
 
-from shared.jobs import Backoff, EmailAddress, JobSpec, Payload, Queue, Result, Timestamp
+from shared.jobtypes.spec import Backoff, EmailAddress, JobSpec, Payload, Queue, Result, Timestamp
 
 MAX_SPAN = dt.timedelta(days=366)
 # `_one_period` as the published schema states it (that `from` comes before `to`, at most MAX_SPAN apart, is

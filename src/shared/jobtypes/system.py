@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, JsonValue
 
-from shared.jobs import Backoff, JobSpec, Payload, Queue, Result
+from shared.jobtypes.spec import Backoff, JobSpec, Payload, Queue, Result
 
 
 class EchoPayload(Payload):

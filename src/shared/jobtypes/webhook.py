@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
-from typing import Annotated
+from typing import Annotated, Final
 
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import AnyHttpUrl, BeforeValidator, Field, JsonValue, field_validator
 
-from shared.jobs import SECRET, Backoff, JobSpec, Payload, Queue, Result
+from shared.jobtypes.spec import SECRET, Backoff, JobSpec, Payload, Queue, Result
 
 MAX_URL_CHARS = 2048
 # What the URL must look like as given (then it is parsed, and normalized: an IRI's non-ASCII is
@@ -97,3 +101,27 @@ WEBHOOK_DELIVER: JobSpec[WebhookPayload, WebhookResult] = JobSpec(
     timeout_s=30.0,
     max_timeout_s=120.0,
 )
+
+
+# The per-owner signing key: derived by the workers that sign and by the gateway that hands it to its owner.
+KEY_PREFIX: Final = "whsk_"
+KEY_ID_PREFIX: Final = "whk_"
+# HKDF's salt and context: fixed, so every process derives the same key; versioned, so a future scheme
+# can never produce the same keys.
+_HKDF_SALT: Final = b"conveyor webhook signing keys"
+_HKDF_INFO: Final = b"conveyor/webhook-signing-key/v1\x00"
+
+
+def signing_key(secret: str, owner: str) -> str:
+    """The key that signs `owner`'s deliveries: HKDF-SHA256 of WEBHOOK_SECRET with the owner as context.
+
+    One key per owner: holding one says nothing about another owner's key nor about the secret, and the
+    same secret and owner give the same key in every process (gateways and workers agree without storing it).
+    """
+    hkdf = HKDF(algorithm=SHA256(), length=32, salt=_HKDF_SALT, info=_HKDF_INFO + owner.encode())
+    return KEY_PREFIX + base64.urlsafe_b64encode(hkdf.derive(secret.encode())).rstrip(b"=").decode()
+
+
+def key_id(key: str) -> str:
+    """A short public name of a signing key (a hash of it): tells a receiver which key signed a delivery."""
+    return KEY_ID_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]

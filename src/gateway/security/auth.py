@@ -1,0 +1,107 @@
+"""Authenticate a request's bearer token (a JWT or an API key) and return a Principal; no global state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import jwt
+
+from shared.accounts import api_keys
+from shared.core.errors import Unauthenticated
+from shared.core.settings import AuthConfig
+from shared.infra.db import Pool
+
+
+class Role(StrEnum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    def can_see(self, owner: str) -> bool:
+        return self.is_admin or owner == self.sub
+
+    @property
+    def visible_owner(self) -> str | None:
+        """The owner filter of this caller's lookups and lists: None (everyone's) for an admin, else its own."""
+        return None if self.is_admin else self.sub
+
+
+def bearer_token(header: str | None) -> str:
+    if not header:
+        raise Unauthenticated("missing Authorization header; send `Authorization: Bearer <token>`")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be `Bearer <token>`")
+    return token.strip()
+
+
+async def authenticate(header: str | None, config: AuthConfig, pool: Pool) -> Principal:
+    """The Principal behind `Authorization: Bearer <token>`: an API key (`cvk_…`) or an HS256 JWT.
+
+    An API key is checked against PostgreSQL on every call, so a revocation holds at once on every gateway.
+
+    Raises:
+        Unauthenticated: no token, or one that is malformed, expired, revoked or wrongly signed.
+    """
+    token = bearer_token(header)
+    if api_keys.is_api_key(token):
+        key = await api_keys.verify(pool, token)
+        if key is None:
+            raise Unauthenticated("the API key is not valid (unknown, revoked or mistyped)")
+        return Principal(sub=key.sub, role=Role(key.role))
+    return verify_jwt(token, config)
+
+
+def verify_jwt(token: str, config: AuthConfig) -> Principal:
+    """Verify an HS256 JWT (`sub` and `exp` required; `iss`/`aud` only when configured; `exp` with leeway;
+    a lifetime of at most JWT_MAX_LIFETIME_S).
+
+    Raises:
+        Unauthenticated: malformed, expired, wrongly signed or too long-lived token (the reason stays generic).
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            config.jwt_secret.get_secret_value(),
+            algorithms=["HS256"],  # a fixed list: `alg: none` and algorithm confusion are refused
+            issuer=config.jwt_issuer,
+            audience=config.jwt_audience,
+            leeway=config.jwt_leeway_s,
+            options={"require": ["sub", "exp"], "verify_aud": config.jwt_audience is not None},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthenticated("the token has expired") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated("the token is not valid") from exc
+    _check_lifetime(claims, config)
+    sub, role = claims.get("sub"), claims.get("role", Role.USER.value)
+    if not isinstance(sub, str) or not sub or len(sub) > 200:
+        raise Unauthenticated("the token's `sub` claim must be a non-empty string")
+    if not isinstance(role, str) or role not in {r.value for r in Role}:
+        raise Unauthenticated("the token's `role` claim must be `user` or `admin`")
+    return Principal(sub=sub, role=Role(role))
+
+
+def _check_lifetime(claims: dict[str, Any], config: AuthConfig) -> None:
+    """Refuse a token valid for longer than JWT_MAX_LIFETIME_S: from its `iat` (or from now, without one) to its
+    `exp`. A leaked token then stops working within that bound, whatever lifetime its issuer chose."""
+    now = time.time()
+    issued = claims.get("iat")
+    start = min(float(issued), now) if isinstance(issued, int | float) else now
+    if float(claims["exp"]) - start > config.jwt_max_lifetime_s + config.jwt_leeway_s:
+        raise Unauthenticated(
+            f"the token is valid for longer than this gateway accepts ({config.jwt_max_lifetime_s:g} s from `iat` "
+            "to `exp`); ask for a shorter-lived token"
+        )

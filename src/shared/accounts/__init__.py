@@ -1,0 +1,1 @@
+"""Who submits work: API keys (hashed, with roles and standing)."""

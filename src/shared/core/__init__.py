@@ -1,0 +1,1 @@
+"""The vocabulary both processes speak, with no I/O: errors, JSON, settings, logging, metrics."""

@@ -1,0 +1,1 @@
+"""Uploads and artifacts on disk, and the bytes each owner may keep."""

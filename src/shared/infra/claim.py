@@ -1,0 +1,286 @@
+"""Taking jobs off a queue: one Lua call that checks the queue's start gate and claims due jobs atomically.
+
+The ledger (`queues` table) is the durable record of a queue's pause flag; the gate is its copy in Redis db 1,
+next to arq's keys, so that the check which allows a start happens inside the claim itself. The gate holds
+`<version>:open` or `<version>:paused`; the version grows with every pause or resume in the ledger, and a
+write carrying an older version than the gate's is refused, so a worker re-copying the ledger can never
+undo a newer pause (`shared.ledger.pause` publishes the ledger's flag). A queue with no gate (Redis restarted
+empty, or flushed) starts nothing until a worker has copied the ledger's state again: the gate fails closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from arq.constants import in_progress_key_prefix, job_key_prefix
+
+from shared.infra import fair_share
+from shared.infra.broker import PARK_BASE_MS, PARK_TOP_MS
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from arq.connections import ArqRedis
+
+GATE_PREFIX: Final = "conveyor:gate:"
+# Parking (see _CLAIM): per queue, the set of owners with parked jobs, and per owner the index of its parked
+# jobs, scored by the score each had before it was parked (so an owner's own priority order holds there).
+PARKERS_PREFIX: Final = "conveyor:parkers:"
+PARKED_PREFIX: Final = "conveyor:parked:"
+PARKED_TTL_MS: Final = 24 * 3600 * 1000  # as long as arq keeps a job's record past its due time
+
+# KEYS[1] the gate; ARGV[1] version, ARGV[2] 'open' | 'paused'. Returns -1 if written, else the gate's own
+# (newer) version, which it keeps.
+_SET_GATE: Final = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, '^(%d+):'))
+  if version and version > tonumber(ARGV[1]) then return version end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+return -1
+"""
+
+# KEYS[1] the queue's sorted set, KEYS[2] the gate, KEYS[3] the queue's owner shares (`shared.infra.fair_share`),
+# KEYS[4] the queue's parking owners, KEYS[5] its tried jobs, then per candidate its in-progress key and its
+# arq job key; ARGV[1] now (ms), ARGV[2] lease (ms), ARGV[3] how many to take, ARGV[4] '1' to honour the
+# shares, ARGV[5] the parking base, ARGV[6] the top of the parking region, ARGV[7] the prefix of the owners'
+# parking indexes, ARGV[8] their expiry (ms), ARGV[9] how long a taken job is noted as tried (ms), ARGV[10]
+# arq's in-progress key prefix, ARGV[11..] the candidates' ids, in order. Returns {gate, held, parked, id1,
+# score1, id2, score2, ...}: gate is 1 open, 0 paused, -1 unknown (nothing is taken then); held, how many due
+# jobs were passed over because their owner had used its share; parked, how many of them this call parked.
+#
+# A job is taken when nobody holds it and it is still in the queue and due, exactly arq's own check, and its
+# owner may start another job. The owner is read from the head of arq's job record (the envelope puts it
+# first, see `shared.infra.broker.envelope`); a record without it found there has no limit. A due job whose owner
+# may not start one is parked: re-scored into the parking region below every band, in the order parked, so
+# the jobs behind it come into the read window; it stays queued, and goes into its owner's parking index,
+# scored as it was before. A parked job is never moved again. An owner that may start jobs is served from its
+# index, best first: before any of its own candidates that scores lower, and after the candidates (however
+# far back its parked jobs stand). So an owner's jobs keep their priority order, and no owner waits behind
+# another's parked backlog.
+_CLAIM: Final = r"""
+local gate = redis.call('GET', KEYS[2])
+if not gate then return {-1, 0, 0} end
+if string.sub(gate, -5) ~= ':open' then return {0, 0, 0} end
+local now, lease, wanted = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local shares = ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1
+-- Parked jobs are served from their owners' indexes whenever any are parked, shares or none: with no shares
+-- every owner may start jobs, and a parked job must not wait behind the bands for a window to reach it.
+local indexed = redis.call('EXISTS', KEYS[4]) == 1
+local base, top, prefix, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local tried_window, lease_prefix = tonumber(ARGV[9]), ARGV[10]
+
+local function owner_of(job_key)
+  local head = redis.call('GETRANGE', job_key, 0, 1023)
+  local _, stop = string.find(head, '"owner":"', 1, true)
+  if not stop then return nil end
+  local i = stop + 1
+  while true do
+    local j = string.find(head, '[\92\34]', i)
+    if not j then return nil end
+    if string.byte(head, j) == 34 then return string.sub(head, stop + 1, j - 1) end
+    i = j + 2
+  end
+end
+
+local left, taken, got, held, parked = {}, {}, 0, 0, 0
+
+-- false: the owner has no limit; else how many more jobs it may start
+local function quota_of(owner)
+  if not shares or not owner then return false end
+  local quota = left[owner]
+  if quota == nil then
+    quota = tonumber(redis.call('HGET', KEYS[3], owner)) or false
+    left[owner] = quota
+  end
+  return quota
+end
+
+local function may_start(owner)
+  local quota = quota_of(owner)
+  return not quota or quota > 0
+end
+
+local function take(id, score, owner, lease_key)
+  redis.call('SET', lease_key, '1', 'PX', lease)
+  redis.call('ZADD', KEYS[5], now, id)
+  taken[#taken + 1] = id
+  taken[#taken + 1] = score
+  got = got + 1
+  local quota = quota_of(owner)
+  if quota then
+    left[owner] = quota - 1
+    redis.call('HINCRBY', KEYS[3], owner, -1)
+  end
+end
+
+-- Per owner that may start jobs, its best parked job still waiting (false: none):
+-- {id, prior score, parked score, prior score as stored}.
+local heads, skips = nil, {}
+
+local function head(owner)
+  local index = prefix .. owner
+  while true do
+    local entry = redis.call('ZRANGEBYSCORE', index, '-inf', '+inf', 'WITHSCORES', 'LIMIT', skips[owner] or 0, 1)
+    if #entry == 0 then
+      if redis.call('EXISTS', index) == 0 then redis.call('SREM', KEYS[4], owner) end
+      return false
+    end
+    local id = entry[1]
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if not score or tonumber(score) >= top then
+      redis.call('ZREM', index, id)  -- gone from the queue, or back in a band (arq put it back): not parked
+    elseif redis.call('EXISTS', lease_prefix .. id) == 1 then
+      skips[owner] = (skips[owner] or 0) + 1  -- running
+    else
+      return {id, tonumber(entry[2]), score, entry[2]}
+    end
+  end
+end
+
+-- Take parked jobs whose prior score is at most `upto`, best first across the owners that may start jobs.
+local function serve_parked(upto)
+  if not heads then
+    heads = {}
+    for _, owner in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+      if may_start(owner) then heads[owner] = head(owner) end
+    end
+  end
+  while got < wanted do
+    local best, best_owner = nil, nil
+    for owner, h in pairs(heads) do
+      if h and h[2] <= upto and may_start(owner)
+          and (not best or h[2] < best[2] or (h[2] == best[2] and owner < best_owner)) then
+        best, best_owner = h, owner
+      end
+    end
+    if not best then return end
+    redis.call('ZREM', prefix .. best_owner, best[1])
+    -- Back at the score it had before it was parked: should its worker die, the job is found there again.
+    redis.call('ZADD', KEYS[1], 'XX', best[4], best[1])
+    take(best[1], best[4], best_owner, lease_prefix .. best[1])
+    heads[best_owner] = head(best_owner)
+  end
+end
+
+for i = 1, (#KEYS - 5) / 2 do
+  if got >= wanted then break end
+  local id, lease_key, job_key = ARGV[i + 10], KEYS[2 * i + 4], KEYS[2 * i + 5]
+  if redis.call('EXISTS', lease_key) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= now then
+      local in_band = tonumber(score) >= top
+      local owner = (shares or not in_band) and owner_of(job_key)
+      if indexed and in_band then serve_parked(tonumber(score)) end
+      if got >= wanted then break end
+      if not may_start(owner) then
+        held = held + 1
+        if in_band then
+          redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', base + now * 1000 + parked), id)
+          redis.call('ZADD', prefix .. owner, score, id)
+          redis.call('PEXPIRE', prefix .. owner, ttl)
+          redis.call('SADD', KEYS[4], owner)
+          redis.call('PEXPIRE', KEYS[4], ttl)
+          parked = parked + 1
+        end
+      elseif in_band or not owner then
+        take(id, score, owner, lease_key)
+      elseif not indexed or not redis.call('ZSCORE', prefix .. owner, id) then
+        redis.call('ZREM', prefix .. owner, id)
+        take(id, score, owner, lease_key)
+      end  -- else a parked job of an owner that may start: served below, in priority order across owners
+    end
+  end
+end
+if indexed and got < wanted then serve_parked(math.huge) end
+if got > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tried_window)
+  redis.call('PEXPIRE', KEYS[5], tried_window * 2)
+end
+local reply = {1, held, parked}
+for _, v in ipairs(taken) do reply[#reply + 1] = v end
+return reply
+"""
+
+
+class Gate(StrEnum):
+    OPEN = "open"
+    PAUSED = "paused"
+    UNKNOWN = "unknown"  # no gate in Redis yet: the ledger's state has not been copied
+
+
+_GATE_REPLY: Final = {1: Gate.OPEN, 0: Gate.PAUSED, -1: Gate.UNKNOWN}
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claim call found: the gate's state and the jobs it took (id, arq score), in the order taken;
+    how many due jobs it passed over because their owner had used its share (`held`), and how many of those
+    it parked (`parked`). Held jobs none of which was parked mean every due job was looked at: nothing can be
+    taken under the shares as they stand."""
+
+    gate: Gate
+    jobs: tuple[tuple[str, int], ...] = ()
+    held: int = 0
+    parked: int = 0
+
+
+def gate_key(queue: str) -> str:
+    return GATE_PREFIX + queue
+
+
+def parkers_key(queue: str) -> str:
+    return PARKERS_PREFIX + queue
+
+
+def parked_prefix(queue: str) -> str:
+    """The start of an owner's parking index key; the rest is the owner as arq's job record spells it."""
+    return f"{PARKED_PREFIX}{queue}:"
+
+
+async def set_gate(redis: ArqRedis, queue: str, *, version: int, paused: bool) -> int | None:
+    """Copy a pause flag (at `version`) to the queue's gate. None once written; the gate's own version when it
+    already holds a newer one (and keeps it): see `shared.ledger.pause` for how the ledger still wins then."""
+    state = Gate.PAUSED if paused else Gate.OPEN
+    reply = int(await cast("Awaitable[Any]", redis.eval(_SET_GATE, 1, gate_key(queue), str(version), state.value)))
+    return None if reply < 0 else reply
+
+
+async def claim(
+    redis: ArqRedis,
+    queue_key: str,
+    queue: str,
+    candidates: Sequence[str],
+    *,
+    limit: int,
+    lease_ms: int,
+    now_ms: int,
+    shares: bool = True,
+) -> Claimed:
+    """Take up to `limit` of `candidates` (due ids, best first) for this worker, if the queue's gate is open.
+
+    Each job taken gets arq's in-progress key (the lease) in the same atomic step, so no two workers take
+    one job, and no job starts once a pause has reached the gate. With `shares`, no job is taken whose
+    owner has used its fair share of the queue (`shared.infra.fair_share`); such candidates are parked instead,
+    and owners that may start jobs are also served from their parked ones.
+    """
+    keys = [queue_key, gate_key(queue), fair_share.share_key(queue), parkers_key(queue), fair_share.tried_key(queue)]
+    for job_id in candidates:
+        keys += (in_progress_key_prefix + job_id, job_key_prefix + job_id)
+    args = [
+        str(now_ms), str(lease_ms), str(limit), "1" if shares else "0", str(PARK_BASE_MS), str(PARK_TOP_MS),
+        parked_prefix(queue), str(PARKED_TTL_MS), str(fair_share.TRIED_WINDOW_MS), in_progress_key_prefix, *candidates,
+    ]  # fmt: skip
+    reply = await cast("Awaitable[list[Any]]", redis.eval(_CLAIM, len(keys), *keys, *args))
+    gate = _GATE_REPLY[int(reply[0])]
+    pairs = reply[3:]
+    jobs = tuple((_text(pairs[i]), int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2))
+    return Claimed(gate, jobs, held=int(reply[1]), parked=int(reply[2]))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

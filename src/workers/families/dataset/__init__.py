@@ -1,0 +1,1 @@
+"""`dataset.analyze`: the handler, the CSV engine and the killable CPU pool it runs in."""

@@ -1,0 +1,1 @@
+"""`email.send`: the handler, the SMTP sender, the sent-mail log, templates and link checks."""

@@ -1,0 +1,1 @@
+"""`notification.push`: the handler."""

@@ -1,0 +1,1 @@
+"""`report.generate`: the handler and its ledger query."""

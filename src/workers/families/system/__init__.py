@@ -1,0 +1,1 @@
+"""`system.echo`: the development handler."""

@@ -1,0 +1,1 @@
+"""The background loops of a worker process: reconciler, retention, schedule firing, and their isolation."""
