@@ -33,7 +33,7 @@ def slug(heading: str) -> str:
 def anchors(page: Path) -> set[str]:
     """Every heading's anchor on the page; a repeated heading gets `-1`, `-2`, … as on GitHub."""
     seen: dict[str, int] = {}
-    found = set()
+    found: set[str] = set()
     for heading in _HEADING.findall(_FENCE.sub("", page.read_text(encoding="utf-8"))):
         base = slug(heading)
         count = seen.get(base, 0)
@@ -71,11 +71,12 @@ def test_no_page_points_outside_the_repository() -> None:
 
 def test_every_test_the_guarantees_name_exists() -> None:
     text = (ROOT / "docs" / "guarantees.md").read_text(encoding="utf-8")
-    missing, file = [], None
+    missing: list[str] = []
+    file: str | None = None
     for named_file, name in _TEST_REF.findall(text):
         file = named_file or file
         assert file is not None, "`…::test` before any file is named"
-        found = [p for p in (ROOT / "tests").glob(f"*/{file}")]
+        found = sorted((ROOT / "tests").glob(f"*/{file}"))
         if not found:
             missing.append(file)
         elif name and not re.search(rf"^(async )?def {name}\(", found[0].read_text(encoding="utf-8"), re.MULTILINE):
