@@ -11,11 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from shared.accounts.roles import Role
 from shared.core.status import JobStatus
 from shared.infra.events import Progress
 
 Priority = Literal["low", "normal", "high"]
-Role = Literal["user", "admin"]
 
 
 class Doc(BaseModel):

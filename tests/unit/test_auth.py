@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from devstack.cli import main
-from gateway.security.auth import Principal, Role, bearer_token, verify_jwt
+from gateway.security.auth import Principal, bearer_token, verify_jwt
+from shared.accounts.roles import ADMIN, USER
 from shared.core.errors import Unauthenticated
 from shared.core.settings import AuthConfig
 from support.helpers import TEST_JWT_SECRET, make_token
@@ -41,7 +42,7 @@ def _claims(**extra: object) -> dict[str, object]:
 def test_valid_token_gives_its_principal() -> None:
     principal = verify_jwt(make_token("alice", role="admin"), CONFIG)
 
-    assert principal == Principal(sub="alice", role=Role.ADMIN)
+    assert principal == Principal(sub="alice", role=ADMIN)
     assert principal.can_see("bob")
 
 
@@ -50,7 +51,7 @@ def test_role_defaults_to_user_who_sees_only_their_own() -> None:
 
     principal = verify_jwt(token, CONFIG)
 
-    assert principal.role is Role.USER
+    assert principal.role == USER
     assert principal.can_see("bob")
     assert not principal.can_see("alice")
 
@@ -124,7 +125,7 @@ def test_hand_forged_hs256_with_the_right_secret_is_accepted() -> None:
     """The forging helper is sound: only its header or key makes the tokens above fail."""
     token = _forge({"alg": "HS256", "typ": "JWT"}, _claims(), key=TEST_JWT_SECRET.encode())
 
-    assert verify_jwt(token, CONFIG) == Principal(sub="mallory", role=Role.ADMIN)
+    assert verify_jwt(token, CONFIG) == Principal(sub="mallory", role=ADMIN)
 
 
 def test_expired_within_the_leeway_is_accepted() -> None:
@@ -224,7 +225,7 @@ def test_cli_token_takes_sub_role_and_ttl(capsys: pytest.CaptureFixture[str], no
     token = capsys.readouterr().out.strip()
     claims = jwt.decode(token, config.jwt_secret.get_secret_value(), algorithms=["HS256"])
     assert claims["exp"] - claims["iat"] == 120
-    assert verify_jwt(token, config) == Principal(sub="carol", role=Role.ADMIN)
+    assert verify_jwt(token, config) == Principal(sub="carol", role=ADMIN)
 
 
 def test_cli_token_defaults_to_a_user_for_an_hour(capsys: pytest.CaptureFixture[str], no_environment: None) -> None:

@@ -10,16 +10,12 @@ from aiohttp import web
 from gateway.http.resources import job_resource
 from gateway.keys import CACHE, PG_POOL, PRINCIPAL
 from shared.core.errors import NotFound
+from shared.core.ids import well_formed_id
 from shared.infra import events
 from shared.infra.redis import REDIS_ERRORS
 from shared.ledger import records
 
 logger = logging.getLogger(__name__)
-
-
-def well_formed_id(value: str) -> bool:
-    """Whether a path id can name anything (ids are URL-safe, at most 64 chars); others are a plain 404."""
-    return len(value) <= 64 and "\x00" not in value
 
 
 async def visible_job(request: web.Request) -> records.JobRecord:

@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway.http.errors import BodyTooLarge
+from gateway.http.render import render
 from gateway.keys import SETTINGS
 from shared.core import json
 from shared.core.errors import BadRequest, InvalidInput, UnsupportedMediaType
@@ -18,11 +19,11 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(body), status=status, content_type="application/json", headers=headers)
+    return web.Response(body=render(body), status=status, content_type="application/json", headers=headers)
 
 
 def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(body), status=status, content_type=PROBLEM_JSON, headers=headers)
+    return web.Response(body=render(body), status=status, content_type=PROBLEM_JSON, headers=headers)
 
 
 MAX_DEPTH = 32  # nesting of a request body; orjson alone stops at 1024 (255 in older releases)

@@ -11,8 +11,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from gateway.http.render import event_frame
 from gateway.keys import CACHE, EVENT_HUB, METRICS, PRINCIPAL, REQUEST_ID, SETTINGS
-from shared.core import json
 from shared.core.errors import RateLimited
 from shared.infra.redis import REDIS_ERRORS, CacheRedis
 from shared.infra.slots import renew_slot, take_slot
@@ -95,8 +95,7 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def send(stream: web.StreamResponse, event: str, data: dict[str, Any], *, event_id: str | None = None) -> None:
-    head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
-    await stream.write(head + b"event: " + event.encode() + b"\ndata: " + json.dumps(data) + b"\n\n")
+    await stream.write(event_frame(event, data, event_id=event_id))
 
 
 async def keepalive(stream: web.StreamResponse) -> None:

@@ -6,12 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.http.lookup import well_formed_id
 from gateway.http.params import page
 from gateway.http.responses import json_response, read_model
 from gateway.keys import PG_POOL, PRINCIPAL
 from shared.accounts import api_keys
 from shared.core.errors import NotFound
+from shared.core.ids import well_formed_id
 from shared.core.json import rfc3339
 
 routes = web.RouteTableDef()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.lookup import well_formed_id
 from gateway.http.responses import json_response, read_model
 from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
 from gateway.security.access import api_key_id
 from gateway.security.ratelimit import guard_queue
 from shared.core.errors import NotFound
+from shared.core.ids import well_formed_id
 from shared.jobtypes.email import submission_context
 from shared.ledger import batch_submission, batches, submission
 

@@ -6,14 +6,14 @@ import asyncio
 import logging
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.http import sse
-from gateway.http.lookup import job_view, well_formed_id
+from gateway.http.lookup import job_view
+from gateway.http.render import rendered
 from gateway.keys import EVENT_HUB, PG_POOL, PRINCIPAL, SETTINGS
-from shared.core import json
 from shared.core.errors import NotFound
+from shared.core.ids import well_formed_id
 from shared.core.status import FINISHED
 from shared.ledger import records
 
@@ -32,7 +32,7 @@ async def _current(app: web.Application, job_id: str) -> tuple[dict[str, Any], r
     if record is None:
         return None
     view = await job_view(app, record)
-    return {**view, **{k: orjson.Fragment(json.dumps(view[k])) for k in LARGE}}, record.summary()
+    return {**view, **{k: rendered(view[k]) for k in LARGE}}, record.summary()
 
 
 async def _visible_job(request: web.Request) -> records.JobSummary:

@@ -10,11 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.http import sse
-from gateway.http.lookup import well_formed_id
 from gateway.http.params import bad_query, page
 from gateway.http.responses import json_response
 from gateway.keys import EVENT_HUB, PG_POOL, PRINCIPAL, SETTINGS
 from shared.core.errors import NotFound
+from shared.core.ids import well_formed_id
 from shared.ledger import notifications
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ async def stream_notifications(request: web.Request) -> web.StreamResponse:
 
 async def _catch_up(app: web.Application, stream: web.StreamResponse, user: str, last_id: str) -> set[str]:
     """Send what a reconnecting client missed; returns the ids sent (they may also be in the inbox)."""
-    if not last_id or not well_formed_id(last_id):
+    if not well_formed_id(last_id):
         return set()
     missed = await notifications.newer_than(app[PG_POOL], owner=user, after_id=last_id, limit=CATCH_UP_MAX)
     for record in missed:

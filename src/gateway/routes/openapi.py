@@ -6,8 +6,8 @@ import weakref
 
 from aiohttp import web
 
+from gateway.http.render import render
 from gateway.openapi import build_document
-from shared.core import json
 
 routes = web.RouteTableDef()
 
@@ -18,7 +18,7 @@ _DOCUMENTS: weakref.WeakKeyDictionary[web.Application, bytes] = weakref.WeakKeyD
 def document_bytes(app: web.Application) -> bytes:
     cached = _DOCUMENTS.get(app)
     if cached is None:
-        cached = _DOCUMENTS[app] = json.dumps(build_document(app))
+        cached = _DOCUMENTS[app] = render(build_document(app))
     return cached
 
 

@@ -6,12 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.http.lookup import well_formed_id
 from gateway.http.params import page
 from gateway.http.responses import json_response, read_model
 from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
 from gateway.security.access import api_key_id
 from shared.core.errors import InvalidInput, NotFound
+from shared.core.ids import well_formed_id
 from shared.core.json import rfc3339
 from shared.infra.sealing import redact
 from shared.jobtypes.email import submission_context

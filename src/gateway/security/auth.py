@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import jwt
 
 from shared.accounts import api_keys
+from shared.accounts.roles import ADMIN, USER, Role, as_role
 from shared.core.errors import Unauthenticated
 from shared.core.settings import AuthConfig
 from shared.infra.db import Pool
-
-
-class Role(StrEnum):
-    USER = "user"
-    ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +22,7 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
-        return self.role is Role.ADMIN
+        return self.role == ADMIN
 
     def can_see(self, owner: str) -> bool:
         return self.is_admin or owner == self.sub
@@ -60,7 +55,7 @@ async def authenticate(header: str | None, config: AuthConfig, pool: Pool) -> Pr
         key = await api_keys.verify(pool, token)
         if key is None:
             raise Unauthenticated("the API key is not valid (unknown, revoked or mistyped)")
-        return Principal(sub=key.sub, role=Role(key.role))
+        return Principal(sub=key.sub, role=key.role)
     return verify_jwt(token, config)
 
 
@@ -86,12 +81,12 @@ def verify_jwt(token: str, config: AuthConfig) -> Principal:
     except jwt.PyJWTError as exc:
         raise Unauthenticated("the token is not valid") from exc
     _check_lifetime(claims, config)
-    sub, role = claims.get("sub"), claims.get("role", Role.USER.value)
+    sub, role = claims.get("sub"), as_role(claims.get("role", USER))
     if not isinstance(sub, str) or not sub or len(sub) > 200:
         raise Unauthenticated("the token's `sub` claim must be a non-empty string")
-    if not isinstance(role, str) or role not in {r.value for r in Role}:
+    if role is None:
         raise Unauthenticated("the token's `role` claim must be `user` or `admin`")
-    return Principal(sub=sub, role=Role(role))
+    return Principal(sub=sub, role=role)
 
 
 def _check_lifetime(claims: dict[str, Any], config: AuthConfig) -> None:

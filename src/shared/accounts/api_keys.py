@@ -16,17 +16,17 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, fields
-from typing import Annotated, Literal
+from typing import Annotated
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from shared.accounts.roles import ADMIN, USER, Role
 from shared.infra import pages
 from shared.infra.db import Connection, Pool
 
 KEY_PREFIX = "cvk_"
 _TOKEN = re.compile(r"cvk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
-Role = Literal["user", "admin"]
 # Surrounding whitespace is stripped, so at least one other character is needed (the pattern says so).
 _Text = StringConstraints(strip_whitespace=True, min_length=1, pattern=r"\S")
 
@@ -38,7 +38,7 @@ class KeyRequest(BaseModel):
 
     name: Annotated[str, _Text, StringConstraints(max_length=100)]
     sub: Annotated[str, _Text, StringConstraints(max_length=200)]
-    role: Role = "user"
+    role: Role = USER
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,4 +154,4 @@ async def standing(conn: Connection | Pool, owner: str, created_with_key: str | 
     roles = {
         r["role"] for r in await conn.fetch("SELECT role FROM api_keys WHERE sub = $1 AND revoked_at IS NULL", owner)
     }
-    return Standing(revoked=not roles, for_anyone="admin" in roles)
+    return Standing(revoked=not roles, for_anyone=ADMIN in roles)
