@@ -52,7 +52,7 @@ STATUS: Mapping[type[errors.ServiceError], int] = {
     errors.PermissionDenied: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
-    errors.QuotaExceeded: 413,
+    errors.StorageQuotaExceeded: 413,
     BodyTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidInput: 422,

@@ -14,9 +14,9 @@ from gateway.http.errors import BodyTooLarge, human_bytes
 from gateway.http.params import page
 from gateway.http.responses import json_response
 from gateway.keys import METRICS, PG_POOL, PRINCIPAL, SETTINGS
-from shared.core.errors import BadRequest, NotFound, QuotaExceeded
+from shared.core.errors import BadRequest, NotFound, StorageQuotaExceeded
 from shared.core.json import rfc3339
-from shared.files import storage, storage_quota
+from shared.files import storage
 
 routes = web.RouteTableDef()
 
@@ -66,10 +66,12 @@ def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(limit, what="the file", setting="MAX_UPLOAD_BYTES")
 
 
-def _over_quota(exc: storage_quota.QuotaExceeded) -> QuotaExceeded:
-    return QuotaExceeded(
+def _over_quota(exc: StorageQuotaExceeded) -> StorageQuotaExceeded:
+    return StorageQuotaExceeded(
         f"your uploads and artifacts use {exc.used} of your {exc.quota} bytes ({human_bytes(exc.quota)},"
-        " STORAGE_QUOTA_BYTES) of storage; delete some to make room; nothing was kept"
+        " STORAGE_QUOTA_BYTES) of storage; delete some to make room; nothing was kept",
+        used=exc.used,
+        quota=exc.quota,
     )
 
 
@@ -147,7 +149,7 @@ async def create_upload(request: web.Request) -> web.Response:
     except storage.FileTooLarge as exc:
         metrics.uploads.labels("too_large").inc()
         raise _too_large(limit) from exc
-    except storage_quota.QuotaExceeded as exc:
+    except StorageQuotaExceeded as exc:
         metrics.uploads.labels("over_quota").inc()
         raise _over_quota(exc) from exc
     except BodyCut:

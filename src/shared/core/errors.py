@@ -48,10 +48,15 @@ class PermissionDenied(ServiceError):
     code = "permission_denied"
 
 
-class QuotaExceeded(ServiceError):
-    """A stored file would take its owner past a quota (storage)."""
+class StorageQuotaExceeded(ServiceError):
+    """A stored file would take its owner past STORAGE_QUOTA_BYTES (uploads and artifacts together)."""
 
     code = "storage_quota_exceeded"
+
+    def __init__(self, message: str, *, used: int, quota: int) -> None:
+        super().__init__(message)
+        self.used = used
+        self.quota = quota
 
 
 class UnsupportedMediaType(ServiceError):

@@ -191,7 +191,7 @@ class _Writer:
         self._stored: StoredFile | None = None
 
     async def write(self, chunk: bytes) -> None:
-        """Raises FileTooLarge past MAX_UPLOAD_BYTES, QuotaExceeded past the owner's room (uploads only)."""
+        """Raises FileTooLarge past MAX_UPLOAD_BYTES, StorageQuotaExceeded past the owner's room (uploads only)."""
         await self._temp.write(chunk)
 
     @property
@@ -288,7 +288,7 @@ async def write_artifact(
 ) -> AsyncIterator[ArtifactWriter]:
     """Streams into a temp file under STORAGE_DIR, hashing as it goes; on clean exit renames it into place
     atomically and records it (one artifact per job_id: a re-run replaces the file and keeps the same id);
-    on error removes the temp file and records nothing. Past the owner's quota: QuotaExceeded at the end."""
+    on error removes the temp file and records nothing. Past the owner's quota: StorageQuotaExceeded at the end."""
     artifact_id = artifact_id_for(job_id)
     temp = _TempFile(_root(config) / _FOLDERS["artifact"], artifact_id)
     meta = _Meta(
@@ -303,13 +303,13 @@ async def write_upload(
     pool: Pool, config: StorageConfig, *, owner: str, filename: str | None, content_type: str | None
 ) -> AsyncIterator[UploadWriter]:
     """Like write_artifact for a client's upload, with a fresh id: writes past MAX_UPLOAD_BYTES raise
-    FileTooLarge, and past the room left in the owner's quota QuotaExceeded (checked again when recorded)."""
+    FileTooLarge, and past the room left in the owner's quota StorageQuotaExceeded (checked again when recorded)."""
     upload_id = new_upload_id()
     used = await storage_quota.used_bytes(pool, owner)
     room = config.quota_bytes - used
     over: Callable[[], Exception] | None
     if room < config.max_upload_bytes:
-        limit, over = room, partial(storage_quota.QuotaExceeded, used=used, quota=config.quota_bytes)
+        limit, over = room, partial(storage_quota.over_quota, used=used, quota=config.quota_bytes)
     else:
         limit, over = config.max_upload_bytes, None
     temp = _TempFile(_root(config) / _FOLDERS["upload"], upload_id, limit, over=over)

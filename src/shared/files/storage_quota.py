@@ -7,18 +7,17 @@ concurrent writers of one owner can never together pass the quota.
 
 from __future__ import annotations
 
+from shared.core.errors import StorageQuotaExceeded
 from shared.infra.db import Connection, Pool
 
 
-class QuotaExceeded(Exception):
+def over_quota(*, used: int, quota: int) -> StorageQuotaExceeded:
     """Recording the file would take its owner past the storage quota; nothing is kept."""
-
-    def __init__(self, *, used: int, quota: int) -> None:
-        super().__init__(
-            f"your uploads and artifacts use {used} of your {quota} bytes of storage; delete some to make room"
-        )
-        self.used = used
-        self.quota = quota
+    return StorageQuotaExceeded(
+        f"your uploads and artifacts use {used} of your {quota} bytes of storage; delete some to make room",
+        used=used,
+        quota=quota,
+    )
 
 
 async def used_bytes(db: Pool | Connection, owner: str, *, besides: str | None = None) -> int:
@@ -34,4 +33,4 @@ async def check(conn: Connection, owner: str, *, adding: int, file_id: str, quot
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('conveyor.files:' || $1, 0))", owner)
     used = await used_bytes(conn, owner, besides=file_id)
     if used + adding > quota:
-        raise QuotaExceeded(used=used, quota=quota)
+        raise over_quota(used=used, quota=quota)

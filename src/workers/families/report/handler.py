@@ -8,9 +8,9 @@ import logging
 
 from pydantic import HttpUrl
 
-from shared.core.errors import Conflict, InvalidInput, PermanentJobError, RetryableJobError
+from shared.core.errors import Conflict, InvalidInput, PermanentJobError, RetryableJobError, StorageQuotaExceeded
 from shared.core.json import utcnow
-from shared.files import storage, storage_quota
+from shared.files import storage
 from shared.infra.db import UNAVAILABLE_ERRORS
 from shared.jobtypes.report import REPORT_GENERATE, ReportPayload, ReportResult
 from shared.ledger import submission
@@ -48,7 +48,7 @@ async def handle_generate(job: JobContext, payload: ReportPayload) -> ReportResu
         raise RetryableJobError(
             f"the report was interrupted ({type(exc).__name__}: {exc})", type_name="ReportInterrupted"
         ) from exc
-    except storage_quota.QuotaExceeded as exc:  # retrying cannot help until the owner deletes files
+    except StorageQuotaExceeded as exc:  # retrying cannot help until the owner deletes files
         raise PermanentJobError(str(exc), type_name="StorageQuotaExceeded") from exc
     artifact_id = stored.id
     logger.info("report.written", extra={"rows": count, "bytes": stored.size})
