@@ -1,308 +1,268 @@
-"""pydantic-settings models: one section per concern; each process composes only the sections it needs."""
+"""Each process's settings: the sections it reads, composed, and nothing it does not need.
+
+The sections of one process live here (gateway, workers, SMTP, `conveyor run`); the sections both read
+live in shared.core.config and shared.core.policy_config, and every name is re-exported from here.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, Field, HttpUrl, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-# A working default for local use, and public: accepted only by an explicit ENVIRONMENT=development process
-# bound to loopback (see AuthConfig and the process settings below); the dev encryption key likewise.
-DEV_JWT_SECRET = "conveyor-dev-only-jwt-secret-change-me-in-production"  # noqa: S105 - documented dev default, refused outside local development
-
-# What a refused start tells the operator to set, and how to make the value.
-JWT_HOWTO = (
-    "JWT_SECRET: set it to 32+ random characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+from shared.core.config import (
+    DEV_JWT_SECRET,
+    JWT_HOWTO,
+    KEYS_HOWTO,
+    AuthConfig,
+    CryptoConfig,
+    Environment,
+    LogConfig,
+    PostgresConfig,
+    RedisConfig,
+    env,
+    is_loopback,
+    refuse,
+    section_config,
 )
-KEYS_HOWTO = (
-    "ENCRYPTION_KEYS: set it to a Fernet key, "
-    "e.g. python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+from shared.core.policy_config import (
+    JobStoreConfig,
+    JobTypesConfig,
+    MailPolicyConfig,
+    SecurityConfig,
+    StorageConfig,
+    WebhookConfig,
 )
-_DEV_ONLY = "only a process started with ENVIRONMENT=development and bound to loopback accepts"
 
+__all__ = [
+    "DEV_JWT_SECRET",
+    "GATEWAY_METRICS_PORT",
+    "JWT_HOWTO",
+    "KEYS_HOWTO",
+    "MAX_PROCESSES_PER_QUEUE",
+    "AuthConfig",
+    "CryptoConfig",
+    "Environment",
+    "GatewayConfig",
+    "GatewaySettings",
+    "JobStoreConfig",
+    "JobTypesConfig",
+    "LogConfig",
+    "MailPolicyConfig",
+    "PostgresConfig",
+    "RedisConfig",
+    "RunConfig",
+    "SecurityConfig",
+    "SmtpConfig",
+    "StorageConfig",
+    "WebhookConfig",
+    "WorkerConfig",
+    "WorkerSettings",
+    "describe_errors",
+    "is_loopback",
+]
 
 MAX_PROCESSES_PER_QUEUE = 32  # `conveyor run`: worker processes per queue
 GATEWAY_METRICS_PORT = 9100  # the gateway's /metrics listener outside development, unless METRICS_PORT says
 
 
-def _config() -> SettingsConfigDict:
-    return SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True, case_sensitive=False)
-
-
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(name, name.lower())
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a server bound to `host` is reachable from this machine only (`localhost`, 127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # another name: it may resolve to anything
-
-
-def _refuse(problems: Iterable[str]) -> None:
-    """Raise one ValidationError with a line per problem (each names the variable to set), if there are any."""
-    errors: list[Any] = [{"type": PydanticCustomError("unsafe_default", p), "loc": (), "input": None} for p in problems]
-    if errors:
-        raise ValidationError.from_exception_data("settings", errors)
-
-
-def _exposed(binds: Iterable[tuple[str, str]]) -> str | None:
-    """`API_HOST=0.0.0.0`: the first (variable, host) pair that is not loopback, for a refusal's message."""
-    return next((f"{name}={host or '(all interfaces)'}" for name, host in binds if not is_loopback(host)), None)
-
-
-class Environment(StrEnum):
-    DEVELOPMENT = "development"
-    TEST = "test"
-    PRODUCTION = "production"
-
-
-def _environment() -> Any:
-    """Every section's ENVIRONMENT: `production` unless set, so a deployment that forgets it gets no
-    development relaxation (dev secrets, `system.echo`, mail to anyone, /metrics on the API port).
-    `conveyor run` sets `development` for itself and its children when it is unset."""
-    return Field(Environment.PRODUCTION, validation_alias=_env("ENVIRONMENT"))
-
-
-class RedisConfig(BaseSettings):
-    model_config = _config()
-
-    cache_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_CACHE_URL"))
-    jobs_url: str = Field("redis://127.0.0.1:6379/1", validation_alias=_env("REDIS_JOBS_URL"))
-    connect_timeout_s: float = Field(2.0, gt=0, validation_alias=_env("REDIS_CONNECT_TIMEOUT_S"))
-
-
-class PostgresConfig(BaseSettings):
-    model_config = _config()
-
-    url: SecretStr = Field(
-        SecretStr("postgresql://postgres@127.0.0.1:5432/conveyor"), validation_alias=_env("DATABASE_URL")
-    )
-    pool_min: int = Field(1, ge=0, validation_alias=_env("DATABASE_POOL_MIN"))
-    pool_max: int = Field(10, ge=1, validation_alias=_env("DATABASE_POOL_MAX"))
-    connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("DATABASE_CONNECT_TIMEOUT_S"))
-
-
-class LogConfig(BaseSettings):
-    model_config = _config()
-
-    format: Literal["json", "console"] = Field("json", validation_alias=_env("LOG_FORMAT"))
-    level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
-
-    def for_terminal(self, interactive: bool) -> LogConfig:
-        """This config, with `console` instead of the default `json` when `interactive` (stderr is a TTY).
-
-        An explicit LOG_FORMAT always wins; only the local tooling asks (a service's logs stay JSON by default).
-        """
-        if not interactive or "format" in self.model_fields_set:
-            return self
-        return self.model_copy(update={"format": "console"})
-
-
-class AuthConfig(BaseSettings):
-    model_config = _config()
-
-    environment: Environment = _environment()
-    jwt_secret: SecretStr = Field(SecretStr(DEV_JWT_SECRET), validation_alias=_env("JWT_SECRET"))
-    jwt_issuer: str | None = Field(None, validation_alias=_env("JWT_ISSUER"))
-    jwt_audience: str | None = Field(None, validation_alias=_env("JWT_AUDIENCE"))
-    jwt_leeway_s: float = Field(30.0, ge=0, validation_alias=_env("JWT_LEEWAY_S"))
-    # A token whose `exp` lies further than this past its `iat` (or past now, without `iat`) is refused.
-    jwt_max_lifetime_s: float = Field(86400.0, gt=0, validation_alias=_env("JWT_MAX_LIFETIME_S"))
-
-    @property
-    def explicit_development(self) -> bool:
-        """ENVIRONMENT=development (never a default): the one case the public dev secrets may be used."""
-        return self.environment is Environment.DEVELOPMENT
-
-    @property
-    def uses_dev_secret(self) -> bool:
-        return self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
-
-    @model_validator(mode="after")
-    def _dev_secret_in_development_only(self) -> Self:
-        if self.uses_dev_secret and not self.explicit_development:
-            _refuse([f"{JWT_HOWTO} (the built-in development secret is public: {_DEV_ONLY} it)"])
-        if len(self.jwt_secret.get_secret_value()) < 32:
-            raise ValueError("JWT_SECRET must be at least 32 characters (HS256 wants a 256-bit key)")
-        return self
-
-
-class SmtpConfig(BaseSettings):
-    model_config = _config()
-
-    host: str = Field("127.0.0.1", validation_alias=_env("SMTP_HOST"))
-    port: int = Field(8025, ge=1, le=65535, validation_alias=_env("SMTP_PORT"))
-    username: str | None = Field(None, validation_alias=_env("SMTP_USERNAME"))
-    password: SecretStr | None = Field(None, validation_alias=_env("SMTP_PASSWORD"))
-    tls: Literal["none", "starttls", "tls"] = Field("none", validation_alias=_env("SMTP_TLS"))
-    mail_from: str = Field("Conveyor <conveyor@localhost>", validation_alias=_env("MAIL_FROM"))
-    timeout_s: float = Field(30.0, gt=0, validation_alias=_env("SMTP_TIMEOUT_S"))
-    # Searched before the built-in templates, so a user's file of the same name wins.
-    templates_dir: Path | None = Field(None, validation_alias=_env("EMAIL_TEMPLATES_DIR"))
-
-
-class StorageConfig(BaseSettings):
-    """Uploads and artifacts on disk (shared by the gateway and workers: one volume in production)."""
-
-    model_config = _config()
-
-    dir: Path = Field(Path("var/storage"), validation_alias=_env("STORAGE_DIR"))
-    max_upload_bytes: int = Field(1024**3, ge=1, validation_alias=_env("MAX_UPLOAD_BYTES"))
-    quota_bytes: int = Field(10 * 1024**3, ge=1, validation_alias=_env("STORAGE_QUOTA_BYTES"))
-    # Where clients reach the gateway (e.g. https://jobs.example.com): makes links in mail absolute.
-    public_url: HttpUrl | None = Field(None, validation_alias=_env("PUBLIC_URL"))
-
-    @model_validator(mode="after")
-    def _public_url_is_a_base(self) -> Self:
-        url = self.public_url
-        if url is not None and (url.query or url.fragment or url.username or url.password):
-            raise ValueError("PUBLIC_URL must be a base URL: scheme, host and path only")
-        return self
-
-
-class WebhookConfig(BaseSettings):
-    model_config = _config()
-
-    secret: SecretStr | None = Field(None, validation_alias=_env("WEBHOOK_SECRET"))
-    allow_private: bool = Field(False, validation_alias=_env("WEBHOOK_ALLOW_PRIVATE"))
-    timeout_s: float = Field(10.0, gt=0, le=300, validation_alias=_env("WEBHOOK_TIMEOUT_S"))
-    breaker_failures: int = Field(5, ge=1, validation_alias=_env("WEBHOOK_BREAKER_FAILURES"))
-    breaker_open_s: float = Field(30.0, gt=0, validation_alias=_env("WEBHOOK_BREAKER_OPEN_S"))
-
-
-class SecurityConfig(BaseSettings):
-    """Rate limits and caps on what one principal may hold (gateway)."""
-
-    model_config = _config()
-
-    rate_limit_per_minute: int = Field(600, ge=1, validation_alias=_env("RATE_LIMIT_PER_MINUTE"))
-    auth_failures_per_minute: int = Field(30, ge=1, validation_alias=_env("AUTH_FAILURES_PER_MINUTE"))
-    max_queued_per_owner: int = Field(10_000, ge=1, validation_alias=_env("MAX_QUEUED_PER_OWNER"))
-    sse_per_principal: int = Field(20, ge=1, validation_alias=_env("SSE_MAX_PER_PRINCIPAL"))
-    trust_forwarded_for: bool = Field(False, validation_alias=_env("TRUST_X_FORWARDED_FOR"))
-    # How many proxies of yours append to X-Forwarded-For: the client is that many entries from the right.
-    forwarded_for_hops: int = Field(1, ge=1, le=10, validation_alias=_env("FORWARDED_FOR_HOPS"))
-    max_schedules_per_owner: int = Field(100, ge=1, validation_alias=_env("MAX_SCHEDULES_PER_OWNER"))
-
-
-class JobTypesConfig(BaseSettings):
-    """Which optional job types this deployment offers (read by both sides, so both agree)."""
-
-    model_config = _config()
-
-    environment: Environment = _environment()
-    # `system.echo` (sleeps, fails on demand: a test tool). None: on in development only.
-    system_echo: bool | None = Field(None, validation_alias=_env("SYSTEM_ECHO_ENABLED"))
-
-    @property
-    def echo_enabled(self) -> bool:
-        return self.environment is Environment.DEVELOPMENT if self.system_echo is None else self.system_echo
-
-
-class MailPolicyConfig(BaseSettings):
-    """Who `email.send` may write to, how often, and which links its templates may carry (both sides)."""
-
-    model_config = _config()
-
-    environment: Environment = _environment()
-    # Comma-separated domains (`example.com`) and addresses (`ops@example.org`) a `user` may send to;
-    # admins are unrestricted. Empty: anywhere in development, nowhere otherwise.
-    allowed_recipients: str = Field("", validation_alias=_env("MAIL_ALLOWED_RECIPIENTS"))
-    per_owner_per_hour: int = Field(200, ge=1, validation_alias=_env("MAIL_PER_OWNER_PER_HOUR"))
-    # Comma-separated hosts a template's links may point to, beside PUBLIC_URL's own.
-    link_hosts: str = Field("", validation_alias=_env("MAIL_LINK_HOSTS"))
-
-
-class CryptoConfig(BaseSettings):
-    """Keys for payload fields a job type marks secret (encrypted at rest in Redis and PostgreSQL)."""
-
-    model_config = _config()
-
-    environment: Environment = _environment()
-    # Comma-separated Fernet keys, newest first: the first encrypts, every one decrypts (rotation).
-    keys: SecretStr | None = Field(None, validation_alias=_env("ENCRYPTION_KEYS"))
-
-    @property
-    def uses_dev_key(self) -> bool:
-        """No ENCRYPTION_KEYS: shared.infra.sealing falls back to its public development key."""
-        return self.keys is None
-
-    @model_validator(mode="after")
-    def _dev_key_in_development_only(self) -> Self:
-        if self.uses_dev_key and self.environment is not Environment.DEVELOPMENT:
-            _refuse([f"{KEYS_HOWTO} (without it, the public development key is used: {_DEV_ONLY} it)"])
-        return self
-
-
-class JobStoreConfig(BaseSettings):
-    """How long results (Redis) and finished jobs (ledger) are kept; read by both sides."""
-
-    model_config = _config()
-
-    result_ttl_s: int = Field(86400, ge=1, validation_alias=_env("RESULT_TTL_S"))
-    # A result larger than this (JSON bytes) fails its job with ResultTooLarge instead of being stored.
-    result_max_bytes: int = Field(256 * 1024, ge=1024, validation_alias=_env("RESULT_MAX_BYTES"))
-    retention_days: float = Field(7, gt=0, validation_alias=_env("RETENTION_DAYS"))
-
-
 class GatewayConfig(BaseSettings):
-    model_config = _config()
+    """The gateway's listeners, request limits and queue alerts."""
 
-    host: str = Field("127.0.0.1", validation_alias=_env("API_HOST"))
-    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("API_PORT"))
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, validation_alias=_env("MAX_BODY_BYTES"))
-    enqueue_timeout_s: float = Field(1.0, gt=0, validation_alias=_env("ENQUEUE_TIMEOUT_S"))
-    shutdown_grace_s: float = Field(30.0, ge=0, validation_alias=_env("SHUTDOWN_GRACE_S"))
-    sse_heartbeat_s: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_S"))
-    alert_failed: int = Field(10, ge=0, validation_alias=_env("QUEUE_ALERT_FAILED"))
-    alert_queued: int = Field(50, ge=0, validation_alias=_env("QUEUE_ALERT_QUEUED"))
-    # /metrics on its own listener: None serves it on the API port in development and on 9100 otherwise.
-    metrics_host: str = Field("127.0.0.1", validation_alias=_env("METRICS_HOST"))
-    metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("METRICS_PORT"))
+    model_config = section_config("Gateway")
+
+    host: str = Field("127.0.0.1", validation_alias=env("API_HOST"), description="the API's bind address")
+    port: int = Field(8080, ge=0, le=65535, validation_alias=env("API_PORT"), description="the API's port")
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        validation_alias=env("MAX_BODY_BYTES"),
+        description="largest JSON body (413 beyond)",
+    )
+    enqueue_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        validation_alias=env("ENQUEUE_TIMEOUT_S"),
+        description="how long a request waits for Redis after the ledger commit before leaving the job to the "
+        "reconciler, in seconds",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=env("SHUTDOWN_GRACE_S"),
+        description="SIGTERM: seconds (may be fractional) for in-flight requests to finish (gateway)",
+    )
+    sse_heartbeat_s: float = Field(
+        15.0,
+        gt=0,
+        validation_alias=env("SSE_HEARTBEAT_S"),
+        description="heartbeat comment interval on event streams, in seconds (each beat also re-reads the ledger)",
+    )
+    alert_failed: int = Field(
+        10,
+        ge=0,
+        validation_alias=env("QUEUE_ALERT_FAILED"),
+        description="`GET /api/v1/queues/health` warns above this many failed jobs",
+    )
+    alert_queued: int = Field(
+        50,
+        ge=0,
+        validation_alias=env("QUEUE_ALERT_QUEUED"),
+        description="`GET /api/v1/queues/health` warns above this many queued jobs",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", validation_alias=env("METRICS_HOST"), description="the bind address of the gateway's `/metrics`"
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        validation_alias=env("METRICS_PORT"),
+        description="the gateway's `/metrics` on a listener of its own; unset: on the API port in development and "
+        f"on {GATEWAY_METRICS_PORT} otherwise (the API port then answers 404)",
+    )
 
 
 class WorkerConfig(BaseSettings):
-    model_config = _config()
+    """A worker process: concurrency, polling, leases, the reconciler and its `/health` + `/metrics`."""
 
-    max_jobs: int = Field(50, ge=1, validation_alias=_env("WORKER_MAX_JOBS"))
-    poll_delay_s: float = Field(0.05, gt=0, validation_alias=_env("WORKER_POLL_DELAY_S"))
-    shutdown_grace_s: float = Field(30.0, ge=0, validation_alias=_env("SHUTDOWN_GRACE_S"))
-    metrics_host: str = Field("127.0.0.1", validation_alias=_env("WORKER_METRICS_HOST"))
-    # None: the process's own default port (see workers.processes); 0: any free port.
-    metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("WORKER_METRICS_PORT"))
-    reconcile_interval_s: float = Field(5.0, gt=0, le=3600, validation_alias=_env("RECONCILE_INTERVAL_S"))
-    reconcile_grace_s: float = Field(10.0, ge=0, validation_alias=_env("RECONCILE_GRACE_S"))
-    reconcile_batch: int = Field(500, ge=1, le=10_000, validation_alias=_env("RECONCILE_BATCH"))
-    lease_s: float = Field(30.0, ge=1, le=3600, validation_alias=_env("JOB_LEASE_S"))
-    cpu_workers: int = Field(1, ge=1, le=64, validation_alias=_env("WORKER_CPU_PROCESSES"))
-    # While other owners have due jobs on a queue, no owner holds more than this fraction of its slots.
-    owner_share: float = Field(0.5, gt=0, le=1, validation_alias=_env("OWNER_SHARE"))
+    model_config = section_config("Workers")
+
+    max_jobs: int = Field(
+        50, ge=1, validation_alias=env("WORKER_MAX_JOBS"), description="concurrent jobs per worker process"
+    )
+    poll_delay_s: float = Field(
+        0.05,
+        gt=0,
+        validation_alias=env("WORKER_POLL_DELAY_S"),
+        description="how often an idle worker looks for due jobs, in seconds",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=env("SHUTDOWN_GRACE_S"),
+        description="SIGTERM: seconds for running jobs to finish (workers)",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        validation_alias=env("WORKER_METRICS_HOST"),
+        description="the bind address of each worker's `/health` + `/metrics`",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        validation_alias=env("WORKER_METRICS_PORT"),
+        description="each worker's `/health` + `/metrics` port; unset: the process's own (9101/9102/9103) when run "
+        "alone, a free port per worker under `conveyor run` (set: N, N+1, … per worker); `0`: any free port",
+    )
+    reconcile_interval_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        validation_alias=env("RECONCILE_INTERVAL_S"),
+        description="how often the scheduler compares the ledger with Redis, in seconds",
+    )
+    reconcile_grace_s: float = Field(
+        10.0,
+        ge=0,
+        validation_alias=env("RECONCILE_GRACE_S"),
+        description="a job must be untouched this long (seconds) before the reconciler looks at it",
+    )
+    reconcile_batch: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        validation_alias=env("RECONCILE_BATCH"),
+        description="jobs per page as the reconciler walks every candidate",
+    )
+    lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        validation_alias=env("JOB_LEASE_S"),
+        description="a running job's lease in seconds, renewed by its worker every third of it; another worker "
+        "takes over a job whose lease lapsed",
+    )
+    cpu_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        validation_alias=env("WORKER_CPU_PROCESSES"),
+        description="processes in each worker's pool for CPU-heavy work (dataset analysis, reports); each runs one "
+        "task at a time, and a cancelled or timed-out task's process is killed and replaced",
+    )
+    owner_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        validation_alias=env("OWNER_SHARE"),
+        description="while other owners have due jobs on a queue, no owner starts jobs beyond this fraction of the "
+        "queue's worker slots (every live worker's, at least one per owner); one owner alone may use every slot",
+    )
+
+
+class SmtpConfig(BaseSettings):
+    """The SMTP server `email.send` delivers through (workers only: the gateway never sees the password)."""
+
+    model_config = section_config("Mail server")
+
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias=env("SMTP_HOST"),
+        description="mail server host; `conveyor run` starts a local mail catcher (writing `var/mail/*.eml`) when "
+        "it is unset",
+    )
+    port: int = Field(8025, ge=1, le=65535, validation_alias=env("SMTP_PORT"), description="mail server port")
+    username: str | None = Field(None, validation_alias=env("SMTP_USERNAME"), description="SMTP auth user")
+    password: SecretStr | None = Field(None, validation_alias=env("SMTP_PASSWORD"), description="SMTP auth password")
+    tls: Literal["none", "starttls", "tls"] = Field(
+        "none", validation_alias=env("SMTP_TLS"), description="`none`, `starttls` or `tls`"
+    )
+    mail_from: str = Field(
+        "Conveyor <conveyor@localhost>",
+        validation_alias=env("MAIL_FROM"),
+        description="sender; its domain also names Message-IDs",
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, validation_alias=env("SMTP_TIMEOUT_S"), description="every SMTP operation, in seconds"
+    )
+    templates_dir: Path | None = Field(
+        None,
+        validation_alias=env("EMAIL_TEMPLATES_DIR"),
+        description="your email templates, searched before the built-in ones (a file of the same name wins)",
+    )
 
 
 class RunConfig(BaseSettings):
     """`conveyor run` only: how many processes it starts per queue (production scales by replicas instead)."""
 
-    model_config = _config()
+    model_config = section_config("`conveyor run`")
 
-    default_processes: int = Field(2, ge=1, le=MAX_PROCESSES_PER_QUEUE, validation_alias=_env("WORKER_PROCESSES"))
-    heavy_processes: int = Field(1, ge=1, le=MAX_PROCESSES_PER_QUEUE, validation_alias=_env("HEAVY_WORKER_PROCESSES"))
+    default_processes: int = Field(
+        2,
+        ge=1,
+        le=MAX_PROCESSES_PER_QUEUE,
+        validation_alias=env("WORKER_PROCESSES"),
+        description="processes `conveyor run` starts for the `default` queue (`make run WORKERS=N`)",
+    )
+    heavy_processes: int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES_PER_QUEUE,
+        validation_alias=env("HEAVY_WORKER_PROCESSES"),
+        description="processes `conveyor run` starts for the `heavy` queue (`make run HEAVY_WORKERS=N`)",
+    )
 
 
 class GatewaySettings(BaseSettings):
     """Everything the gateway process needs, and nothing it does not (no SMTP password)."""
 
-    model_config = _config()
+    model_config = section_config("Process settings")
 
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -343,7 +303,7 @@ class GatewaySettings(BaseSettings):
 class WorkerSettings(BaseSettings):
     """Everything a worker process needs."""
 
-    model_config = _config()
+    model_config = section_config("Process settings")
 
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)  # the job caps every creation path counts
@@ -390,6 +350,11 @@ def _build_sections(cls: type[BaseSettings], data: Any) -> Any:
     return built
 
 
+def _exposed(binds: Iterable[tuple[str, str]]) -> str | None:
+    """`API_HOST=0.0.0.0`: the first (variable, host) pair that is not loopback, for a refusal's message."""
+    return next((f"{name}={host or '(all interfaces)'}" for name, host in binds if not is_loopback(host)), None)
+
+
 def _refuse_exposed_dev_secrets(binds: list[tuple[str, str]], *, jwt: bool = False, key: bool = False) -> None:
     """The public dev secrets (already limited to explicit development) on a non-loopback bind: refused."""
     exposed = _exposed(binds)
@@ -398,7 +363,7 @@ def _refuse_exposed_dev_secrets(binds: list[tuple[str, str]], *, jwt: bool = Fal
     why = f"is accepted on loopback only, and {exposed} is not loopback"
     problems = [f"{JWT_HOWTO} (the public development secret {why})"] if jwt else []
     problems += [f"{KEYS_HOWTO} (the public development key {why})"] if key else []
-    _refuse(problems)
+    refuse(problems)
 
 
 def describe_errors(exc: ValidationError, program: str) -> list[str]:
