@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
-from arq.worker import Worker
-
 from shared.core.errors import Conflict
 from shared.core.metrics import Metrics
 from shared.core.settings import WorkerSettings
@@ -129,9 +127,8 @@ class WorkerProcess:
             job_serializer=broker.serialize,
             job_deserializer=broker.deserialize,
             health_check_interval=10,
+            lease_s=s.worker.lease_s,  # the in-progress key is the job's lease: short, renewed while the job runs
         )
-        # The in-progress key is the job's lease: short, and renewed below while the job runs.
-        worker.in_progress_timeout_s = s.worker.lease_s
         await self._control_step(ctx)  # a queue paused before start-up stays paused
         if self._stop_requested:  # stopped while still connecting: never take a job
             return
@@ -157,9 +154,9 @@ class WorkerProcess:
         finally:
             self.metrics.worker_up.labels(d.queue.value).set(0)
             # Running jobs keep their leases (and their cancel checks) until they end.
-            if worker.tasks and not self._stop_requested:
+            if worker.running and not self._stop_requested:
                 self.stop()
-            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+            await worker.wait_running()
             self._loops_end.set()  # each loop ends after its current step, never inside a driver call
             _, stuck = await asyncio.wait(background, timeout=BACKGROUND_STOP_S)
             if stuck:
@@ -170,9 +167,9 @@ class WorkerProcess:
             with contextlib.suppress(*REDIS_ERRORS):
                 await ctx.jobs_redis.delete(worker.health_check_key)
                 await broker.leave(ctx.jobs_redis, d.queue.value, self.member)
-            logger.info("worker.stopped", extra={"queue": d.queue.value, "completed": worker.jobs_complete})
+            logger.info("worker.stopped", extra={"queue": d.queue.value, "completed": worker.completed})
 
-    async def _poll_until_stopped(self, worker: Worker) -> None:
+    async def _poll_until_stopped(self, worker: PriorityWorker) -> None:
         """arq's loop ends on the first Redis error; a blip must not take the worker (and its leases) down."""
         while True:
             try:
@@ -198,21 +195,21 @@ class WorkerProcess:
             ctx.pg, ctx.jobs_redis, ctx.queue, capacity=slots, share=self.settings.worker.owner_share
         )
 
-    async def _lease_loop(self, ctx: WorkerContext, worker: Worker) -> None:
+    async def _lease_loop(self, ctx: WorkerContext, worker: PriorityWorker) -> None:
         """Renew the lease of every running job three times per lease period."""
         lease_s = self.settings.worker.lease_s
         while not await pause(lease_s / 3, self._loops_end):
             try:
-                await broker.renew_leases(ctx.jobs_redis, list(worker.job_tasks), lease_s=lease_s)
+                await broker.renew_leases(ctx.jobs_redis, worker.running_job_ids(), lease_s=lease_s)
             except REDIS_ERRORS as exc:
                 logger.warning("worker.lease_renewal_failed", extra={"reason": type(exc).__name__})
 
-    async def _control_loop(self, ctx: WorkerContext, worker: Worker) -> None:
+    async def _control_loop(self, ctx: WorkerContext, worker: PriorityWorker) -> None:
         while not await pause(CONTROL_INTERVAL_S, self._loops_end):
             try:
                 if self._stop_requested:
                     # arq checks cancels only while it takes jobs; keep honouring them during the grace period.
-                    await worker._cancel_aborted_jobs()  # arq 0.28 (pinned)
+                    await worker.cancel_aborted()
                 await self._control_step(ctx)
             except (*REDIS_ERRORS, *POSTGRES_ERRORS, Conflict) as exc:
                 logger.warning("worker.control_unavailable", extra={"reason": type(exc).__name__})
@@ -224,35 +221,27 @@ class WorkerProcess:
         """Stop taking jobs; running ones get SHUTDOWN_GRACE_S to finish, then are cancelled and re-queued.
 
         arq's own signal path cancels its main task mid-poll, which can leave that task waiting forever
-        (seen on Python 3.11). Instead we turn the worker into a zero-job burst: arq's main loop then waits
-        for the running jobs and returns by itself, with no cancellation of the loop. (arq 0.28 attributes,
-        pinned in pyproject.)
+        (seen on Python 3.11). Instead the worker drains (`workers.arq_seam`): arq's main loop waits for the
+        running jobs and returns by itself, with no cancellation of the loop.
         """
         again, self._stop_requested = self._stop_requested, True
         worker = self._worker
-        if worker is None or worker.main_task is None:
+        if worker is None or not worker.has_started:
             return
         if again:  # a second SIGTERM/SIGINT: no more grace
-            self._interrupt(worker)
+            worker.interrupt()
             return
-        worker.allow_pick_jobs = False
-        worker.burst, worker.max_burst_jobs = True, 0
+        worker.drain()
         grace = self.settings.worker.shutdown_grace_s
-        logger.info("worker.stopping", extra={"running": len(worker.tasks), "grace_s": grace})
-        asyncio.get_running_loop().call_later(grace, self._interrupt, worker)
-
-    @staticmethod
-    def _interrupt(worker: Worker) -> None:
-        """Past the grace period: cancel what still runs; each attempt is given back and re-queued."""
-        for task in worker.tasks.values():
-            if not task.done():
-                task.cancel()
+        logger.info("worker.stopping", extra={"running": len(worker.running), "grace_s": grace})
+        # Past the grace period: cancel what still runs; each attempt is given back and re-queued.
+        asyncio.get_running_loop().call_later(grace, worker.interrupt)
 
     def _health(self) -> dict[str, object]:
         w = self._worker
         return {
             "queue": self.definition.queue.value,
-            "taking_jobs": bool(w and w.allow_pick_jobs and not self.paused),
+            "taking_jobs": bool(w and w.taking_jobs and not self.paused),
             "paused": self.paused,
-            "running": len(w.tasks) if w else 0,
+            "running": len(w.running) if w else 0,
         }

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic
 
-from arq.worker import Function, Retry, func
 from pydantic import BaseModel, ValidationError
 
 from shared.core import json
@@ -26,6 +25,7 @@ from shared.infra.redis import REDIS_ERRORS
 from shared.infra.slots import release, try_start
 from shared.jobtypes.spec import AnySpec, JobSpec, Limits, P, R
 from shared.ledger import batch_submission, records
+from workers.arq_seam import Function, Retry, func, job_score
 from workers.context import JobContext, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Runtime:
         again shortly, so a ledger hiccup never strands a job (its effect may run twice: at-least-once).
         """
         envelope: dict[str, Any] = args[0]
-        early_s = _early_s(ctx.get("score"))
+        early_s = _early_s(job_score(ctx))
         if early_s > 0:
             # A poll read the id while the job ran, and took it again just after a retry had moved it: arq
             # cannot tell a banded score is not due yet. Back to where the retry put it, untouched.
