@@ -91,7 +91,7 @@ def environment_field() -> Any:
 
 
 class RedisConfig(BaseSettings):
-    """Redis: db 0 holds disposable data, db 1 the job queues."""
+    """Two Redis databases: db 0 holds disposable data, db 1 the job queues and results."""
 
     model_config = section_config("Redis")
 
@@ -136,7 +136,7 @@ class PostgresConfig(BaseSettings):
 
 
 class LogConfig(BaseSettings):
-    """Logging."""
+    """What the processes log, and how."""
 
     model_config = section_config("Logs")
 
@@ -158,7 +158,7 @@ class LogConfig(BaseSettings):
 
 
 class AuthConfig(BaseSettings):
-    """Bearer tokens: HS256 JWTs."""
+    """Bearer tokens (HS256 JWTs), and the ENVIRONMENT every section reads."""
 
     model_config = section_config("Authentication")
 
@@ -213,7 +213,7 @@ class CryptoConfig(BaseSettings):
         validation_alias=env("ENCRYPTION_KEYS"),
         description="comma-separated Fernet keys, newest first, for payload fields marked secret: the first "
         "encrypts, every one decrypts (rotation)",
-        json_schema_extra=development_default("unset: a public development key"),
+        json_schema_extra=development_default("a public development key"),
     )
 
     @property

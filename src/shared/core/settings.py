@@ -94,7 +94,7 @@ class GatewayConfig(BaseSettings):
         30.0,
         ge=0,
         validation_alias=env("SHUTDOWN_GRACE_S"),
-        description="SIGTERM: seconds (may be fractional) for in-flight requests to finish (gateway)",
+        description="on SIGTERM, the seconds (may be fractional) the gateway gives in-flight requests to finish",
     )
     sse_heartbeat_s: float = Field(
         15.0,
@@ -145,7 +145,7 @@ class WorkerConfig(BaseSettings):
         30.0,
         ge=0,
         validation_alias=env("SHUTDOWN_GRACE_S"),
-        description="SIGTERM: seconds for running jobs to finish (workers)",
+        description="on SIGTERM, the seconds a worker gives its running jobs to finish",
     )
     metrics_host: str = Field(
         "127.0.0.1",
