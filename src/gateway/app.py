@@ -7,11 +7,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api_docs import OPERATIONS
 from gateway.event_hub import EventHub
 from gateway.http.middlewares import middlewares, security_headers
 from gateway.keys import CACHE, EVENT_HUB, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
-from gateway.openapi import DOCS
 from gateway.routes import setup_routes
 from gateway.routes.health import metrics_listener
 from gateway.routes.openapi import build_on_startup
@@ -59,7 +57,6 @@ def create_app(
     app[REGISTRY] = registry or builtin_registry(settings.job_types)
     app[SEALER] = Sealer.from_config(settings.crypto)
     app[METRICS] = metrics or Metrics()
-    app[DOCS] = OPERATIONS
     # The /metrics listener first: a port that is taken stops the start before any connection is opened.
     app.cleanup_ctx.extend([metrics_listener, _postgres, _redis, _event_hub])
     app.on_shutdown.append(_end_streams)

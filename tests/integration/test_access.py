@@ -1,6 +1,6 @@
-"""Every route has an access rule (gateway.security.access) and the gateway enforces it: 401 without a token, 403 for a
-user on admin routes, someone else's resource is a 404 for a user and visible to an admin; the README's
-route table is the one the rules generate."""
+"""Every route is declared with its access (gateway.routing) and the gateway enforces it: 401 without a token, 403
+for a user on admin routes, someone else's resource is a 404 for a user and visible to an admin; the route
+table of docs/api.md is the one the declarations generate."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway.app import create_app
-from gateway.security.access import RULES, Access, markdown_table, required_access
+from gateway.routes import ROUTES
+from gateway.routing import RouteTable, markdown_table
+from gateway.security.access import Access
 from shared.core.settings import GatewaySettings, SecurityConfig
 from support.helpers import make_token
 from support.stack import Api, Conn, Services, gateway_settings, running_gateway
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+API_DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "api.md"
+TABLE = RouteTable(ROUTES)
 ADMIN = {"Authorization": f"Bearer {make_token('root', role='admin')}"}
 
 
@@ -49,19 +52,24 @@ async def call(api: Api, method: str, path: str, headers: dict[str, str] | None 
         return resp.status
 
 
-def test_every_route_of_the_app_has_an_access_rule(services: Services) -> None:
+def required_access(method: str, template: str) -> Access | None:
+    route = TABLE.find(method, template)
+    return None if route is None else route.access
+
+
+def test_every_route_of_the_app_is_declared(services: Services) -> None:
     missing = [route for route in routes(create_app(settings(services))) if required_access(*route) is None]
 
-    assert not missing, f"add these routes to gateway/access.py RULES: {missing}"
+    assert not missing, f"declare these routes with gateway.routing.Routes: {missing}"
 
 
-def test_the_rules_name_each_route_once() -> None:
-    keys = [(r.method, re.sub(r"\{[^}]*\}", "{}", r.path)) for r in RULES]
+def test_the_declarations_name_each_route_once() -> None:
+    keys = [r.key for r in ROUTES]
 
     assert len(keys) == len(set(keys))
 
 
-def test_rules_match_whatever_the_path_variables_are_called_and_head_is_a_get() -> None:
+def test_declarations_match_whatever_the_path_variables_are_called_and_head_is_a_get() -> None:
     assert required_access("GET", "/api/v1/jobs/{job_id}") is Access.USER
     assert required_access("HEAD", "/api/v1/jobs/{anything}") is Access.USER
     assert required_access("DELETE", "/api/v1/api-keys/{key_id}") is Access.ADMIN
@@ -92,7 +100,7 @@ async def test_unknown_api_paths_need_a_token_before_they_are_404(gateway: Api) 
     assert await call(gateway, "GET", "/nothing-here") == 404
 
 
-async def test_a_route_without_a_rule_is_admin_only(
+async def test_a_route_without_a_declaration_is_admin_only(
     services: Services, pg: Conn, jobs_redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def unlisted(request: web.Request) -> web.Response:
@@ -120,16 +128,18 @@ async def test_a_route_without_a_rule_is_admin_only(
     assert any(r.getMessage() == "auth.route_without_rule" for r in caplog.records)
 
 
-def _readme_table() -> str:
-    text = README.read_text(encoding="utf-8")
+def _documented_table() -> str:
+    text = API_DOC.read_text(encoding="utf-8")
     start, end = "<!-- access-table -->", "<!-- /access-table -->"
-    assert start in text, f"README.md lacks the {start} … {end} markers around the route table"
-    assert end in text, f"README.md lacks the {end} marker"
+    assert start in text, f"docs/api.md lacks the {start} … {end} markers around the route table"
+    assert end in text, f"docs/api.md lacks the {end} marker"
     return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
-def test_the_readme_route_table_is_the_generated_one() -> None:
-    assert _readme_table() == markdown_table().strip(), "paste gateway.security.access.markdown_table() into README.md"
+def test_the_route_table_of_the_docs_is_the_generated_one() -> None:
+    assert _documented_table() == markdown_table(ROUTES).strip(), (
+        "paste gateway.routing.markdown_table(gateway.routes.ROUTES) into docs/api.md"
+    )
 
 
 # --- someone else's resources ---------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from gateway.http import errors as http_errors
 from gateway.http import params
 from gateway.http.responses import problem_response
 from gateway.keys import METRICS, PG_POOL, PRINCIPAL, REQUEST_ID, SETTINGS
-from gateway.security import access, ratelimit
+from gateway.routing import ROUTE_TABLE
+from gateway.security import ratelimit
 from gateway.security.access import Access
 from gateway.security.auth import authenticate
 from shared.core.errors import DependencyUnavailable, PermissionDenied, RateLimited, ServiceError
@@ -116,9 +117,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Apply the matched route's rule from gateway.security.access: authenticate (JWT or API key) unless it is
-    public, store the Principal on the request, and refuse a user on an admin route (403)."""
-    required = access.for_request(request)
+    """Apply the matched route's declared access (gateway.routing): authenticate (JWT or API key) unless it
+    is public, store the Principal on the request, and refuse a user on an admin route (403)."""
+    required = request.app[ROUTE_TABLE].access_for(request)
     if required is not Access.PUBLIC:
         app = request.app
         principal = await authenticate(request.headers.get("Authorization"), app[SETTINGS].auth, app[PG_POOL])

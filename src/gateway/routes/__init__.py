@@ -1,6 +1,8 @@
-"""setup_routes(app): the only place that knows every resource module."""
+"""Every route of the gateway, in router order: the only place that knows every resource module."""
 
 from __future__ import annotations
+
+from types import ModuleType
 
 from aiohttp import web
 
@@ -19,9 +21,12 @@ from gateway.routes import (
     uploads,
     webhook_keys,
 )
+from gateway.routing import Route, install
+
+MODULES: tuple[ModuleType, ...] = (health, openapi, jobs, job_events, job_types, batches, queues, schedules)
+MODULES += (uploads, artifacts, notifications, api_keys, webhook_keys)
+ROUTES: tuple[Route, ...] = tuple(route for module in MODULES for route in module.routes)
 
 
 def setup_routes(app: web.Application) -> None:
-    modules = (health, openapi, jobs, job_events, job_types, batches, queues, schedules)
-    for module in (*modules, uploads, artifacts, notifications, api_keys, webhook_keys):
-        app.router.add_routes(module.routes)
+    install(app, ROUTES)

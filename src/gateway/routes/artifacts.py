@@ -10,11 +10,14 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway.api_docs import BINARY, NO_CONTENT, Body, Header
 from gateway.keys import PG_POOL, PRINCIPAL, SETTINGS
+from gateway.routing import Routes
+from gateway.security.access import Access
 from shared.core.errors import NotFound
 from shared.files import storage
 
-routes = web.RouteTableDef()
+routes = Routes("files")
 
 CHUNK_BYTES = 256 * 1024
 _NOT_PLAIN_ASCII = re.compile(r'[^\x20-\x7e]|["\\%]')
@@ -50,7 +53,16 @@ async def _open(request: web.Request, artifact_id: str) -> tuple[storage.StoredF
     raise NotFound(f"no artifact {artifact_id!r}")
 
 
-@routes.get("/api/v1/artifacts/{artifact_id}")
+@routes.get(
+    "/api/v1/artifacts/{artifact_id}",
+    Access.USER,
+    "Download an artifact a job produced",
+    responses={
+        200: Body("The file, with its own content type", media_type="*/*", schema=BINARY, headers=("ETag",)),
+        304: Body("Unchanged since the ETag given in If-None-Match", media_type="", headers=("ETag",)),
+    },
+    headers=(Header("If-None-Match", {"type": "string"}, "An ETag from an earlier download."),),
+)
 async def get_artifact(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/artifacts/{id}: the owner or an admin; the file as stored, ETag = its sha256.
     Errors: 401, 404 (also for another user's artifact)."""
@@ -72,7 +84,12 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
         await asyncio.to_thread(file.close)
 
 
-@routes.delete("/api/v1/artifacts/{artifact_id}")
+@routes.delete(
+    "/api/v1/artifacts/{artifact_id}",
+    Access.USER,
+    "Delete an artifact and its file (frees its bytes of your storage quota)",
+    responses={204: NO_CONTENT},
+)
 async def delete_artifact(request: web.Request) -> web.Response:
     """DELETE /api/v1/artifacts/{id}: the owner or an admin; the file and its record go, freeing its bytes of
     the owner's storage quota (the job's result still names the id; a download is then a 404).

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway import schemas
+from gateway.api_docs import ECHO, json_body, ok
 from gateway.http.responses import json_response, read_model
 from gateway.keys import JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
-from gateway.security.access import api_key_id
+from gateway.routing import Routes
+from gateway.security.access import Access, api_key_id
 from gateway.security.ratelimit import guard_queue
 from shared.core.errors import NotFound
 from shared.core.ids import well_formed_id
 from shared.jobtypes.email import submission_context
 from shared.ledger import batch_submission, batches, submission
 
-routes = web.RouteTableDef()
+routes = Routes("batches")
 
 
-@routes.post("/api/v1/batches")
+@routes.post(
+    "/api/v1/batches",
+    Access.AUTHENTICATED,
+    "Enqueue a batch of jobs atomically",
+    responses={202: ok(schemas.BatchCreated, "Every member recorded", "Location")},
+    request=json_body(batch_submission.BatchRequest, example={"jobs": [ECHO, ECHO], "on_complete": ECHO}),
+    errors=(403,),
+)
 async def create_batch(request: web.Request) -> web.Response:
     """POST /api/v1/batches: any role. 202 once the batch and every member are committed (all or none).
     Errors: 400, 401, 413, 415, 422 (locations start at `jobs[i]` or `on_complete`; an on_complete takes no
@@ -48,7 +58,7 @@ async def create_batch(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/api/v1/batches/{batch_id}")
+@routes.get("/api/v1/batches/{batch_id}", Access.USER, "Get a batch's progress", responses={200: ok(schemas.Batch)})
 async def get_batch(request: web.Request) -> web.Response:
     """GET /api/v1/batches/{id}: the owner or an admin. Errors: 401, 404 (also for another user's batch)."""
     batch_id = request.match_info["batch_id"]

@@ -13,14 +13,18 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway import schemas
+from gateway.api_docs import Body, ok
 from gateway.http.middlewares import security_headers
 from gateway.http.responses import json_response
 from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, SETTINGS
+from gateway.routing import Routes
+from gateway.security.access import Access
 from shared.core.metrics import Metrics
 from shared.infra import db, redis
 from shared.infra.listen import AddressUnavailable, start_site
 
-routes = web.RouteTableDef()
+routes = Routes("operations")
 logger = logging.getLogger("gateway")
 
 # Where the separate /metrics listener listens once started (host, port): port 0 picks a free one.
@@ -31,7 +35,7 @@ class MetricsListenerUnavailable(RuntimeError):
     """The configured /metrics address cannot be listened on (its message is one line for a terminal)."""
 
 
-@routes.get("/health")
+@routes.get("/health", Access.PUBLIC, "Liveness: the process is alive (no I/O)", responses={200: ok(schemas.Health)})
 async def get_health(_: web.Request) -> web.Response:
     """GET /health: the process is alive. No auth."""
     return json_response({"status": "ok"})
@@ -42,7 +46,15 @@ def _state(reason: str) -> str:
     return "ok" if reason == "ok" else "down"
 
 
-@routes.get("/ready")
+@routes.get(
+    "/ready",
+    Access.PUBLIC,
+    "Readiness: Redis and PostgreSQL answer",
+    responses={
+        200: ok(schemas.Readiness, "Every dependency answers"),
+        503: ok(schemas.Readiness, "A dependency is down"),
+    },
+)
 async def get_ready(request: web.Request) -> web.Response:
     """GET /ready: 200 when Redis (both databases) and PostgreSQL answer, else 503. No auth; `ok`/`down` only."""
     app = request.app
@@ -59,7 +71,12 @@ def _render(metrics: Metrics) -> web.Response:
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-@routes.get("/metrics")
+@routes.get(
+    "/metrics",
+    Access.PUBLIC,
+    "Prometheus metrics: on the API port in development; otherwise on METRICS_HOST:METRICS_PORT (404 here)",
+    responses={200: Body("Prometheus text format", media_type="text/plain", schema={"type": "string"})},
+)
 async def get_metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format. No auth. 404 on the API port when it has a listener of its own."""
     if request.app[SETTINGS].metrics_address is not None:

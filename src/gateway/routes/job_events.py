@@ -8,17 +8,20 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.api_docs import EVENT_STREAM, Body
 from gateway.http import sse
 from gateway.http.lookup import job_view
 from gateway.http.render import rendered
 from gateway.keys import EVENT_HUB, PG_POOL, PRINCIPAL, SETTINGS
+from gateway.routing import Routes
+from gateway.security.access import Access
 from shared.core.errors import NotFound
 from shared.core.ids import well_formed_id
 from shared.core.status import FINISHED
 from shared.ledger import records
 
 logger = logging.getLogger(__name__)
-routes = web.RouteTableDef()
+routes = Routes("jobs")
 
 # The resource's fields that can be large (a payload up to MAX_BODY_BYTES, a result up to RESULT_MAX_BYTES).
 # A stream holds them as their JSON text, not as objects tens of times larger, and never compares them:
@@ -49,7 +52,14 @@ def _visible(view: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in view.items() if k not in LARGE}
 
 
-@routes.get("/api/v1/jobs/{job_id}/events")
+@routes.get(
+    "/api/v1/jobs/{job_id}/events",
+    Access.USER,
+    "Follow a job as a live event stream",
+    responses={200: Body("`event: job` on each change, `event: end` after a terminal status", media_type=EVENT_STREAM)},
+    description="One `event: job` with the resource at once, then one per change of status or progress, "
+    "`event: end` after a terminal status; a heartbeat comment every SSE_HEARTBEAT_S.",
+)
 async def stream_job_events(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/jobs/{id}/events: owner or admin. `event: job` with the full resource at once and on every
     change of status or progress, `event: end` after a terminal status, a comment every SSE_HEARTBEAT_S.

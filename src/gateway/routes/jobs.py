@@ -9,11 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import schemas
+from gateway.api_docs import ECHO, Header, json_body, ok
 from gateway.http.lookup import job_view, visible_job
 from gateway.http.params import page
 from gateway.http.resources import job_resource, job_summary, job_url
 from gateway.http.responses import json_response, read_json, validate_body
 from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
+from gateway.routing import Routes
+from gateway.security.access import Access
 from gateway.security.ratelimit import guard_queue
 from shared.core.errors import Conflict, InvalidInput
 from shared.infra import broker, events
@@ -22,10 +26,27 @@ from shared.jobtypes.email import submission_context
 from shared.ledger import batch_submission, records, submission
 
 logger = logging.getLogger(__name__)
-routes = web.RouteTableDef()
+routes = Routes("jobs")
+IDEMPOTENCY_KEY = Header(
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "Same as `idempotency_key` in the body (given both, they must be equal, else 422): a repeat within 24 h"
+    " returns the original job (200).",
+)
 
 
-@routes.post("/api/v1/jobs")
+@routes.post(
+    "/api/v1/jobs",
+    Access.AUTHENTICATED,
+    "Enqueue a job",
+    responses={
+        202: ok(schemas.Job, "Recorded durably; queued or scheduled", "Location"),
+        200: ok(schemas.Job, "Idempotent replay: the original job", "Location", "Idempotent-Replayed"),
+    },
+    request=json_body(submission.JobRequest, "A job request; `payload` follows the schema of its `type`.", ECHO),
+    headers=(IDEMPOTENCY_KEY,),
+    errors=(403, 409),
+)
 async def create_job(request: web.Request) -> web.Response:
     """POST /api/v1/jobs: any role. 202 once the job is committed to the ledger; 200 on an idempotent replay.
 
@@ -67,13 +88,19 @@ async def create_job(request: web.Request) -> web.Response:
     return json_response(job_resource(record), status=202, headers=headers)
 
 
-@routes.get("/api/v1/jobs/{job_id}")
+@routes.get("/api/v1/jobs/{job_id}", Access.USER, "Get a job", responses={200: ok(schemas.Job)})
 async def get_job(request: web.Request) -> web.Response:
     """GET /api/v1/jobs/{id}: the owner or an admin. Errors: 401, 404 (also for another user's job)."""
     return json_response(await job_view(request.app, await visible_job(request)))
 
 
-@routes.post("/api/v1/jobs/{job_id}/cancel")
+@routes.post(
+    "/api/v1/jobs/{job_id}/cancel",
+    Access.USER,
+    "Cancel a job",
+    responses={200: ok(schemas.Job, "Cancelled")},
+    errors=(409,),
+)
 async def cancel_job(request: web.Request) -> web.Response:
     """POST /api/v1/jobs/{id}/cancel: the owner or an admin. A job not yet started never starts; a running
     one is interrupted (its handler sees CancelledError). Errors: 401, 404, 409 when already finished."""
@@ -98,7 +125,13 @@ async def cancel_job(request: web.Request) -> web.Response:
     return json_response(job_resource(job))
 
 
-@routes.post("/api/v1/jobs/{job_id}/retry")
+@routes.post(
+    "/api/v1/jobs/{job_id}/retry",
+    Access.USER,
+    "Retry a failed or cancelled job",
+    responses={202: ok(schemas.Job, "Queued again, attempts from 0", "Location")},
+    errors=(409,),
+)
 async def retry_job(request: web.Request) -> web.Response:
     """POST /api/v1/jobs/{id}/retry: the owner or an admin; only failed or cancelled jobs, attempts from 0.
     Errors: 401, 404, 409 for any other status."""
@@ -133,7 +166,14 @@ def _query(params: Mapping[str, str]) -> tuple[records.JobFilter, int, str | Non
     return where, *page(params)
 
 
-@routes.get("/api/v1/jobs")
+@routes.get(
+    "/api/v1/jobs",
+    Access.USER,
+    "List jobs, newest first",
+    responses={200: ok(schemas.JobList)},
+    description="A user sees its own jobs, an admin every job. Each item is the job without `payload`, `result` and "
+    "`errors`: GET its `links.self` for them. Unknown query parameters are a 400.",
+)
 async def list_jobs(request: web.Request) -> web.Response:
     """GET /api/v1/jobs: newest first, each job without `payload`, `result` and `errors` (its `links.self` has
     them), so a page stays small whatever its jobs hold; a user sees its own jobs, an admin every job.

@@ -9,16 +9,20 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import schemas
+from gateway.api_docs import EVENT_STREAM, Body, Header, ok
 from gateway.http import sse
 from gateway.http.params import bad_query, page
 from gateway.http.responses import json_response
 from gateway.keys import EVENT_HUB, PG_POOL, PRINCIPAL, SETTINGS
+from gateway.routing import Routes
+from gateway.security.access import Access
 from shared.core.errors import NotFound
 from shared.core.ids import well_formed_id
 from shared.ledger import notifications
 
 logger = logging.getLogger(__name__)
-routes = web.RouteTableDef()
+routes = Routes("notifications")
 
 BOOLEANS = {"true": True, "false": False}
 # How long a new stream waits for this gateway's Redis subscription (only ever pending just after start-up).
@@ -35,7 +39,12 @@ def _query(params: Mapping[str, str]) -> tuple[bool, int, str | None]:
     return unread, *page(params)
 
 
-@routes.get("/api/v1/notifications")
+@routes.get(
+    "/api/v1/notifications",
+    Access.USER,
+    "List the caller's notifications, newest first",
+    responses={200: ok(schemas.NotificationList)},
+)
 async def list_notifications(request: web.Request) -> web.Response:
     """GET /api/v1/notifications?unread=&limit=&cursor=: newest first; a user lists its own, an admin everyone's
     (each item's `user` says whose). Errors: 400, 401."""
@@ -51,7 +60,12 @@ async def list_notifications(request: web.Request) -> web.Response:
     return json_response({"items": [n.resource() for n in page], "next_cursor": next_cursor})
 
 
-@routes.post("/api/v1/notifications/{notification_id}/read")
+@routes.post(
+    "/api/v1/notifications/{notification_id}/read",
+    Access.USER,
+    "Mark a notification read",
+    responses={200: ok(schemas.Notification)},
+)
 async def mark_read(request: web.Request) -> web.Response:
     """POST /api/v1/notifications/{id}/read: the owner (or an admin). 200 with the notification; idempotent,
     a second call keeps the first `read_at`. Errors: 401, 404 (also for another user's notification)."""
@@ -67,7 +81,20 @@ async def mark_read(request: web.Request) -> web.Response:
     return json_response(record.resource())
 
 
-@routes.get("/api/v1/notifications/stream")
+@routes.get(
+    "/api/v1/notifications/stream",
+    Access.OWN,
+    "The caller's notifications as a live event stream",
+    responses={200: Body("`event: notification` for each new one", media_type=EVENT_STREAM)},
+    headers=(
+        Header(
+            "Last-Event-ID",
+            {"type": "string"},
+            "On a reconnect: the notifications created after this one are sent first.",
+        ),
+    ),
+    description="429 past SSE_MAX_PER_PRINCIPAL open streams.",
+)
 async def stream_notifications(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/notifications/stream: the caller's own notifications (whatever the role) as they are created,
     one `event: notification` each with `id:` set to the notification's id; a comment every SSE_HEARTBEAT_S.

@@ -8,8 +8,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import schemas
+from gateway.api_docs import json_body, ok
 from gateway.http.responses import json_response, read_model
 from gateway.keys import JOBS_REDIS, PG_POOL, SETTINGS
+from gateway.routing import Routes
+from gateway.security.access import Access
 from shared.core.errors import DependencyUnavailable, NotFound
 from shared.core.status import FINISHED, Finished
 from shared.infra import broker
@@ -17,7 +21,9 @@ from shared.infra.redis import REDIS_ERRORS
 from shared.jobtypes.spec import Queue
 from shared.ledger import owner_caps, pause, queue_state, records, submission
 
-routes = web.RouteTableDef()
+routes = Routes("queues")
+QUEUE_PATH = {"name": {"type": "string", "enum": [q.value for q in Queue], "description": "A queue name."}}
+CLEAN = {"older_than_s": 604800, "statuses": ["succeeded", "failed", "cancelled"]}
 
 QUEUE_NAMES = tuple(q.value for q in Queue)
 
@@ -58,13 +64,18 @@ async def _resources(request: web.Request, names: tuple[str, ...]) -> list[dict[
     return result
 
 
-@routes.get("/api/v1/queues")
+@routes.get("/api/v1/queues", Access.ADMIN, "Queue statistics", responses={200: ok(schemas.QueueList)})
 async def list_queues(request: web.Request) -> web.Response:
     """GET /api/v1/queues: admin. Errors: 401, 403."""
     return json_response({"items": await _resources(request, QUEUE_NAMES)})
 
 
-@routes.get("/api/v1/queues/health")
+@routes.get(
+    "/api/v1/queues/health",
+    Access.ADMIN,
+    "Queue alerts by the QUEUE_ALERT_* thresholds",
+    responses={200: ok(schemas.QueueHealth)},
+)
 async def get_queues_health(request: web.Request) -> web.Response:
     """GET /api/v1/queues/health: admin; alerts by the QUEUE_ALERT_* thresholds. Errors: 401, 403."""
     config = request.app[SETTINGS].gateway
@@ -80,7 +91,13 @@ async def get_queues_health(request: web.Request) -> web.Response:
     return json_response({"healthy": not alerts, "alerts": alerts})
 
 
-@routes.get("/api/v1/queues/{name}")
+@routes.get(
+    "/api/v1/queues/{name}",
+    Access.ADMIN,
+    "One queue's statistics",
+    responses={200: ok(schemas.QueueStats)},
+    path_schemas=QUEUE_PATH,
+)
 async def get_queue(request: web.Request) -> web.Response:
     """GET /api/v1/queues/{name}: admin. Errors: 401, 403, 404."""
     return json_response((await _resources(request, (_queue_name(request),)))[0])
@@ -106,19 +123,41 @@ async def _set_paused(request: web.Request, paused: bool) -> web.Response:
     return json_response((await _resources(request, (name,)))[0])
 
 
-@routes.post("/api/v1/queues/{name}/pause")
+@routes.post(
+    "/api/v1/queues/{name}/pause",
+    Access.ADMIN,
+    "Pause a queue: once this answers 200 no new job of it starts on any worker; enqueueing still works",
+    responses={200: ok(schemas.QueueStats)},
+    path_schemas=QUEUE_PATH,
+    errors=(409,),
+)
 async def pause_queue(request: web.Request) -> web.Response:
     """POST /api/v1/queues/{name}/pause: admin; no new job of the queue starts, enqueueing still works."""
     return await _set_paused(request, True)
 
 
-@routes.post("/api/v1/queues/{name}/resume")
+@routes.post(
+    "/api/v1/queues/{name}/resume",
+    Access.ADMIN,
+    "Resume a queue",
+    responses={200: ok(schemas.QueueStats)},
+    path_schemas=QUEUE_PATH,
+    errors=(409,),
+)
 async def resume_queue(request: web.Request) -> web.Response:
     """POST /api/v1/queues/{name}/resume: admin."""
     return await _set_paused(request, False)
 
 
-@routes.post("/api/v1/queues/{name}/clean")
+@routes.post(
+    "/api/v1/queues/{name}/clean",
+    Access.ADMIN,
+    "Remove finished jobs of a queue",
+    responses={200: ok(schemas.Cleaned)},
+    path_schemas=QUEUE_PATH,
+    request=json_body(CleanRequest, "Which finished jobs to remove (the defaults when no body is sent).", CLEAN),
+    request_required=False,
+)
 async def clean_queue(request: web.Request) -> web.Response:
     """POST /api/v1/queues/{name}/clean: admin; removes finished jobs from the ledger and Redis.
     Errors: 400, 401, 403, 404, 415, 422."""
@@ -136,7 +175,13 @@ async def clean_queue(request: web.Request) -> web.Response:
     return json_response({"removed": removed})
 
 
-@routes.post("/api/v1/queues/{name}/retry-failed")
+@routes.post(
+    "/api/v1/queues/{name}/retry-failed",
+    Access.ADMIN,
+    "Retry every failed job of a queue",
+    responses={200: ok(schemas.RetriedFailed)},
+    path_schemas=QUEUE_PATH,
+)
 async def retry_failed(request: web.Request) -> web.Response:
     """POST /api/v1/queues/{name}/retry-failed: admin; every failed job of the queue, attempts from 0, as far
     as each owner's MAX_QUEUED_PER_OWNER allows (a retried job waits like a new one): the jobs that do not

@@ -6,10 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import schemas
+from gateway.api_docs import ECHO, NO_CONTENT, json_body, ok
 from gateway.http.params import page
 from gateway.http.responses import json_response, read_model
 from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
-from gateway.security.access import api_key_id
+from gateway.routing import Routes
+from gateway.security.access import Access, api_key_id
 from shared.core.errors import InvalidInput, NotFound
 from shared.core.ids import well_formed_id
 from shared.core.json import rfc3339
@@ -17,7 +20,8 @@ from shared.infra.sealing import redact
 from shared.jobtypes.email import submission_context
 from shared.ledger import schedules, submission
 
-routes = web.RouteTableDef()
+routes = Routes("schedules")
+SCHEDULE = {"name": "nightly-echo", "cron": "0 2 * * *", "timezone": "Europe/Paris", "job": ECHO}
 
 
 def _resource(s: schedules.Schedule) -> dict[str, Any]:
@@ -56,7 +60,14 @@ async def _visible(request: web.Request) -> schedules.Schedule:
     return found
 
 
-@routes.post("/api/v1/schedules")
+@routes.post(
+    "/api/v1/schedules",
+    Access.AUTHENTICATED,
+    "Create a schedule",
+    responses={201: ok(schemas.Schedule, "Created", "Location")},
+    request=json_body(schedules.ScheduleRequest, example=SCHEDULE),
+    errors=(403, 409),
+)
 async def create_schedule(request: web.Request) -> web.Response:
     """POST /api/v1/schedules: any role. Errors: 400, 401, 409 (`conflict`: name taken by this owner;
     `schedule_limit_reached`: the owner has MAX_SCHEDULES_PER_OWNER already), 415, 422."""
@@ -70,7 +81,7 @@ async def create_schedule(request: web.Request) -> web.Response:
     return json_response(_resource(created), status=201, headers={"Location": f"/api/v1/schedules/{created.id}"})
 
 
-@routes.get("/api/v1/schedules")
+@routes.get("/api/v1/schedules", Access.USER, "List schedules", responses={200: ok(schemas.ScheduleList)})
 async def list_schedules(request: web.Request) -> web.Response:
     """GET /api/v1/schedules: a user's own (an admin's: all), newest first, paginated. Errors: 400, 401."""
     limit, cursor = page(request.query)
@@ -81,13 +92,20 @@ async def list_schedules(request: web.Request) -> web.Response:
     return json_response({"items": [_resource(s) for s in found], "next_cursor": next_cursor})
 
 
-@routes.get("/api/v1/schedules/{schedule_id}")
+@routes.get("/api/v1/schedules/{schedule_id}", Access.USER, "Get a schedule", responses={200: ok(schemas.Schedule)})
 async def get_schedule(request: web.Request) -> web.Response:
     """GET /api/v1/schedules/{id}: owner or admin. Errors: 401, 404."""
     return json_response(_resource(await _visible(request)))
 
 
-@routes.patch("/api/v1/schedules/{schedule_id}")
+@routes.patch(
+    "/api/v1/schedules/{schedule_id}",
+    Access.USER,
+    "Change a schedule",
+    responses={200: ok(schemas.Schedule)},
+    request=json_body(schedules.SchedulePatch, example={"enabled": False}),
+    errors=(403,),
+)
 async def update_schedule(request: web.Request) -> web.Response:
     """PATCH /api/v1/schedules/{id}: `enabled`, `cron`, `timezone`, `job`, `end_at`. Errors: 400, 401, 404, 422."""
     current = await _visible(request)
@@ -97,7 +115,7 @@ async def update_schedule(request: web.Request) -> web.Response:
     return json_response(_resource(await schedules.update(request.app[PG_POOL], current, patch)))
 
 
-@routes.delete("/api/v1/schedules/{schedule_id}")
+@routes.delete("/api/v1/schedules/{schedule_id}", Access.USER, "Delete a schedule", responses={204: NO_CONTENT})
 async def delete_schedule(request: web.Request) -> web.Response:
     """DELETE /api/v1/schedules/{id}: owner or admin; 204. Errors: 401, 404."""
     current = await _visible(request)

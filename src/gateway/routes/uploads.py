@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,15 +10,35 @@ from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
+from gateway import schemas
+from gateway.api_docs import BINARY, NO_CONTENT, Body, ok
 from gateway.http.errors import BodyTooLarge, human_bytes
 from gateway.http.params import page
 from gateway.http.responses import json_response
 from gateway.keys import METRICS, PG_POOL, PRINCIPAL, SETTINGS
+from gateway.routing import Routes
+from gateway.security.access import Access
 from shared.core.errors import BadRequest, NotFound, StorageQuotaExceeded
 from shared.core.json import rfc3339
 from shared.files import storage
 
-routes = web.RouteTableDef()
+routes = Routes("files")
+# An empty file is refused (400): an empty body is nearly always a client's mistake.
+# `format: binary` as well: fuzzers then generate bytes for it, and no "wrong type" for what is bytes on the wire.
+FILE: Mapping[str, Any] = {
+    **BINARY,
+    "format": "binary",
+    "minLength": 1,
+    "description": "The file's bytes; at least one.",
+}
+UPLOAD_BODIES = (
+    Body("The file as the raw body (any media type).", media_type="application/octet-stream", schema=FILE),
+    Body(
+        "One file field, and nothing else.",
+        media_type="multipart/form-data",
+        schema={"type": "object", "properties": {"file": FILE}, "required": ["file"], "additionalProperties": False},
+    ),
+)
 
 API = "/api/v1/uploads"
 CHUNK_BYTES = 64 * 1024
@@ -122,7 +142,14 @@ async def _source(request: web.Request) -> _Source:
     return _Source(part.filename, part.headers.get(hdrs.CONTENT_TYPE), _part_chunks(part, reader))
 
 
-@routes.post(API)
+@routes.post(
+    API,
+    Access.AUTHENTICATED,
+    "Upload a file (streamed to storage)",
+    responses={201: ok(schemas.Upload, "Stored", "Location")},
+    request=UPLOAD_BODIES,
+    description="An empty file (no body, or an empty file field) is refused with a 400.",
+)
 async def create_upload(request: web.Request) -> web.Response:
     """POST /api/v1/uploads: any role; a raw body (its Content-Type; `?filename=` or Content-Disposition) or
     multipart/form-data with one file field. Streamed to disk while hashed, never held whole in memory.
@@ -172,13 +199,13 @@ async def _visible(request: web.Request) -> storage.StoredFile:
     return found
 
 
-@routes.get(f"{API}/{{upload_id}}")
+@routes.get(f"{API}/{{upload_id}}", Access.USER, "Get an upload's metadata", responses={200: ok(schemas.Upload)})
 async def get_upload(request: web.Request) -> web.Response:
     """GET /api/v1/uploads/{id}: the metadata, for the owner or an admin. Errors: 401, 404."""
     return json_response(_resource(await _visible(request)))
 
 
-@routes.delete(f"{API}/{{upload_id}}")
+@routes.delete(f"{API}/{{upload_id}}", Access.USER, "Delete an upload and its file", responses={204: NO_CONTENT})
 async def delete_upload(request: web.Request) -> web.Response:
     """DELETE /api/v1/uploads/{id}: the owner or an admin; the file and its record go. Errors: 401, 404."""
     found = await _visible(request)
@@ -186,7 +213,7 @@ async def delete_upload(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.get(API)
+@routes.get(API, Access.USER, "List uploads, newest first", responses={200: ok(schemas.UploadList)})
 async def list_uploads(request: web.Request) -> web.Response:
     """GET /api/v1/uploads: newest first; a user's own, an admin's everyone's. Errors: 400, 401."""
     limit, cursor = page(request.query)

@@ -11,13 +11,22 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import Field
 
+from gateway.api_docs import ok
 from gateway.http.responses import json_response
 from gateway.keys import PRINCIPAL, SETTINGS
+from gateway.routing import Routes
 from gateway.schemas import Doc
+from gateway.security.access import Access
 from shared.core.errors import BadRequest, Conflict, PermissionDenied
 from shared.jobtypes import webhook as webhook_spec
 
-routes = web.RouteTableDef()
+routes = Routes("webhooks")
+SIGNING_KEY_DESCRIPTION = (
+    "Each owner's deliveries are signed with that owner's own key, derived from WEBHOOK_SECRET:"
+    " a receiver checking `Conveyor-Signature` with this key and `Conveyor-Owner` against you accepts only"
+    " deliveries of your jobs. A user reads only its own key (another owner's is a 403); an admin may name"
+    " any owner. 409 when WEBHOOK_SECRET is not set (deliveries are then unsigned)."
+)
 
 
 class SigningKey(Doc):
@@ -30,7 +39,14 @@ class SigningKey(Doc):
     )
 
 
-@routes.get("/api/v1/webhook-signing-key")
+@routes.get(
+    "/api/v1/webhook-signing-key",
+    Access.USER,
+    "The key that signs your webhook deliveries",
+    responses={200: ok(SigningKey)},
+    errors=(403, 409),
+    description=SIGNING_KEY_DESCRIPTION,
+)
 async def get_signing_key(request: web.Request) -> web.Response:
     """GET /api/v1/webhook-signing-key: the caller's key; an admin may name another owner (`?owner=`).
     Errors: 401, 403 (a user naming another owner), 409 (no WEBHOOK_SECRET: deliveries are unsigned)."""
