@@ -12,8 +12,10 @@ from typing import Any
 import asyncpg
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared.infra import db
+from support import redis_pair
 from support.helpers import postgres_admin_url, redis_base_url
 from support.stack import (
     Api,
@@ -38,11 +40,13 @@ async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Se
         admin = await asyncpg.connect(admin_url, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         raise RuntimeError(f"PostgreSQL for tests is unreachable at TEST_DATABASE_URL={admin_url}: {exc}") from exc
-    locks = Redis.from_url(f"{redis_base_url()}/0")
     try:
-        cache_db = await _claim_redis_pair(locks)
-    except OSError as exc:
+        cache_db = await redis_pair.claim_pair(redis_base_url(), str(os.getpid()))
+    except (OSError, RedisError) as exc:
         raise RuntimeError(f"Redis for tests is unreachable at TEST_REDIS_URL={redis_base_url()}: {exc}") from exc
+    if cache_db is None:
+        prefix = redis_pair.LOCK_PREFIX
+        raise RuntimeError(f"every Redis database pair for tests is in use (keys {prefix}* in db 0)")
     name = f"conveyor_test_{secrets.token_hex(6)}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = f"{admin_url.rpartition('/')[0]}/{name}"
@@ -59,19 +63,7 @@ async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Se
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-        await locks.delete(f"{LOCK_PREFIX}{cache_db}")
-        await locks.aclose()
-
-
-LOCK_PREFIX = "conveyor:test-session:db"
-
-
-async def _claim_redis_pair(locks: Redis) -> int:
-    """Claim a free pair of Redis databases (2/3 … 14/15) so concurrent test sessions never share queues."""
-    for cache_db in range(14, 1, -2):
-        if await locks.set(f"{LOCK_PREFIX}{cache_db}", str(os.getpid()), nx=True, ex=3600):
-            return cache_db
-    raise RuntimeError("every Redis database pair for tests is in use (keys conveyor:test-session:db* in db 0)")
+        await redis_pair.release_pair(redis_base_url(), cache_db)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import SecretStr
 
+from devstack.embedded.process import free_port as free_port  # the one helper; tests import it from here
 from gateway.app import create_app
 from shared.core import json
 from shared.core.settings import (
@@ -84,12 +84,6 @@ class Services:
         host, old = self.postgres_address
         url = self.database_url.replace(f"{host}:{old}", f"127.0.0.1:{port}", 1)
         return dataclasses.replace(self, database_url=url)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_config(services: Services, *, jobs_url: str | None = None) -> RedisConfig:
