@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 from redis.asyncio import Redis
 
 from support.helpers import eventually
 from support.stack import Api, Conn, StartWorker
+
+
+async def _sentinel_done(api: Api, **options: Any) -> None:
+    """Submit a job on the default queue and wait for it to succeed: what the worker would have done with a
+    job submitted (or due) before it, it has done by then."""
+    sentinel = await api.submit("system.echo", {"data": "sentinel"}, **options)
+    await api.wait_status(sentinel["id"], "succeeded")
 
 
 async def test_cancelled_queued_job_never_starts(api: Api, start_worker: StartWorker, jobs_redis: Redis) -> None:
@@ -19,7 +26,7 @@ async def test_cancelled_queued_job_never_starts(api: Api, start_worker: StartWo
     assert cancelled["error"]["type"] == "JobCancelled"
 
     await start_worker("default")
-    await asyncio.sleep(0.5)
+    await _sentinel_done(api)  # submitted after it, on the same queue: the worker has been past it
     final = await api.job(job["id"])
     assert final["status"] == "cancelled"
     assert final["started_at"] is None
@@ -31,7 +38,7 @@ async def test_cancelled_scheduled_job_never_starts(api: Api, start_worker: Star
     job = await api.submit("system.echo", {}, delay_s=0.5)
 
     status, _, _ = await api.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
-    await asyncio.sleep(1.0)
+    await _sentinel_done(api, delay_s=0.6)  # due after it: once this one ran, its time had come and gone
 
     assert status == 200
     final = await api.job(job["id"])
@@ -50,7 +57,7 @@ async def test_cancel_interrupts_a_running_job_within_a_second(api: Api, start_w
         return True if b'outcome="cancelled",type="system.echo"} 1.0' in worker.metrics.render() else None
 
     await eventually(interrupted, within=1.0)
-    await asyncio.sleep(0.3)
+    await _sentinel_done(api)  # a job put back in the queue would have been ahead of this one
     final = await api.job(job["id"])
     assert final["status"] == "cancelled", "an interrupted job is not put back in the queue"
     assert final["finished_at"] is not None

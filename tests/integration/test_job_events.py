@@ -13,8 +13,13 @@ from support.helpers import eventually
 from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
 
 
-async def _events(api: Api, job_id: str, *, as_: str = "alice", limit: int = 200) -> list[tuple[str, Any]]:
-    """Read a job's stream to its end: (event, data) pairs, and ("comment", text) for heartbeats."""
+async def _events(
+    api: Api, job_id: str, *, as_: str = "alice", limit: int = 200, listening: asyncio.Event | None = None
+) -> list[tuple[str, Any]]:
+    """Read a job's stream to its end: (event, data) pairs, and ("comment", text) for heartbeats.
+
+    `listening` is set at the first event: the stream sends the job once it listens for its changes.
+    """
     seen: list[tuple[str, Any]] = []
     async with api.session.get(f"{api.base}/api/v1/jobs/{job_id}/events", headers=api.auth(as_)) as resp:
         assert resp.status == 200
@@ -28,6 +33,8 @@ async def _events(api: Api, job_id: str, *, as_: str = "alice", limit: int = 200
                 event = line.removeprefix("event: ")
             elif line.startswith("data: "):
                 seen.append((event, json.loads(line.removeprefix("data: "))))
+                if listening is not None:
+                    listening.set()
                 if event == "end" or len(seen) >= limit:
                     break
     return seen
@@ -49,8 +56,9 @@ async def test_running_job_shows_its_progress(api: Api, start_worker: StartWorke
 
 async def test_stream_follows_a_job_to_its_end(api: Api, start_worker: StartWorker) -> None:
     job = await api.submit("system.echo", {"sleep_s": 1, "data": "streamed"})
-    reading = asyncio.create_task(_events(api, job["id"]))
-    await asyncio.sleep(0.3)
+    listening = asyncio.Event()
+    reading = asyncio.create_task(_events(api, job["id"], listening=listening))
+    await asyncio.wait_for(listening.wait(), timeout=5)  # the first event: every change from now on is sent
     await start_worker("default")
 
     seen = await asyncio.wait_for(reading, timeout=15)

@@ -20,6 +20,19 @@ async def _create(api: Api, **body: Any) -> tuple[int, dict[str, Any]]:
     return status, schedule
 
 
+async def _sentinel_fired(api: Api, pg: Conn) -> None:
+    """Make another schedule due and wait for its job: a scheduler pass begun after this call has ended."""
+    _, sentinel = await _create(api, name="sentinel", cron="0 0 1 1 *")
+    await pg.execute("UPDATE schedules SET next_run_at = now() - interval '1 second' WHERE id = $1", sentinel["id"])
+
+    async def fired() -> str | None:
+        _, current, _ = await api.request("GET", f"/api/v1/schedules/{sentinel['id']}")
+        job_id: str | None = current["last_job_id"]
+        return job_id
+
+    await eventually(fired, within=10)
+
+
 async def test_create_computes_the_next_run_in_its_time_zone(api: Api) -> None:
     status, schedule = await _create(api, timezone="Europe/Paris")
 
@@ -144,8 +157,9 @@ async def test_runs_missed_while_down_fire_once_on_start(api: Api, start_worker:
         return current if current["last_job_id"] else None
 
     current = await eventually(fired, within=10)
-    await asyncio.sleep(1.5)
-    assert await pg.fetchval("SELECT count(*) FROM jobs") == 1
+    await _sentinel_fired(api, pg)  # the scheduler has made a whole pass since: no second fire came of it
+    assert await pg.fetchval("SELECT count(*) FROM schedule_runs WHERE schedule_id = $1", schedule["id"]) == 1
+    assert await pg.fetchval("SELECT count(*) FROM jobs") == 2, "one job of the schedule, one of the sentinel"
     assert dt.datetime.fromisoformat(current["next_run_at"]) > dt.datetime.now(dt.UTC)
 
 
