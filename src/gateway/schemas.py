@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from shared.accounts.roles import Role
-from shared.core.status import JobStatus
+from shared.core.status import Finished, JobStatus
 from shared.infra.events import Progress
 
 Priority = Literal["low", "normal", "high"]
@@ -109,7 +109,7 @@ class Batch(Doc):
     failed: int
     cancelled: int
     pending: int
-    status: Literal["running", "succeeded", "failed", "cancelled"]
+    status: Literal["running", Finished]
     on_complete_job_id: str | None
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from shared.core.json import rfc3339
+from shared.core.status import JobStatus
 from shared.infra.sealing import redact
 from shared.ledger.records import JobRecord, JobSummary
 
 API = "/api/v1"
+# The statuses whose resource shows the last attempt's `error` (a succeeded or waiting job has none).
+WITH_ERROR: Final[tuple[JobStatus, ...]] = ("failed", "retrying", "cancelled")
 
 
 def job_url(job_id: str) -> str:
@@ -29,7 +32,7 @@ def job_summary(job: JobSummary, *, progress: dict[str, Any] | None = None) -> d
         "max_attempts": job.max_attempts,
         "timeout_s": job.timeout_s,
         "progress": progress,
-        "error": job.error if job.status in ("failed", "retrying", "cancelled") else None,
+        "error": job.error if job.status in WITH_ERROR else None,
         "batch_id": job.batch_id,
         "idempotency_key": job.idempotency_key,
         "created_at": rfc3339(job.created_at),

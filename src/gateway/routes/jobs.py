@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -20,6 +20,7 @@ from gateway.routing import Routes
 from gateway.security.access import Access
 from gateway.security.ratelimit import guard_queue
 from shared.core.errors import Conflict, InvalidInput
+from shared.core.status import Finished
 from shared.infra import broker, events
 from shared.infra.redis import REDIS_ERRORS
 from shared.jobtypes.email import submission_context
@@ -27,6 +28,8 @@ from shared.ledger import batch_submission, records, submission
 
 logger = logging.getLogger(__name__)
 routes = Routes("jobs")
+# The statuses a job can be retried from (as `records.reset_for_retry` has them).
+RETRIABLE: Final[tuple[Finished, ...]] = ("failed", "cancelled")
 IDEMPOTENCY_KEY = Header(
     "Idempotency-Key",
     {"type": "string", "minLength": 1, "maxLength": 255},
@@ -137,7 +140,7 @@ async def retry_job(request: web.Request) -> web.Response:
     Errors: 401, 404, 409 for any other status."""
     record = await visible_job(request)
     app = request.app
-    if record.status in ("failed", "cancelled"):  # a retry makes a waiting job: it counts against the cap
+    if record.status in RETRIABLE:  # a retry makes a waiting job: it counts against the cap
         await guard_queue(request, 1, owner=record.owner)
     reset = await records.reset_for_retry(app[PG_POOL], [record.id])
     if not reset:

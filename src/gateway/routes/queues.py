@@ -23,7 +23,7 @@ from shared.ledger import owner_caps, pause, queue_state, records, submission
 
 routes = Routes("queues")
 QUEUE_PATH = {"name": {"type": "string", "enum": [q.value for q in Queue], "description": "A queue name."}}
-CLEAN = {"older_than_s": 604800, "statuses": ["succeeded", "failed", "cancelled"]}
+CLEAN = {"older_than_s": 604800, "statuses": list(FINISHED)}
 
 QUEUE_NAMES = tuple(q.value for q in Queue)
 
