@@ -1,14 +1,14 @@
-"""`webhook.deliver` end to end: gateway -> worker -> a local receiver over real sockets.
+"""`webhook.deliver` end to end: gateway -> worker -> a local receiver over real sockets. Signing and each
+owner's key, private addresses, metrics, and the circuit breaker; test_webhook_answers.py has the receiver's
+answers (client errors, 429, timeouts, redirects, refused connections).
 
-The type runs with a fast fixed backoff (a test registry) so retries take a fraction of a second; everything
+The type runs with a fast fixed backoff (support.webhooks) so retries take a fraction of a second; everything
 else (payload, handler, settings) is the built-in one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,35 +16,13 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from shared.core import json
-from shared.core.settings import WebhookConfig
-from shared.jobtypes import builtin_specs
-from shared.jobtypes.spec import Backoff, Registry
-from shared.jobtypes.webhook import WEBHOOK_DELIVER
 from support.helpers import eventually
-from support.receiver import Hit, Receiver, Reply, running_receiver
-from support.stack import Api, Conn, Services, StartWorker, free_port, gateway_settings, running_gateway
-from workers.families import builtin_handlers
+from support.receiver import Receiver, Reply, running_receiver
+from support.stack import Api, Conn, Services, StartWorker, gateway_settings, running_gateway
+from support.webhooks import HANDLERS, REGISTRY, SECRET, hooks, stack, verifies
 from workers.families.webhook import wire
 from workers.families.webhook.circuit import Breaker, CircuitState, Permit, circuit
-from workers.families.webhook.handler import handle_deliver
 from workers.processes import WorkerProcess
-from workers.runtime import bind
-
-SECRET = "whsec_test_secret"
-FAST = dataclasses.replace(WEBHOOK_DELIVER, backoff=Backoff(kind="fixed", base_s=0.2, jitter=False))
-REGISTRY = Registry([*(s for s in builtin_specs() if s.name != FAST.name), FAST])
-HANDLERS = {**builtin_handlers(), FAST.name: bind(FAST, handle_deliver)}
-
-
-def hooks(**options: Any) -> WebhookConfig:
-    return WebhookConfig(**{"allow_private": True, "timeout_s": 2, **options})
-
-
-@contextlib.asynccontextmanager
-async def stack(services: Services, start_worker: StartWorker, **webhook: Any) -> AsyncIterator[tuple[Api, Receiver]]:
-    await start_worker("default", handlers=HANDLERS, registry=REGISTRY, webhook=hooks(**webhook))
-    async with running_receiver() as receiver, running_gateway(gateway_settings(services), registry=REGISTRY) as api:
-        yield api, receiver
 
 
 def webhook_metric(process: WorkerProcess, outcome: str) -> float:
@@ -60,10 +38,6 @@ def key_of(api_key: dict[str, Any]) -> str:
     key = api_key["key"]
     assert isinstance(key, str)
     return key
-
-
-def verifies(hit: Hit, key: str, owner: str) -> bool:
-    return wire.verify(hit.body, hit.headers, key, owner=owner)
 
 
 async def test_delivery_is_signed_and_keeps_its_id_across_a_retry(
@@ -164,76 +138,6 @@ async def test_a_webhook_host_a_user_chose_never_shows_in_the_metrics(
     assert "tenant-only-name" not in text
     assert "alice" not in text
     assert 'conveyor_worker_webhook_circuits{state="open"} 1.0' in text, "its circuit opened, and is counted"
-
-
-@pytest.mark.parametrize("status", [400, 410])
-async def test_a_client_error_fails_at_once(
-    services: Services, pg: Conn, start_worker: StartWorker, status: int
-) -> None:
-    async with stack(services, start_worker) as (api, receiver):
-        receiver.script("/hook", then=Reply(status, body=b"no such subscription"))
-        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "order.paid"})
-        done = await api.wait_status(job["id"], "failed", "succeeded")
-
-    assert done["status"] == "failed"
-    assert done["attempts"] == 1
-    assert done["error"]["type"] == "WebhookHTTPError"
-    assert done["error"]["retryable"] is False
-    assert str(status) in done["error"]["message"]
-    assert "no such subscription" in done["error"]["message"]
-    (hit,) = receiver.hits
-    assert wire.SIGNATURE_HEADER not in hit.headers, "unsigned when no secret is configured"
-
-
-async def test_429_waits_as_long_as_retry_after_asks(services: Services, pg: Conn, start_worker: StartWorker) -> None:
-    async with stack(services, start_worker) as (api, receiver):
-        receiver.script("/hook", Reply(429, headers={"Retry-After": "2"}))
-        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "order.paid"})
-        done = await api.wait_status(job["id"], "succeeded", "failed")
-
-    assert done["status"] == "succeeded"
-    assert done["attempts"] == 2
-    first, second = receiver.hits
-    # The type's backoff here is 0.2 s: only Retry-After explains a wait of two seconds.
-    assert second.at - first.at >= 1.5
-
-
-async def test_a_receiver_that_does_not_answer_in_time_is_retried(
-    services: Services, pg: Conn, start_worker: StartWorker
-) -> None:
-    async with stack(services, start_worker, timeout_s=0.5) as (api, receiver):
-        receiver.script("/hook", Reply(200, delay_s=2))
-        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "order.paid"})
-        done = await api.wait_status(job["id"], "succeeded", "failed")
-
-    assert done["status"] == "succeeded"
-    assert done["attempts"] == 2
-    assert len(receiver.hits) == 2
-
-
-async def test_redirects_are_followed_and_caller_headers_stay_with_their_origin(
-    services: Services, pg: Conn, start_worker: StartWorker
-) -> None:
-    async with stack(services, start_worker, secret=SecretStr(SECRET)) as (api, receiver):
-        elsewhere = receiver.url("/moved-here", host="localhost")  # another origin: a different host
-        receiver.script("/old", then=Reply(308, headers={"Location": "/new"}))
-        receiver.script("/new", then=Reply(307, headers={"Location": elsewhere}))
-        job = await api.submit(
-            "webhook.deliver", {"url": receiver.url("/old"), "event": "e", "headers": {"Authorization": "Bearer x"}}
-        )
-        done = await api.wait_status(job["id"], "succeeded", "failed")
-        loop = await api.submit("webhook.deliver", {"url": receiver.url("/loop"), "event": "e"})
-        receiver.script("/loop", then=Reply(302, headers={"Location": "/loop"}))
-        looped = await api.wait_status(loop["id"], "failed", "succeeded")
-
-    assert done["status"] == "succeeded", done["error"]
-    old, new, final = (receiver.at(p)[0] for p in ("/old", "/new", "/moved-here"))
-    assert old.body == new.body == final.body
-    assert new.headers["Authorization"] == "Bearer x", "same origin keeps the caller's headers"
-    assert "Authorization" not in final.headers, "another origin does not get them"
-    assert verifies(final, wire.signing_key(SECRET, "alice"), "alice")
-    assert looped["error"]["type"] == "WebhookRedirect"
-    assert len(receiver.at("/loop")) == 4, "the first request and three redirects"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
@@ -402,27 +306,3 @@ async def test_breaker_probe_that_fails_opens_the_circuit_again(services: Servic
 async def _allowed(breaker: Breaker, cache: Redis) -> Permit | None:
     permit = await breaker.acquire(cache, EXAMPLE)
     return permit if permit.allowed else None
-
-
-async def test_a_host_that_refuses_connections_is_retried(
-    services: Services, pg: Conn, start_worker: StartWorker
-) -> None:
-    async with stack(services, start_worker) as (api, _):
-        url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-        job = await api.submit("webhook.deliver", {"url": url, "event": "e"}, max_attempts=2)
-        done = await api.wait_status(job["id"], "failed", "succeeded")
-
-    assert done["attempts"] == 2
-    assert done["error"]["type"] == "WebhookConnectionError"
-
-
-@pytest.mark.parametrize("headers", [{}, {"Location": "ftp://127.0.0.1/file"}])
-async def test_a_redirect_that_cannot_be_followed_fails(
-    services: Services, pg: Conn, start_worker: StartWorker, headers: dict[str, str]
-) -> None:
-    async with stack(services, start_worker) as (api, receiver):
-        receiver.script("/hook", then=Reply(302, headers=headers))
-        job = await api.submit("webhook.deliver", {"url": receiver.url(), "event": "e"})
-        done = await api.wait_status(job["id"], "failed", "succeeded")
-
-    assert (done["attempts"], done["error"]["type"]) == (1, "WebhookRedirect")
