@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,12 @@ def test_the_command_writes_the_doc(tmp_path: Path) -> None:
 
     assert configuration_doc.main([str(target)]) == 0
     assert target.read_text(encoding="utf-8") == configuration_doc.render()
+
+
+def test_the_example_environment_names_documented_variables_only() -> None:
+    example = (DOC.parents[1] / "deploy" / "example.env").read_text(encoding="utf-8")
+    named = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
+    documented = {configuration_doc.variable(f) for s in _every_section() for f in s.model_fields.values()}
+
+    assert len(named) > 10
+    assert sorted(named - documented) == []
