@@ -1,11 +1,9 @@
-"""email.send with templates, attachments and exactly-once sending, against a real SMTP server (aiosmtpd)."""
+"""email.send with templates (rendering, overrides, problems), the links a mail may carry, and exactly-once
+sending, against a real SMTP server (aiosmtpd); test_email_attachments.py has the attachments."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -14,49 +12,14 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from shared.core.errors import RetryableJobError
 from shared.core.settings import SmtpConfig
-from shared.files import storage
-from shared.infra import db
 from shared.jobtypes.email import EMAIL_SEND, EmailPayload, EmailResult
-from support.stack import Api, Services, SmtpSink, StartWorker, free_port, postgres_config, storage_config
+from support.mail import body_of, parsed
+from support.stack import Api, Services, SmtpSink, StartWorker, free_port, storage_config
 from support.tcp_proxy import TcpProxy
 from workers.context import JobContext
 from workers.families import builtin_handlers
 from workers.families.email.handler import handle_send
 from workers.runtime import bind
-
-
-def _parse(sink: SmtpSink, index: int = 0) -> EmailMessage:
-    content = sink.messages[index].content
-    assert isinstance(content, bytes)
-    msg = message_from_bytes(content, policy=policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def _body(msg: EmailMessage, subtype: str) -> str:
-    part = msg.get_body(preferencelist=(subtype,))
-    assert part is not None
-    assert part.get_content_subtype() == subtype
-    content = part.get_content()
-    assert isinstance(content, str)
-    return content.replace("\r\n", "\n")
-
-
-@pytest.fixture
-async def pool(services: Services) -> AsyncIterator[db.Pool]:
-    async with db.open_pool(postgres_config(services), migrate=False) as p:
-        yield p
-
-
-async def _artifact(
-    pool: db.Pool, services: Services, *, owner: str, job_id: str, data: bytes,
-    filename: str = "report.csv", content_type: str = "text/csv; charset=utf-8",
-) -> str:  # fmt: skip
-    async with storage.write_artifact(
-        pool, storage_config(services), owner=owner, job_id=job_id, filename=filename, content_type=content_type
-    ) as writer:
-        await writer.write(data)
-    return writer.stored.id
 
 
 async def test_template_renders_text_and_html_escaping_only_html(
@@ -72,9 +35,9 @@ async def test_template_renders_text_and_html_escaping_only_html(
 
     await api.wait_status(job["id"], "succeeded")
 
-    msg = _parse(smtp)
+    msg = parsed(smtp)
     assert msg["Subject"] == f"Welcome, {name}!", "the subject is plain text, not escaped"
-    text, html = _body(msg, "plain"), _body(msg, "html")
+    text, html = body_of(msg, "plain"), body_of(msg, "html")
     assert f"Hello {name}," in text
     assert "https://example.com/login?a=1&b=2" in text
     assert "<script>" not in html
@@ -100,11 +63,11 @@ async def test_user_templates_override_and_extend_the_builtins(
     )
     await api.wait_status(invoice["id"], "succeeded")
 
-    first, second = _parse(smtp, 0), _parse(smtp, 1)
-    assert _body(first, "plain") == "Hi Ann, from our own template.\n"
-    assert _body(first, "html") == "<p>Hi Ann</p>\n"
+    first, second = parsed(smtp, 0), parsed(smtp, 1)
+    assert body_of(first, "plain") == "Hi Ann, from our own template.\n"
+    assert body_of(first, "html") == "<p>Hi Ann</p>\n"
     assert second["Subject"] == "Invoice 7"
-    assert _body(second, "plain") == "Invoice 7 is due.\n"
+    assert body_of(second, "plain") == "Invoice 7 is due.\n"
     assert not second.is_multipart(), "a text-only template sends a text-only mail"
 
 
@@ -156,7 +119,7 @@ async def test_the_subject_is_not_a_template_so_a_loop_in_it_is_sent_as_text(
     done = await api.wait_status(job["id"], "succeeded", "failed")
 
     assert done["status"] == "succeeded", done["error"]
-    assert str(_parse(smtp)["Subject"]).endswith("{% endfor %}{% endfor %} for Ann")
+    assert str(parsed(smtp)["Subject"]).endswith("{% endfor %}{% endfor %} for Ann")
 
 
 # Links: only to PUBLIC_URL's host or a MAIL_LINK_HOSTS one, whoever wrote them.
@@ -235,7 +198,7 @@ async def test_links_to_the_public_host_and_the_listed_hosts_are_sent(
     await api.wait_status(free["id"], "succeeded")
 
     assert len(smtp.messages) == 2
-    bodies = [_body(_parse(smtp, i), "html") for i in range(2)]  # in either order: two jobs ran at once
+    bodies = [body_of(parsed(smtp, i), "html") for i in range(2)]  # in either order: two jobs ran at once
     assert any('href="https://jobs.example.com/login"' in body for body in bodies)
     assert any('href="https://status.example.org/"' in body for body in bodies)
 
@@ -255,105 +218,6 @@ async def test_a_line_break_from_the_context_in_a_subject_fails_at_once(
     assert failed["attempts"] == 1, "no retry can fix it"
     assert failed["error"]["type"] == "TemplateError"
     assert smtp.messages == []
-
-
-async def test_artifact_is_attached_under_its_new_name(
-    api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services
-) -> None:
-    data = b"type,status,jobs\nemail.send,succeeded,3\n"
-    artifact_id = await _artifact(pool, services, owner="alice", job_id="job_report_1", data=data)
-    await start_worker("default", smtp_port=smtp.port)
-    job = await api.submit(
-        "email.send",
-        {"to": ["a@example.com"], "subject": "Your report", "text": "Attached.",
-         "attachments": [{"artifact_id": artifact_id, "filename": "june.csv"}, {"artifact_id": artifact_id}]},
-    )  # fmt: skip
-
-    await api.wait_status(job["id"], "succeeded")
-
-    msg = _parse(smtp)
-    assert _body(msg, "plain") == "Attached.\n"
-    files = list(msg.iter_attachments())
-    assert [f.get_filename() for f in files] == ["june.csv", "report.csv"]
-    for part in files:
-        assert part.get_content_type() == "text/csv"
-        assert part.get_param("charset") == "utf-8"
-        assert part.get_payload(decode=True) == data
-
-
-async def test_someone_elses_artifact_is_not_attached(
-    api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services
-) -> None:
-    artifact_id = await _artifact(pool, services, owner="bob", job_id="job_bobs_report", data=b"secret")
-    await start_worker("default", smtp_port=smtp.port)
-    job = await api.submit(
-        "email.send",
-        {"to": ["a@example.com"], "subject": "Hi", "text": "x", "attachments": [{"artifact_id": artifact_id}]},
-    )
-
-    failed = await api.wait_status(job["id"], "failed")
-
-    assert failed["attempts"] == 1
-    assert failed["error"]["type"] == "AttachmentNotFound"
-    assert failed["error"]["retryable"] is False
-    assert smtp.messages == []
-
-
-@pytest.mark.parametrize(
-    ("filename", "content_type", "sent_as"),
-    [
-        ("login.html", "text/html; charset=utf-8", None),
-        ("logo.svg", "image/svg+xml", None),
-        ("report.csv", "text/csv", "invoice.html"),
-    ],
-    ids=["html", "svg", "renamed-to-html"],
-)
-async def test_a_user_may_not_attach_a_file_that_opens_as_a_web_page(
-    api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services,
-    filename: str, content_type: str, sent_as: str | None,
-) -> None:  # fmt: skip
-    """An HTML or SVG attachment is a page from MAIL_FROM whose links nothing checked."""
-    page = b'<a href="https://evil.example/login">Sign in to see your invoice</a>'
-    artifact_id = await _artifact(
-        pool, services, owner="alice", job_id="job_page", data=page, filename=filename, content_type=content_type
-    )
-    await start_worker("default", smtp_port=smtp.port)
-    attachment = {"artifact_id": artifact_id, **({"filename": sent_as} if sent_as else {})}
-    job = await api.submit(
-        "email.send", {"to": ["a@example.com"], "subject": "Invoice", "text": "Attached.", "attachments": [attachment]}
-    )
-
-    failed = await api.wait_status(job["id"], "failed")
-
-    assert failed["attempts"] == 1
-    assert failed["error"]["type"] == "AttachmentNotAllowed"
-    assert failed["error"]["retryable"] is False
-    assert (sent_as or filename) in failed["error"]["message"]
-    assert smtp.messages == []
-
-
-async def test_an_owner_with_a_live_admin_api_key_may_attach_html(
-    api: Api, start_worker: StartWorker, smtp: SmtpSink, pool: db.Pool, services: Services
-) -> None:
-    status, key, _ = await api.request(
-        "POST", "/api/v1/api-keys", as_="root", role="admin", json={"name": "mailer", "sub": "mailer", "role": "admin"}
-    )
-    assert status == 201, key
-    artifact_id = await _artifact(
-        pool, services, owner="mailer", job_id="job_newsletter", data=b"<p>News</p>",
-        filename="newsletter.html", content_type="text/html; charset=utf-8",
-    )  # fmt: skip
-    await start_worker("default", smtp_port=smtp.port)
-    status, job, _ = await api.request(
-        "POST", "/api/v1/jobs", headers={"Authorization": f"Bearer {key['token']}"},
-        json={"type": "email.send", "payload": {"to": ["a@example.com"], "subject": "News", "text": "Attached.",
-                                                "attachments": [{"artifact_id": artifact_id}]}},
-    )  # fmt: skip
-    assert status == 202, job
-
-    await api.wait_status(job["id"], "succeeded", as_="mailer")
-
-    assert [f.get_filename() for f in _parse(smtp).iter_attachments()] == ["newsletter.html"]
 
 
 async def test_a_retry_after_an_accepted_send_does_not_send_again(
@@ -379,7 +243,7 @@ async def test_a_retry_after_an_accepted_send_does_not_send_again(
     assert done["attempts"] == 2
     assert [e["type"] for e in done["errors"]] == ["LostAfterSend"]
     assert len(smtp.messages) == 1
-    assert done["result"]["message_id"] == _parse(smtp)["Message-ID"]
+    assert done["result"]["message_id"] == parsed(smtp)["Message-ID"]
     assert done["result"]["accepted"] == ["a@example.com"]
     assert list(done["result"]["refused"]) == ["reject@example.com"]
 

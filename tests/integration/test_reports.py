@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from typing import Any
 
 from shared.jobtypes.report import REPORT_GENERATE, ReportPayload, ReportResult
+from support.mail import parsed
 from support.stack import Api, Conn, Services, SmtpSink, StartWorker, storage_config
 from support.tcp_proxy import TcpProxy
 from workers.context import JobContext
@@ -158,14 +157,6 @@ async def test_a_large_report_streams_every_row(api: Api, pg: Conn, start_worker
     assert lines[1:] == sorted(lines[1:]), "rows come in (type, status) order"
 
 
-def _parse(sink: SmtpSink) -> EmailMessage:
-    content = sink.messages[0].content
-    assert isinstance(content, bytes)
-    msg = message_from_bytes(content, policy=policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
 async def test_email_to_mails_the_report_as_an_attachment(
     api: Api, pg: Conn, start_worker: StartWorker, smtp: SmtpSink, services: Services
 ) -> None:
@@ -182,7 +173,7 @@ async def test_email_to_mails_the_report_as_an_attachment(
 
     assert mail_job["owner"] == "alice"
     assert mail_job["idempotency_key"] == f"report-mail:{job['id']}"
-    msg = _parse(smtp)
+    msg = parsed(smtp)
     assert smtp.messages[0].rcpt_tos == ["boss@example.com"]
     assert msg["Subject"] == "Your Conveyor report is ready"
     text = msg.get_body(preferencelist=("plain",))
