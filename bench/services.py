@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import replace
-from urllib.parse import urlsplit
 
 import asyncpg
-from harness import BenchError, Config, redacted, redis_snap, run, with_path
+from harness import BenchError, Config, redacted, redis_snap, run
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.infra import db
 from support import redis_pair as pairs
+from support import throwaway_db
 
 
 async def check_services(cfg: Config) -> dict[str, str]:
@@ -38,32 +36,6 @@ async def check_services(cfg: Config) -> dict[str, str]:
     finally:
         await conn.close()
     return {"redis": redis_version, "postgresql": pg_version}
-
-
-async def create_database(admin_url: str) -> str:
-    """A throwaway database with the ledger schema; returns its URL."""
-    name = f"conveyor_bench_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(admin_url, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_path(admin_url, f"/{name}")
-    conn = await asyncpg.connect(url, timeout=5)
-    try:
-        await db.apply_migrations(conn)
-    finally:
-        await conn.close()
-    return url
-
-
-async def drop_database(admin_url: str, url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    admin = await asyncpg.connect(admin_url, timeout=5)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def claim_pair(cfg: Config) -> int | None:
@@ -94,11 +66,11 @@ def redis_pair(cfg: Config) -> Iterator[Config]:
 
 @contextlib.contextmanager
 def bench_database(cfg: Config) -> Iterator[Config]:
-    url = run(create_database(cfg.admin_url))
+    url = run(throwaway_db.create_database(cfg.admin_url, "conveyor_bench"))
     try:
         yield replace(cfg, database_url=url)
     finally:
-        run(drop_database(cfg.admin_url, url))
+        run(throwaway_db.drop_database(cfg.admin_url, url))
 
 
 async def background_redis_rate(cfg: Config, seconds: float = 0.5) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,8 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.infra import db
-from support import redis_pair
+from support import redis_pair, throwaway_db
 from support.helpers import postgres_admin_url, redis_base_url
 from support.stack import (
     Api,
@@ -34,12 +32,24 @@ from workers.processes import PROCESSES, WorkerProcess
 
 @pytest.fixture(scope="session")
 async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
-    """A throwaway database for this session, migrated once, dropped at the end; Redis checked up front."""
-    admin_url = postgres_admin_url()
+    """A claimed pair of Redis databases and a throwaway PostgreSQL database, migrated once, for this session."""
+    cache_db = await _claim_redis_pair()
     try:
-        admin = await asyncpg.connect(admin_url, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise RuntimeError(f"PostgreSQL for tests is unreachable at TEST_DATABASE_URL={admin_url}: {exc}") from exc
+        url = await _create_database()
+        try:
+            storage = str(tmp_path_factory.mktemp("storage"))
+            yield Services(
+                redis_base=redis_base_url(), database_url=url, cache_db=cache_db, jobs_db=cache_db + 1,
+                storage_dir=storage,
+            )  # fmt: skip
+        finally:
+            await throwaway_db.drop_database(postgres_admin_url(), url)
+    finally:
+        await redis_pair.release_pair(redis_base_url(), cache_db)
+
+
+async def _claim_redis_pair() -> int:
+    """Claim a free pair of Redis databases so concurrent test sessions never share queues."""
     try:
         cache_db = await redis_pair.claim_pair(redis_base_url(), str(os.getpid()))
     except (OSError, RedisError) as exc:
@@ -47,23 +57,15 @@ async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Se
     if cache_db is None:
         prefix = redis_pair.LOCK_PREFIX
         raise RuntimeError(f"every Redis database pair for tests is in use (keys {prefix}* in db 0)")
-    name = f"conveyor_test_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{admin_url.rpartition('/')[0]}/{name}"
-    conn = await asyncpg.connect(url)
+    return cache_db
+
+
+async def _create_database() -> str:
+    admin_url = postgres_admin_url()
     try:
-        await db.apply_migrations(conn)
-    finally:
-        await conn.close()
-    try:
-        storage = str(tmp_path_factory.mktemp("storage"))
-        yield Services(
-            redis_base=redis_base_url(), database_url=url, cache_db=cache_db, jobs_db=cache_db + 1, storage_dir=storage
-        )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        await redis_pair.release_pair(redis_base_url(), cache_db)
+        return await throwaway_db.create_database(admin_url, "conveyor_test")
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise RuntimeError(f"PostgreSQL for tests is unreachable at TEST_DATABASE_URL={admin_url}: {exc}") from exc
 
 
 @pytest.fixture
