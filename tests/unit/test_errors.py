@@ -63,6 +63,8 @@ def _service_error(cls: type[errors.ServiceError]) -> errors.ServiceError:
         return errors.RateLimited("slow down", retry_after_s=1)
     if cls is BodyTooLarge:
         return BodyTooLarge(1024)
+    if cls is errors.StorageQuotaExceeded:
+        return errors.StorageQuotaExceeded("full", used=2048, quota=1024)
     return cls("x")
 
 
