@@ -49,6 +49,10 @@ lint: install
 test: install
 	$(BIN)/python -m pytest --cov --cov-report=term
 
+.PHONY: docs
+docs: install  ## docs/configuration.md from the settings models
+	$(BIN)/python -m devstack.configuration_doc
+
 .PHONY: bench
 bench: install
 	$(BIN)/python bench/bench.py
