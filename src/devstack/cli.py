@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from devstack.embedded import EmbeddedServerError
 from devstack.local_extra import MissingExtra
 from devstack.supervisor import PROCESS_NAMES, RunOptions, SupervisorError, mint_token, run
+from shared.accounts.roles import ROLES, USER
 from shared.core.logging import configure_logging
 from shared.core.settings import MAX_PROCESSES_PER_QUEUE, AuthConfig, LogConfig, PostgresConfig, describe_errors
 from shared.infra import db
@@ -69,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     token = commands.add_parser("token", help="print a signed JWT for the gateway (uses JWT_SECRET)")
     token.add_argument("--sub", required=True, help="the principal's name (the `sub` claim)")
-    token.add_argument("--role", choices=("user", "admin"), default="user")
+    token.add_argument("--role", choices=ROLES, default=USER)
     token.add_argument(
         "--ttl-s",
         "--ttl",

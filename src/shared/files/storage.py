@@ -28,6 +28,7 @@ from typing import BinaryIO, Literal, TypeVar
 
 import asyncpg
 
+from shared.core.ids import well_formed_id
 from shared.core.settings import StorageConfig
 from shared.files import storage_quota
 from shared.infra import pages
@@ -318,15 +319,11 @@ async def write_upload(
         yield writer
 
 
-def _well_formed(file_id: str) -> bool:
-    return 0 < len(file_id) <= 64 and "\x00" not in file_id
-
-
 async def find_file(
     pool: Pool, config: StorageConfig, kind: Kind, file_id: str, *, owner: str | None
 ) -> StoredFile | None:
     """owner=None finds anyone's (admin); otherwise only that owner's; None when absent or not theirs."""
-    if not _well_formed(file_id):
+    if not well_formed_id(file_id):
         return None
     row = await pool.fetchrow(
         "SELECT * FROM files WHERE id = $1 AND kind = $2 AND ($3::text IS NULL OR owner = $3)", file_id, kind, owner
