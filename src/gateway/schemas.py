@@ -1,7 +1,7 @@
-"""Pydantic models of every response shape in API.md, for the OpenAPI document (routes render plain dicts).
+"""Pydantic models of every response shape in docs/api.md, for the OpenAPI document (routes render plain dicts).
 
 They stay open (unknown fields are allowed) so that adding a field to a resource does not break clients
-checking against the document; every field API.md promises is required.
+checking against the document; every field docs/api.md promises is required.
 """
 
 from __future__ import annotations

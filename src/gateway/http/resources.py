@@ -1,4 +1,4 @@
-"""The public JSON shape of resources (API.md), rendered from ledger records."""
+"""The public JSON shape of resources (docs/api.md), rendered from ledger records."""
 
 from __future__ import annotations
 

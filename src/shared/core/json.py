@@ -38,7 +38,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 
 
 def rfc3339(value: dt.datetime | None) -> str | None:
-    """RFC 3339 in UTC with millisecond precision, as API.md shows (`2026-11-23T19:30:00.123Z`)."""
+    """RFC 3339 in UTC with millisecond precision, as docs/api.md shows (`2026-11-23T19:30:00.123Z`)."""
     if value is None:
         return None
     utc = value.astimezone(dt.UTC)

@@ -36,7 +36,7 @@ class NotificationRecord:
         return cls(**dict(row.items()))
 
     def resource(self) -> dict[str, Any]:
-        """The public shape (API.md), the same in lists, on `/read` and on the stream."""
+        """The public shape (docs/api.md), the same in lists, on `/read` and on the stream."""
         return {
             "id": self.id,
             "user": self.owner,
