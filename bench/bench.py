@@ -105,7 +105,7 @@ def measure_and_print(cfg: Config) -> None:
         logs = stack.log_summary()
     print()
     report.print_facts(cfg, versions, background, stack)
-    print(f"targets: DESIGN.md, Performance targets; wall time {time.perf_counter() - started:.0f} s")
+    print(f"targets: docs/performance.md; wall time {time.perf_counter() - started:.0f} s")
     print()
     s, t, c = report.medians(stock), report.medians(tuned), report.medians(conv)
     report.print_table(report.rows(c, s, t))

@@ -22,7 +22,7 @@ import polars as pl
 
 from workers.families.dataset.cpu import child_threads
 
-TARGET_RATIO: Final = 0.8  # DESIGN.md: >= 0.8x a bare streaming scan
+TARGET_RATIO: Final = 0.8  # docs/performance.md: >= 0.8x a bare streaming scan
 TARGET_RSS_MB: Final = 300.0
 CHUNK_ROWS: Final = 500_000
 

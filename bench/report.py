@@ -1,5 +1,5 @@
-"""The printed report: the table of Conveyor beside stock arq against DESIGN.md's targets, the details behind
-it, the spread over rounds and the facts of the machine and services."""
+"""The printed report: the table of Conveyor beside stock arq against the targets of docs/performance.md, the
+details behind it, the spread over rounds and the facts of the machine and services."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def fmt(value: float) -> str:
 
 
 def print_table(table: Sequence[Row]) -> None:
-    header = ("metric", "conveyor", "stock arq", "gain ×", "DESIGN target", "met?")
+    header = ("metric", "conveyor", "stock arq", "gain ×", "target", "met?")
     cells = [header] + [
         (r.metric, fmt(r.conveyor), fmt(r.arq), fmt(r.gain), r.target, {True: "yes", False: "NO", None: "-"}[r.met])
         for r in table
