@@ -68,13 +68,13 @@ async def _shares(pool: ArqRedis, **left: int) -> None:
 def _taken(worker: PriorityWorker, jobs: list[JobRecord]) -> list[str]:
     """The owners of the jobs the worker has taken, in the order taken."""
     owners = {job.id: job.owner for job in jobs}
-    return [owners[job_id] for job_id in worker.tasks]
+    return [owners[job_id] for job_id in worker.running]
 
 
 async def _stop(worker: PriorityWorker) -> None:
-    for task in worker.tasks.values():
+    for task in worker.running.values():
         task.cancel()
-    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    await asyncio.gather(*worker.running.values(), return_exceptions=True)
 
 
 async def _park_all(worker: PriorityWorker, pool: ArqRedis, jobs: list[JobRecord]) -> dict[str, float]:
@@ -83,7 +83,7 @@ async def _park_all(worker: PriorityWorker, pool: ArqRedis, jobs: list[JobRecord
         scores = {job.id: await pool.zscore(broker.queue_key(QUEUE), job.id) for job in jobs}
         if all(score is not None and score < broker.PARK_TOP_MS for score in scores.values()):
             return {job_id: float(score) for job_id, score in scores.items() if score is not None}
-        await worker._poll_iteration()
+        await worker.poll_once()
     raise AssertionError("the jobs were not parked")
 
 
@@ -99,8 +99,8 @@ async def test_an_owner_with_share_left_is_served_behind_a_parked_high_priority_
 
         await _shares(pool, alice=0, bob=3)  # bob's job ended: bob may start more, alice may not
         for _ in range(20):
-            await worker._poll_iteration()
-            if worker.tasks:
+            await worker.poll_once()
+            if worker.running:
                 break
         assert _taken(worker, jobs) == ["bob"], "bob's parked job waited behind alice's parked flood"
     finally:
@@ -118,7 +118,7 @@ async def test_a_parked_job_is_re_scored_once_however_often_the_worker_polls(poo
         bobs = [_record("bob", "normal") for _ in range(3)]
         for job in bobs:
             await broker.enqueue(pool, job)
-            await worker._poll_iteration()
+            await worker.poll_once()
         again = {job.id: await pool.zscore(broker.queue_key(QUEUE), job.id) for job in flood}
         assert _taken(worker, flood + bobs) == ["bob"] * 3
         assert again == parked, "parked jobs were re-scored on every poll"
@@ -139,9 +139,9 @@ async def test_parked_jobs_come_first_once_the_shares_lapse_even_behind_a_full_r
         for job in later:
             await broker.enqueue(pool, job)
 
-        await worker._poll_iteration()
+        await worker.poll_once()
 
-        taken = list(worker.tasks)
+        taken = list(worker.running)
         # all three first (jobs due in the same millisecond may come in any order among themselves)
         assert set(taken[: len(parked)]) == {job.id for job in parked}, "parked high jobs waited behind low ones"
         for job in parked:  # back where they stood before parking: found there again if their worker dies
