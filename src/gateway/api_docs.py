@@ -1,8 +1,8 @@
 """The terms a route declaration (gateway.routing) documents itself in: bodies, request headers, and the
 pieces several routes share.
 
-`gateway.openapi` turns them into the OpenAPI document; query parameters are declared, and enforced, in
-`gateway.http.params`.
+`gateway.openapi` turns them into the OpenAPI document; query parameters are QueryParams of
+`gateway.http.query`, which `gateway.http.params` enforces.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Body:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """A request header an operation reads (query parameters are declared in `gateway.http.params`)."""
+    """A request header an operation reads (a query parameter is a `gateway.http.query.QueryParam`)."""
 
     name: str
     schema: Mapping[str, Any]

@@ -1,10 +1,10 @@
 """Build the OpenAPI 3.1 document from the app's router, its route declarations and the validating models.
 
 Each route's declaration (`gateway.routing`, in `app[ROUTE_TABLE]`) says what the router cannot, in the
-terms of `gateway.api_docs`; query parameters come from their one declaration in `gateway.http.params`,
-which the server enforces. Every route of the router is in the document (a route never declared still
-appears, marked `x-undocumented`); every schema comes from a pydantic model, and every job type of the app's
-registry gets its own job-request variants (with and without an idempotency key), payload and result schema.
+terms of `gateway.api_docs`; its query parameters are the very ones `gateway.http.params` enforces. Every
+route of the router is in the document (a route never declared still appears, marked `x-undocumented`); every
+schema comes from a pydantic model, and every job type of the app's registry gets its own job-request variants
+(with and without an idempotency key), payload and result schema.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway import schemas
 from gateway.api_docs import Body
-from gateway.http import params
 from gateway.http.errors import title_for
 from gateway.keys import REGISTRY
 from gateway.routing import ROUTE_TABLE, Handler, Route
@@ -203,12 +202,12 @@ def _error_statuses(op: Route, *, has_path_params: bool, has_query_params: bool)
     return sorted(statuses)
 
 
-def _parameters(method: str, path: str, op: Route) -> list[dict[str, Any]]:
+def _parameters(path: str, op: Route) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": dict(op.path_schemas.get(name, ID_SCHEMA))}
         for name in re.findall(r"\{([^}:]+)", path)
     ]
-    declared = [("query", q.name, q.schema, q.description, False) for q in params.QUERY.get((method, path), ())]
+    declared = [("query", q.name, q.schema, q.description, False) for q in op.query]
     declared += [("header", h.name, h.schema, h.description, h.required) for h in op.headers]
     for location, name, schema, description, required in declared:
         entry: dict[str, Any] = {"name": name, "in": location, "required": required, "schema": dict(schema)}
@@ -219,7 +218,7 @@ def _parameters(method: str, path: str, op: Route) -> list[dict[str, Any]]:
 
 
 def _operation(method: str, path: str, op: Route, components: _Components) -> dict[str, Any]:
-    params = _parameters(method, path, op)
+    params = _parameters(path, op)
     responses: dict[str, Any] = {str(s): _response(b, components, s) for s, b in sorted(op.responses.items())}
     where = {p["in"] for p in params}
     for status in _error_statuses(op, has_path_params="path" in where, has_query_params="query" in where):

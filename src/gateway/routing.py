@@ -1,11 +1,12 @@
-"""One declaration per route: its handler, method and path, access rule, bodies and documented errors.
+"""One declaration per route: its handler, method and path, access rule, parameters, bodies and errors.
 
 Each routes module declares its routes by decorating their handlers (`routes = Routes("jobs")`, then
 `@routes.get("/api/v1/jobs/{job_id}", Access.USER, "Get a job", responses={200: ok(schemas.Job)})`).
 Everything else is derived from these declarations: the aiohttp router (`install`), the access check of the
-auth middleware (`RouteTable.access_for`), the route table of docs/api.md (`markdown_table`) and the OpenAPI
-document (`gateway.openapi`). A route on the router that was not declared is admin-only (fail closed) and
-logged, and appears in the OpenAPI document marked `x-undocumented`.
+auth middleware (`RouteTable.access_for`), the query check (`gateway.http.params`), the route table of
+docs/api.md (`markdown_table`) and the OpenAPI document (`gateway.openapi`). A route on the router that was
+not declared is admin-only (fail closed) and logged, takes no query parameter, and appears in the OpenAPI
+document marked `x-undocumented`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiohttp import hdrs, web
 from typing_extensions import TypedDict, Unpack
 
 from gateway.api_docs import Body, Header
+from gateway.http.query import QueryParam
 from gateway.security.access import CELLS, Access
 
 logger = logging.getLogger("gateway.auth")
@@ -50,7 +52,8 @@ class Route:
     responses: Mapping[int, Body]  # the success responses (and any error with a body of its own)
     request: tuple[Body, ...] = ()  # the request bodies it accepts, one per media type
     request_required: bool = True
-    headers: tuple[Header, ...] = ()  # request headers it reads (query parameters: gateway.http.params)
+    query: tuple[QueryParam, ...] = ()  # the query parameters it takes (any other is refused)
+    headers: tuple[Header, ...] = ()  # request headers it reads
     path_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by variable; default: an id
     errors: tuple[int, ...] = ()  # statuses beyond those its access, body and parameters imply
     description: str = ""
@@ -66,6 +69,7 @@ class Docs(TypedDict):
     responses: Mapping[int, Body]
     request: NotRequired[tuple[Body, ...]]
     request_required: NotRequired[bool]
+    query: NotRequired[tuple[QueryParam, ...]]
     headers: NotRequired[tuple[Header, ...]]
     path_schemas: NotRequired[Mapping[str, Mapping[str, Any]]]
     errors: NotRequired[tuple[int, ...]]

@@ -3,13 +3,24 @@ document all come from it, and a route cannot be declared twice."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.api_docs import NO_CONTENT
+from gateway.http import params
+from gateway.http.middlewares import error_middleware
+from gateway.http.query import QueryParam
+from gateway.keys import REGISTRY
+from gateway.openapi import build_document
 from gateway.routes import ROUTES
 from gateway.routing import ROUTE_TABLE, Routes, RouteTable, install, markdown_table, template_key
 from gateway.security.access import Access
+from shared.jobtypes import builtin_registry
+
+COLOUR = QueryParam("colour", {"type": "string", "enum": ["red", "blue"]}, "Only things of this colour.")
 
 
 async def _handler(request: web.Request) -> web.Response:
@@ -62,3 +73,54 @@ def test_the_gateway_declares_each_route_once_and_names_queues_by_name() -> None
     assert len(keys) == len(set(keys)) >= 38
     assert template_key("head", "/api/v1/jobs/{job_id}") == ("GET", "/api/v1/jobs/{}")
     assert "| `POST /api/v1/queues/{name}/pause` | 401 | 403 | yes |" in markdown_table(ROUTES)
+
+
+def _listings() -> Routes:
+    routes = Routes("things")
+    routes.get("/api/v1/things", Access.PUBLIC, "List things", query=(COLOUR,), responses={204: NO_CONTENT})(_handler)
+    routes.get("/api/v1/stuff", Access.PUBLIC, "List stuff", responses={204: NO_CONTENT})(_handler)
+    return routes
+
+
+async def _status_and_problem(client: TestClient[web.Request, web.Application], query: str) -> tuple[int, Any]:
+    async with client.get(f"/api/v1{query}") as resp:
+        return resp.status, await resp.json() if resp.status == 400 else None
+
+
+async def test_a_route_takes_the_query_parameters_it_declares_and_no_other() -> None:
+    app = web.Application(middlewares=[error_middleware, params.query_middleware])
+    install(app, _listings())
+
+    async with TestClient(TestServer(app)) as client:
+        declared = await _status_and_problem(client, "/things?colour=red")
+        refused_value = await _status_and_problem(client, "/things?colour=green")
+        unknown = await _status_and_problem(client, "/things?size=3")
+        takes_none = await _status_and_problem(client, "/stuff?colour=red")
+
+    assert declared == (204, None)
+    assert refused_value[0] == unknown[0] == takes_none[0] == 400
+    assert refused_value[1]["errors"] == [{"loc": ["query", "colour"], "msg": "one of red, blue"}]
+    assert "this route takes colour" in unknown[1]["detail"]
+    assert "this route takes none" in takes_none[1]["detail"]
+
+
+def test_the_accepted_names_and_the_documented_parameters_come_from_the_declarations() -> None:
+    app = web.Application()
+    app[REGISTRY] = builtin_registry()
+    install(app, _listings())
+
+    paths = build_document(app, version="0")["paths"]
+
+    assert params.accepted_names(_listings()) == {("GET", "/api/v1/things"): frozenset({"colour"})}
+    assert paths["/api/v1/things"]["get"]["parameters"] == [
+        {
+            "name": "colour",
+            "in": "query",
+            "required": False,
+            "schema": dict(COLOUR.schema),
+            "description": COLOUR.description,
+        }
+    ]
+    assert "parameters" not in paths["/api/v1/stuff"]["get"]
+    assert dict(params.ACCEPTED) == params.accepted_names(ROUTES)
+    assert params.ACCEPTED[("GET", "/api/v1/jobs")] == {"status", "type", "queue", "batch_id", "limit", "cursor"}

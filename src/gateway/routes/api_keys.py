@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway import schemas
 from gateway.api_docs import NO_CONTENT, json_body, ok
 from gateway.http.params import page
+from gateway.http.query import PAGE
 from gateway.http.responses import json_response, read_model
 from gateway.keys import PG_POOL, PRINCIPAL
 from gateway.routing import Routes
@@ -52,7 +53,11 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 @routes.get(
-    "/api/v1/api-keys", Access.ADMIN, "List API keys (never their tokens)", responses={200: ok(schemas.ApiKeyList)}
+    "/api/v1/api-keys",
+    Access.ADMIN,
+    "List API keys (never their tokens)",
+    query=PAGE,
+    responses={200: ok(schemas.ApiKeyList)},
 )
 async def list_keys(request: web.Request) -> web.Response:
     """GET /api/v1/api-keys: admin; newest first, revoked ones too (with `revoked_at`). Errors: 400, 401, 403."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from aiohttp import web
 
@@ -13,6 +13,7 @@ from gateway import schemas
 from gateway.api_docs import ECHO, Header, json_body, ok
 from gateway.http.lookup import job_view, visible_job
 from gateway.http.params import page
+from gateway.http.query import PAGE, QueryParam
 from gateway.http.resources import job_resource, job_summary, job_url
 from gateway.http.responses import json_response, read_json, validate_body
 from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
@@ -20,7 +21,7 @@ from gateway.routing import Routes
 from gateway.security.access import Access
 from gateway.security.ratelimit import guard_queue
 from shared.core.errors import Conflict, InvalidInput
-from shared.core.status import Finished
+from shared.core.status import Finished, JobStatus
 from shared.infra import broker, events
 from shared.infra.redis import REDIS_ERRORS
 from shared.jobtypes.email import submission_context
@@ -161,6 +162,14 @@ async def _announce(request: web.Request, job_id: str, status: str) -> None:
         logger.warning("job.announce_failed", extra={"job_id": job_id, "reason": type(exc).__name__})
 
 
+FILTERS: Final = (
+    QueryParam("status", {"type": "string", "enum": list(get_args(JobStatus))}, "Only jobs in this status."),
+    QueryParam("type", {"type": "string", "maxLength": 100}, "Only jobs of this type."),
+    QueryParam("queue", {"type": "string", "maxLength": 100}, "Only jobs of this queue."),
+    QueryParam("batch_id", {"type": "string", "maxLength": 64}, "Only the members of this batch."),
+)
+
+
 def _query(params: Mapping[str, str]) -> tuple[records.JobFilter, int, str | None]:
     """The list's filters, already checked against their declarations by `gateway.http.params`."""
     where = records.JobFilter(
@@ -173,6 +182,7 @@ def _query(params: Mapping[str, str]) -> tuple[records.JobFilter, int, str | Non
     "/api/v1/jobs",
     Access.USER,
     "List jobs, newest first",
+    query=(*FILTERS, *PAGE),
     responses={200: ok(schemas.JobList)},
     description="A user sees its own jobs, an admin every job. Each item is the job without `payload`, `result` and "
     "`errors`: GET its `links.self` for them. Unknown query parameters are a 400.",

@@ -13,6 +13,7 @@ from gateway import schemas
 from gateway.api_docs import EVENT_STREAM, Body, Header, ok
 from gateway.http import sse
 from gateway.http.params import bad_query, page
+from gateway.http.query import PAGE, QueryParam
 from gateway.http.responses import json_response
 from gateway.keys import EVENT_HUB, PG_POOL, PRINCIPAL, SETTINGS
 from gateway.routing import Routes
@@ -29,6 +30,7 @@ BOOLEANS = {"true": True, "false": False}
 SUBSCRIBE_WAIT_S = 2.0
 # A reconnecting client (`Last-Event-ID`) is sent at most this many missed notifications; it lists the rest.
 CATCH_UP_MAX = 200
+UNREAD = QueryParam("unread", {"type": "string", "enum": ["true", "false"]}, "Only unread ones when `true`.")
 
 
 def _query(params: Mapping[str, str]) -> tuple[bool, int, str | None]:
@@ -43,6 +45,7 @@ def _query(params: Mapping[str, str]) -> tuple[bool, int, str | None]:
     "/api/v1/notifications",
     Access.USER,
     "List the caller's notifications, newest first",
+    query=(UNREAD, *PAGE),
     responses={200: ok(schemas.NotificationList)},
 )
 async def list_notifications(request: web.Request) -> web.Response:

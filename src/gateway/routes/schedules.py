@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway import schemas
 from gateway.api_docs import ECHO, NO_CONTENT, json_body, ok
 from gateway.http.params import page
+from gateway.http.query import PAGE
 from gateway.http.responses import json_response, read_model
 from gateway.keys import PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
 from gateway.routing import Routes
@@ -81,7 +82,7 @@ async def create_schedule(request: web.Request) -> web.Response:
     return json_response(_resource(created), status=201, headers={"Location": f"/api/v1/schedules/{created.id}"})
 
 
-@routes.get("/api/v1/schedules", Access.USER, "List schedules", responses={200: ok(schemas.ScheduleList)})
+@routes.get("/api/v1/schedules", Access.USER, "List schedules", query=PAGE, responses={200: ok(schemas.ScheduleList)})
 async def list_schedules(request: web.Request) -> web.Response:
     """GET /api/v1/schedules: a user's own (an admin's: all), newest first, paginated. Errors: 400, 401."""
     limit, cursor = page(request.query)

@@ -14,6 +14,7 @@ from gateway import schemas
 from gateway.api_docs import BINARY, NO_CONTENT, Body, ok
 from gateway.http.errors import BodyTooLarge, human_bytes
 from gateway.http.params import page
+from gateway.http.query import PAGE, QueryParam
 from gateway.http.responses import json_response
 from gateway.keys import METRICS, PG_POOL, PRINCIPAL, SETTINGS
 from gateway.routing import Routes
@@ -48,6 +49,11 @@ BODY_ERRORS = (ConnectionError, HttpProcessingError)
 # A malformed multipart head: aiohttp raises these (its parser even asserts on some bodies, and a bad part
 # header is an InvalidHeader).
 MALFORMED_MULTIPART = (ValueError, AssertionError, HttpProcessingError)
+FILENAME = QueryParam(
+    "filename",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "For a raw body: the file's name (else Content-Disposition's).",
+)
 
 
 class BodyCut(BadRequest):
@@ -146,6 +152,7 @@ async def _source(request: web.Request) -> _Source:
     API,
     Access.AUTHENTICATED,
     "Upload a file (streamed to storage)",
+    query=(FILENAME,),
     responses={201: ok(schemas.Upload, "Stored", "Location")},
     request=UPLOAD_BODIES,
     description="An empty file (no body, or an empty file field) is refused with a 400.",
@@ -213,7 +220,7 @@ async def delete_upload(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.get(API, Access.USER, "List uploads, newest first", responses={200: ok(schemas.UploadList)})
+@routes.get(API, Access.USER, "List uploads, newest first", query=PAGE, responses={200: ok(schemas.UploadList)})
 async def list_uploads(request: web.Request) -> web.Response:
     """GET /api/v1/uploads: newest first; a user's own, an admin's everyone's. Errors: 400, 401."""
     limit, cursor = page(request.query)

@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import Field
 
 from gateway.api_docs import ok
+from gateway.http.query import QueryParam
 from gateway.http.responses import json_response
 from gateway.keys import PRINCIPAL, SETTINGS
 from gateway.routing import Routes
@@ -26,6 +27,11 @@ SIGNING_KEY_DESCRIPTION = (
     " a receiver checking `Conveyor-Signature` with this key and `Conveyor-Owner` against you accepts only"
     " deliveries of your jobs. A user reads only its own key (another owner's is a 403); an admin may name"
     " any owner. 409 when WEBHOOK_SECRET is not set (deliveries are then unsigned)."
+)
+OWNER = QueryParam(
+    "owner",
+    {"type": "string", "minLength": 1, "maxLength": 200},
+    "Whose key (an admin may name any owner; a user only itself). Default: the caller.",
 )
 
 
@@ -43,6 +49,7 @@ class SigningKey(Doc):
     "/api/v1/webhook-signing-key",
     Access.USER,
     "The key that signs your webhook deliveries",
+    query=(OWNER,),
     responses={200: ok(SigningKey)},
     errors=(403, 409),
     description=SIGNING_KEY_DESCRIPTION,
