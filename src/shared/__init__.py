@@ -1,1 +1,3 @@
-"""Conveyor shared layer: settings, job registry, Redis/PostgreSQL helpers, ledger, mail, metrics, logging."""
+"""What the gateway and the workers both import: core (errors, JSON, settings, logging, metrics, status),
+infra (PostgreSQL, Redis, the broker over arq's keys, events, sealing), ledger, files, accounts and
+jobtypes (the typed job-definition module)."""

@@ -142,6 +142,10 @@ class ArqWorker(Worker):
     def completed(self) -> int:
         return self.jobs_complete
 
+    async def forget_health_check(self) -> None:
+        """Delete arq's health-check record of this worker (a stopped worker must not look alive)."""
+        await self.pool.delete(self.health_check_key)
+
     async def cancel_aborted(self) -> None:
         """Cancel the running jobs named in arq's abort set (arq does it only while it takes jobs)."""
         await self._cancel_aborted_jobs()

@@ -165,7 +165,7 @@ class WorkerProcess:
                     task.cancel()
                 await asyncio.wait(stuck, timeout=BACKGROUND_STOP_S)
             with contextlib.suppress(*REDIS_ERRORS):
-                await ctx.jobs_redis.delete(worker.health_check_key)
+                await worker.forget_health_check()
                 await broker.leave(ctx.jobs_redis, d.queue.value, self.member)
             logger.info("worker.stopped", extra={"queue": d.queue.value, "completed": worker.completed})
 

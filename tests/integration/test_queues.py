@@ -77,6 +77,8 @@ async def test_paused_queue_starts_nothing_but_still_accepts(api: Api, start_wor
     await eventually(followed, within=5)
 
     job = await api.submit("system.echo", {})
+    # Nothing can finish on a paused queue, so no sentinel can: the promise is that time passes (many polls
+    # of the worker) with no start.
     await asyncio.sleep(1.0)
     assert (await api.job(job["id"]))["status"] == "queued"
 
@@ -89,7 +91,7 @@ async def test_a_pause_set_before_a_worker_starts_holds(api: Api, start_worker: 
     job = await api.submit("system.echo", {})
 
     await start_worker("default")
-    await asyncio.sleep(0.8)
+    await asyncio.sleep(0.8)  # as above: time passing with no start is the promise (no sentinel can run)
 
     assert (await api.job(job["id"]))["status"] == "queued"
     await api.request("POST", "/api/v1/queues/default/resume", **ADMIN)

@@ -1,1 +1,2 @@
-"""Who submits work: API keys (hashed, with roles and standing)."""
+"""Who submits work: the roles (one vocabulary for JWTs and API keys) and API keys (hashed, with their
+standing)."""

@@ -25,7 +25,7 @@ SELECT count(*) FROM (
 ) AS waiting
 """
 # A replay records nothing only within the idempotency window: past it the key is freed and a new job
-# is recorded (shared.ledger.insert_job), which counts like any other.
+# is recorded (shared.ledger.records.insert_job), which counts like any other.
 _REPLAY = """
 SELECT 1 FROM jobs WHERE owner = $1 AND idempotency_key = $2 AND created_at >= now() - make_interval(secs => $3)
 """

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from shared.core.status import STATUSES
+from shared.core.status import STATUSES, WAITING
 from shared.infra.db import Connection, Pool
 from shared.ledger import records
 
@@ -111,7 +111,7 @@ async def counts(conn: Connection | Pool, names: Sequence[str]) -> list[QueueCou
         waiting = entry.waiting
         if row["status"] is not None:
             entry.by_status[row["status"]] = int(row["n"])
-            if row["status"] in ("queued", "scheduled", "retrying"):
+            if row["status"] in WAITING:
                 waiting += int(row["due"])
         oldest = entry.oldest_queued_age_s if row["oldest"] is None else max(float(row["oldest"]), 0.0)
         found[row["name"]] = QueueCounts(entry.name, entry.by_status, bool(row["paused"]), oldest, waiting)

@@ -13,6 +13,7 @@ import asyncpg
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.core.status import UNFINISHED
 from shared.core.errors import Conflict
 from shared.infra import pages
 from shared.infra.db import Connection, Pool
@@ -300,4 +301,4 @@ async def is_running(conn: Connection, job_id: str | None) -> bool:
     if job_id is None:
         return False
     status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
-    return status in ("queued", "scheduled", "running", "retrying")
+    return status in UNFINISHED
