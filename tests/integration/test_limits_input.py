@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.http import params
+from gateway.routes import ROUTES
 from shared.core import json
 from support.stack import Api, Services, gateway_settings, running_gateway
 
@@ -119,7 +120,8 @@ async def test_a_batch_takes_1_to_1000_jobs(api: Api) -> None:
 def _list_routes(api: Api) -> list[str]:
     """Every list route the gateway serves (the routes that take `limit`)."""
     served = {(r.method, r.resource.canonical) for r in api.app.router.routes() if r.resource is not None}
-    return [path for (method, path), names in params.ACCEPTED.items() if "limit" in names and (method, path) in served]
+    accepted = params.accepted_names(ROUTES)
+    return [path for (method, path), names in accepted.items() if "limit" in names and (method, path) in served]
 
 
 @pytest.mark.parametrize("limit", ["0", "201", "-1", "abc", "", "1.5"])

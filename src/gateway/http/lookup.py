@@ -27,15 +27,15 @@ async def visible_job(request: web.Request) -> records.JobRecord:
     return record
 
 
-async def job_views(app: web.Application, records: list[records.JobRecord]) -> list[dict[str, Any]]:
+async def job_views(app: web.Application, jobs: list[records.JobRecord]) -> list[dict[str, Any]]:
     """Job resources with the progress of running jobs (from the cache; left out while it is down)."""
-    running = [r.id for r in records if r.status == "running"]
+    running = [r.id for r in jobs if r.status == "running"]
     try:
         progress = await events.get_progresses(app[CACHE], running)
     except REDIS_ERRORS as exc:
         logger.warning("job.progress_unavailable", extra={"reason": type(exc).__name__})
         progress = {}
-    return [job_resource(r, progress=progress.get(r.id)) for r in records]
+    return [job_resource(r, progress=progress.get(r.id)) for r in jobs]
 
 
 async def job_view(app: web.Application, record: records.JobRecord) -> dict[str, Any]:

@@ -12,8 +12,7 @@ once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from functools import cached_property
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -29,29 +28,6 @@ MAX_PARAM_CHARS: Final = 512
 def accepted_names(routes: Iterable[Route]) -> dict[tuple[str, str], frozenset[str]]:
     """The names each route that takes parameters accepts, by method and route template."""
     return {(r.method, r.path): frozenset(p.name for p in r.query) for r in routes if r.query}
-
-
-class _Accepted(Mapping[tuple[str, str], frozenset[str]]):
-    """`accepted_names` of every route of the gateway, read on first use (the routes modules import this one,
-    so their declarations are not there yet when it is imported)."""
-
-    @cached_property
-    def _names(self) -> Mapping[tuple[str, str], frozenset[str]]:
-        from gateway.routes import ROUTES  # here, not at the top: see the class docstring
-
-        return accepted_names(ROUTES)
-
-    def __getitem__(self, key: tuple[str, str]) -> frozenset[str]:
-        return self._names[key]
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-ACCEPTED: Final[Mapping[tuple[str, str], frozenset[str]]] = _Accepted()
 
 
 def bad_query(name: str, msg: str) -> BadRequest:

@@ -21,6 +21,7 @@ from gateway.routing import Routes
 from gateway.security.access import Access
 from gateway.security.ratelimit import guard_queue
 from shared.core.errors import Conflict, InvalidInput
+from shared.core.ids import MAX_ID_CHARS
 from shared.core.status import Finished, JobStatus
 from shared.infra import broker, events
 from shared.infra.redis import REDIS_ERRORS
@@ -166,7 +167,7 @@ FILTERS: Final = (
     QueryParam("status", {"type": "string", "enum": list(get_args(JobStatus))}, "Only jobs in this status."),
     QueryParam("type", {"type": "string", "maxLength": 100}, "Only jobs of this type."),
     QueryParam("queue", {"type": "string", "maxLength": 100}, "Only jobs of this queue."),
-    QueryParam("batch_id", {"type": "string", "maxLength": 64}, "Only the members of this batch."),
+    QueryParam("batch_id", {"type": "string", "maxLength": MAX_ID_CHARS}, "Only the members of this batch."),
 )
 
 

@@ -137,11 +137,11 @@ async def submit_batch(
     """
     on_complete = request.on_complete.model_dump(mode="json") if request.on_complete else None
     async with pool.acquire() as conn, conn.transaction():
-        records = await batches.create(conn, batch_id, owner, members, on_complete, request_id)
+        jobs = await batches.create(conn, batch_id, owner, members, on_complete, request_id)
         if created_with_key is not None:
             await conn.execute("UPDATE batches SET created_with_key = $2 WHERE id = $1", batch_id, created_with_key)
-    await resubmit(redis, records, enqueue_timeout_s=enqueue_timeout_s)
-    return records
+    await resubmit(redis, jobs, enqueue_timeout_s=enqueue_timeout_s)
+    return jobs
 
 
 async def complete_batch(

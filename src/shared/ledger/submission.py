@@ -236,17 +236,17 @@ async def submit(
     return record, True, True
 
 
-async def resubmit(redis: ArqRedis, records: list[records.JobRecord], *, enqueue_timeout_s: float) -> None:
+async def resubmit(redis: ArqRedis, jobs: list[records.JobRecord], *, enqueue_timeout_s: float) -> None:
     """Hand jobs the ledger has just put back to `queued` (a new generation each) to Redis.
 
     On a Redis failure the jobs stay queued in the ledger and the reconciler enqueues them.
     """
     try:
-        async with asyncio.timeout(enqueue_timeout_s * max(1, len(records) / 100)):
-            for record in records:
+        async with asyncio.timeout(enqueue_timeout_s * max(1, len(jobs) / 100)):
+            for record in jobs:
                 await broker.enqueue(redis, record)
     except REDIS_ERRORS as exc:
-        logger.warning("job.enqueue_deferred", extra={"count": len(records), "reason": type(exc).__name__})
+        logger.warning("job.enqueue_deferred", extra={"count": len(jobs), "reason": type(exc).__name__})
 
 
 R = TypeVar("R", bound=KeylessJobRequest)
