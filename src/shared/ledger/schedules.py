@@ -13,8 +13,8 @@ import asyncpg
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.core.status import UNFINISHED
 from shared.core.errors import Conflict
+from shared.core.status import UNFINISHED
 from shared.infra import pages
 from shared.infra.db import Connection, Pool
 from shared.jobtypes.spec import Timestamp
