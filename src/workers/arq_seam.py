@@ -10,8 +10,9 @@ without cancelling its main task, so `ArqWorker` replaces two of its methods and
   `_release_sem_dec_counter_on_complete`);
 - arq's state behind names of ours: `running` (`tasks`), `running_job_ids` (`job_tasks`), `taking_jobs`
   (`allow_pick_jobs`), `has_started` (`main_task`), `completed` (`jobs_complete`), `jobs_redis` (`pool`),
-  `cancel_aborted` (`_cancel_aborted_jobs`), `drain` (`allow_pick_jobs`, the burst switches), `interrupt`, and
-  the lease (`in_progress_timeout_s`), set at construction; `job_score` reads the `score` arq puts in a job's ctx.
+  `cancel_aborted` (`_cancel_aborted_jobs`), `forget_health_check` (`health_check_key`), `drain`
+  (`allow_pick_jobs`, the burst switches), `interrupt`, and the lease (`in_progress_timeout_s`), set at
+  construction; `job_score` reads the `score` arq puts in a job's ctx.
 
 arq's read passes `start=self._queue_read_offset`; ours passes none (`shared.infra.broker.due_job_ids` reads
 each window with `start=0`). That is no drift: arq 0.28 sets `_queue_read_offset = 0` in `Worker.__init__`,
