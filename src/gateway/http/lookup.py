@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,16 +28,15 @@ async def visible_job(request: web.Request) -> records.JobRecord:
     return record
 
 
-async def job_views(app: web.Application, jobs: list[records.JobRecord]) -> list[dict[str, Any]]:
-    """Job resources with the progress of running jobs (from the cache; left out while it is down)."""
-    running = [r.id for r in jobs if r.status == "running"]
+async def running_progress(app: web.Application, jobs: Sequence[records.JobSummary]) -> Mapping[str, Any]:
+    """The progress of the running ones among `jobs`, by id (from the cache; none while it is down)."""
+    running = [j.id for j in jobs if j.status == "running"]
     try:
-        progress = await events.get_progresses(app[CACHE], running)
+        return await events.get_progresses(app[CACHE], running)
     except REDIS_ERRORS as exc:
         logger.warning("job.progress_unavailable", extra={"reason": type(exc).__name__})
-        progress = {}
-    return [job_resource(r, progress=progress.get(r.id)) for r in jobs]
+        return {}
 
 
 async def job_view(app: web.Application, record: records.JobRecord) -> dict[str, Any]:
-    return (await job_views(app, [record]))[0]
+    return job_resource(record, progress=(await running_progress(app, [record])).get(record.id))

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway import schemas
 from gateway.api_docs import ECHO, Header, json_body, ok
-from gateway.http.lookup import job_view, visible_job
+from gateway.http.lookup import job_view, running_progress, visible_job
 from gateway.http.params import page
 from gateway.http.query import PAGE, QueryParam
 from gateway.http.resources import job_resource, job_summary, job_url
@@ -203,10 +203,5 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def _summaries(app: web.Application, jobs: Sequence[records.JobSummary]) -> list[dict[str, Any]]:
     """List items: each job as its resource shows it, less `payload`, `result` and `errors` (GET the job for
     those), with the progress of running jobs (from the cache; left out while it is down)."""
-    running = [j.id for j in jobs if j.status == "running"]
-    try:
-        progress = await events.get_progresses(app[CACHE], running)
-    except REDIS_ERRORS as exc:
-        logger.warning("job.progress_unavailable", extra={"reason": type(exc).__name__})
-        progress = {}
+    progress = await running_progress(app, jobs)
     return [job_summary(j, progress=progress.get(j.id)) for j in jobs]
