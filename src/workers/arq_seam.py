@@ -30,6 +30,7 @@ changed in an installed arq, with what to re-read. Only this module imports `arq
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -65,12 +66,33 @@ class ArqWorker(Worker):
     to define), with its internals behind names of ours.
 
     `lease_s`, when given, is the in-progress key's lifetime: the lease a claim sets and the worker renews.
+
+    Between two polls the worker waits in `idle`: until `wake()` is called (work was signalled, a slot came
+    free) or `poll_delay` has passed, whichever is first. arq's own wait between polls (its `poll_delay`) is
+    set to none, so `poll_delay` is only the fallback for delayed jobs and lost signals.
     """
 
-    def __init__(self, *, lease_s: float | None = None, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, *, lease_s: float | None = None, poll_delay: float = 0.5, **options: Any) -> None:
+        super().__init__(poll_delay=0, **options)
+        self.idle_s = poll_delay
+        self._woken = asyncio.Event()
         if lease_s is not None:
             self.in_progress_timeout_s = lease_s
+
+    def wake(self) -> None:
+        """End the current (or the next) wait between polls now."""
+        self._woken.set()
+
+    async def idle(self) -> None:
+        """Wait between two polls: until `wake()` or `idle_s`, whichever is first."""
+        if not self._woken.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.idle_s):
+                    await self._woken.wait()
+        self._woken.clear()
+
+    def slot_freed(self) -> None:
+        """A job taken by this worker has ended (its slot is free again); a subclass may `wake()` here."""
 
     def read_limit(self) -> int:
         """How many due ids the next poll reads, before arq's burst cap; arq's `queue_read_limit` unless told."""
@@ -100,6 +122,8 @@ class ArqWorker(Worker):
                 del self.tasks[job_id]
                 task.result()  # as arq does: errors of run_job surface here
         await self.heart_beat()
+        if self.allow_pick_jobs:  # draining: arq's main loop checks its burst exit right after this
+            await self.idle()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
@@ -111,8 +135,12 @@ class ArqWorker(Worker):
             await self.sem.acquire()  # never waits: arq sizes it max_jobs + 1 and at most `free` are taken
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            task.add_done_callback(self._job_ended)
             self.tasks[job_id] = task
+
+    def _job_ended(self, _: asyncio.Task[Any]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        self.slot_freed()
 
     async def poll_once(self) -> None:
         """One round of arq's loop: take due jobs, honour cancels, forget finished tasks, beat."""
@@ -156,6 +184,7 @@ class ArqWorker(Worker):
         arq's own signal path would cancel its main task mid-poll (which can leave it waiting forever)."""
         self.allow_pick_jobs = False
         self.burst, self.max_burst_jobs = True, 0
+        self.wake()
 
     def interrupt(self) -> None:
         """Cancel every job still running; arq gives each attempt back to the queue."""
