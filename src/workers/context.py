@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from arq.connections import ArqRedis
@@ -16,6 +16,7 @@ from shared.infra.db import Pool
 from shared.infra.redis import REDIS_ERRORS, CacheRedis
 from shared.infra.sealing import Sealer
 from shared.jobtypes.spec import Registry
+from shared.ledger.outcomes import GroupedOutcomes
 from workers.mailer import MailSender
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,14 @@ class WorkerContext:
     http: aiohttp.ClientSession  # outbound calls (webhooks), see workers.families.webhook.outbound
     cpu: Executor  # CPU-heavy work off the event loop, see workers.families.dataset.cpu
     sealer: Sealer  # opens the secret payload fields of a job about to run
+    # The starts and successes of this process's jobs, group-committed on `pg`; closed when the worker stops.
+    outcomes: GroupedOutcomes = field(init=False)
+
+    def __post_init__(self) -> None:
+        outcomes = GroupedOutcomes(
+            self.pg, pool_max=self.settings.postgres.pool_max, max_jobs=self.settings.worker.max_jobs
+        )
+        object.__setattr__(self, "outcomes", outcomes)
 
 
 @dataclass(frozen=True, slots=True)

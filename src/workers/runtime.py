@@ -161,7 +161,7 @@ class Runtime:
     async def _start(self, envelope: dict[str, Any], handler: AnyHandler | None) -> dict[str, Any]:
         job_id, type_name = envelope["id"], envelope["type"]
         metrics = self.ctx.metrics
-        record = await records.mark_running(self.ctx.pg, job_id, int(envelope.get("generation", 0)))
+        record = await self.ctx.outcomes.start(job_id, int(envelope.get("generation", 0)))
         if record is None:
             logger.info("job.skipped_duplicate")
             return {"status": "skipped"}
@@ -279,7 +279,7 @@ class Runtime:
         return await write()
 
     async def _succeed(self, record: records.JobRecord, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
-        if await self._record(lambda: records.mark_succeeded(self.ctx.pg, record, result)):
+        if await self._record(lambda: self.ctx.outcomes.succeed(record, result)):
             await self._announce(record.id, "succeeded")
             await self._member_finished(record.batch_id)
             self.ctx.metrics.jobs.labels(record.type, "succeeded").inc()

@@ -215,6 +215,56 @@ async def mark_running(conn: Connection | Pool, job_id: str, generation: int) ->
     return None if row is None else JobRecord.from_row(row)
 
 
+# The grouped forms of `mark_running` and `mark_succeeded`: one statement for many jobs (see
+# `shared.ledger.outcomes`), with exactly the single-row answers per item. Each job's row is updated once per
+# statement however often it appears, so a repeat of the same job (id and generation, or id and run_seq) in
+# one group gets what a second single-row call would get just after the first: nothing. The items are sorted
+# by id so that two groups touching the same rows lock them in the same order (no deadlock between them).
+
+
+async def mark_running_many(conn: Connection | Pool, starts: Sequence[tuple[str, int]]) -> list[JobRecord | None]:
+    """`mark_running` for many (job id, generation) pairs at once; per pair its record, or None."""
+    ordered = sorted(set(starts))
+    rows = await conn.fetch(
+        """
+        UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1,
+                        started_at = now(), updated_at = now()
+        FROM unnest($1::text[], $2::int[]) AS t(id, generation)
+        WHERE jobs.id = t.id AND jobs.generation = t.generation
+          AND jobs.status IN ('queued', 'scheduled', 'running', 'retrying')
+        RETURNING jobs.*
+        """,
+        [job_id for job_id, _ in ordered],
+        [generation for _, generation in ordered],
+    )
+    started = {(r["id"], r["generation"]): JobRecord.from_row(r) for r in rows}
+    return [started.pop(start, None) for start in starts]
+
+
+async def mark_succeeded_many(conn: Connection | Pool, outcomes: Sequence[tuple[JobRecord, Any]]) -> list[bool]:
+    """`mark_succeeded` for many (run, result) pairs at once, each fenced on its run_seq; per pair whether it
+    was recorded. The results go as one jsonb array: asyncpg would read a list inside a jsonb[] as a dimension."""
+    first: dict[tuple[str, int], int] = {}
+    for i, (run, _) in enumerate(outcomes):
+        first.setdefault((run.id, run.run_seq), i)
+    ordered = sorted(first.items())
+    rows = await conn.fetch(
+        """
+        UPDATE jobs SET status = 'succeeded', result = r.result, error = NULL, finished_at = now(),
+                        updated_at = now()
+        FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS t(id, run_seq, n)
+        JOIN jsonb_array_elements($3::jsonb) WITH ORDINALITY AS r(result, n) USING (n)
+        WHERE jobs.id = t.id AND jobs.run_seq = t.run_seq AND jobs.status = 'running'
+        RETURNING jobs.id, jobs.run_seq
+        """,
+        [job_id for (job_id, _), _ in ordered],
+        [run_seq for (_, run_seq), _ in ordered],
+        [outcomes[i][1] for _, i in ordered],
+    )
+    done = {first[(r["id"], r["run_seq"])] for r in rows}
+    return [i in done for i in range(len(outcomes))]
+
+
 async def mark_expired(conn: Connection | Pool, job_id: str, error: dict[str, Any]) -> bool:
     """Fail a job that was never started and is past its expiry; it never runs."""
     status = await conn.execute(
