@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.event_hub import EventHub
 from gateway.http.middlewares import middlewares, security_headers
-from gateway.keys import CACHE, EVENT_HUB, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
+from gateway.keys import CACHE, EVENT_HUB, INTAKE, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
 from gateway.routes import setup_routes
 from gateway.routes.health import metrics_listener
 from gateway.routes.openapi import build_on_startup
@@ -19,12 +19,15 @@ from shared.infra import broker, db, redis
 from shared.infra.sealing import Sealer
 from shared.jobtypes import builtin_registry
 from shared.jobtypes.spec import Registry
+from shared.ledger.intake import Intake
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
     async with db.open_pool(app[SETTINGS].postgres) as pool:
         app[PG_POOL] = pool
+        app[INTAKE] = intake = Intake(pool, cap=app[SETTINGS].security.max_queued_per_owner)
         yield
+        await intake.close()
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:

@@ -13,6 +13,7 @@ from shared.infra.db import Pool
 from shared.infra.redis import CacheRedis
 from shared.infra.sealing import Sealer
 from shared.jobtypes.spec import Registry
+from shared.ledger.intake import Intake
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 PG_POOL = web.AppKey("pg_pool", Pool)
@@ -22,6 +23,7 @@ REGISTRY = web.AppKey("registry", Registry)
 SEALER = web.AppKey("sealer", Sealer)
 METRICS = web.AppKey("metrics", Metrics)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
+INTAKE = web.AppKey("intake", Intake)  # POST /api/v1/jobs' grouped inserts
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -16,7 +16,18 @@ from gateway.http.params import page
 from gateway.http.query import PAGE, QueryParam
 from gateway.http.resources import job_resource, job_summary, job_url
 from gateway.http.responses import json_response, read_json, validate_body
-from gateway.keys import CACHE, JOBS_REDIS, METRICS, PG_POOL, PRINCIPAL, REGISTRY, REQUEST_ID, SEALER, SETTINGS
+from gateway.keys import (
+    CACHE,
+    INTAKE,
+    JOBS_REDIS,
+    METRICS,
+    PG_POOL,
+    PRINCIPAL,
+    REGISTRY,
+    REQUEST_ID,
+    SEALER,
+    SETTINGS,
+)
 from gateway.routing import Routes
 from gateway.security.access import Access
 from gateway.security.ratelimit import guard_queue
@@ -26,7 +37,7 @@ from shared.core.status import Finished, JobStatus
 from shared.infra import broker, events
 from shared.infra.redis import REDIS_ERRORS
 from shared.jobtypes.email import submission_context
-from shared.ledger import batch_submission, records, submission
+from shared.ledger import batch_submission, owner_caps, records, submission
 
 logger = logging.getLogger(__name__)
 routes = Routes("jobs")
@@ -79,16 +90,19 @@ async def create_job(request: web.Request) -> web.Response:
         job_request, app[REGISTRY], sealer=app[SEALER], owner=principal.sub, request_id=request[REQUEST_ID],
         for_anyone=principal.is_admin, context=submission_context(app[SETTINGS].mail_policy, admin=principal.is_admin),
     )  # fmt: skip
-    await guard_queue(request, 1, idempotency_key=new.idempotency_key)
-    record, created, enqueued = await submission.submit(
-        app[PG_POOL], app[JOBS_REDIS], new, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s
-    )
+    try:
+        # Shares one INSERT (and one count per owner for the queue cap) with the requests arriving meanwhile.
+        record, created = await app[INTAKE].record(new)
+    except owner_caps.QueueFull:
+        app[METRICS].rate_limited.labels("queue_cap").inc()
+        raise
     headers = {"Location": job_url(record.id)}
     if not created:
         headers["Idempotent-Replayed"] = "true"
         return json_response(job_resource(record), status=200, headers=headers)
     app[METRICS].jobs_enqueued.labels(record.type).inc()
-    if not enqueued:
+    timeout_s = app[SETTINGS].gateway.enqueue_timeout_s
+    if not await submission.hand_over(app[JOBS_REDIS], record, enqueue_timeout_s=timeout_s):
         app[METRICS].enqueue_deferred.inc()
     return json_response(job_resource(record), status=202, headers=headers)
 

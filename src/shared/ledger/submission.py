@@ -227,13 +227,19 @@ async def submit(
     record, created = await records.insert_job(pool, job)
     if not created:
         return record, False, False
+    return record, True, await hand_over(redis, record, enqueue_timeout_s=enqueue_timeout_s)
+
+
+async def hand_over(redis: ArqRedis, record: records.JobRecord, *, enqueue_timeout_s: float) -> bool:
+    """Hand a job the ledger has just recorded to Redis; False when Redis failed (the job is durable and the
+    reconciler enqueues it later, so the submission stands)."""
     try:
         async with asyncio.timeout(enqueue_timeout_s):
             await broker.enqueue(redis, record)
     except REDIS_ERRORS as exc:
         logger.warning("job.enqueue_deferred", extra={"job_id": record.id, "reason": type(exc).__name__})
-        return record, True, False
-    return record, True, True
+        return False
+    return True
 
 
 async def resubmit(redis: ArqRedis, jobs: list[records.JobRecord], *, enqueue_timeout_s: float) -> None:
