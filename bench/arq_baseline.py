@@ -11,11 +11,12 @@ from typing import Any, Final
 
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
-from harness import Config, Figures, Load, closed_loop, flush_redis, percentile, rate, redis_costs, redis_snap
+from harness import Config, Figures, Load, flush_redis, percentile, rate, redis_costs, redis_snap
 from redis.asyncio import Redis
 
 ARQ_POLL_S: Final = 0.5  # stock arq's poll_delay: its pickup samples are spread uniformly over one period
 TUNED_ARQ: Final = {"max_jobs": 100, "poll_delay": 0.01}  # "arq tuned", run under uvloop
+ENQUEUE_GATHER: Final = 100  # arq's client baseline: enqueue_job calls in one asyncio.gather (no HTTP, no ledger)
 
 
 async def noop(ctx: dict[str, Any]) -> None:
@@ -35,7 +36,7 @@ async def arq_drain(cfg: Config, n: int, **worker_options: Any) -> Figures:
     worker = Worker([noop], redis_settings=settings, burst=True, handle_signals=False, **worker_options)
     try:
         before = await redis_snap(probe)
-        enqueued = await arq_enqueue(settings, n, cfg.concurrency)
+        enqueued = await arq_enqueue(settings, n)
         cpu0, t0 = time.process_time(), time.perf_counter()
         await worker.async_run()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -53,15 +54,22 @@ async def arq_drain(cfg: Config, n: int, **worker_options: Any) -> Figures:
     }
 
 
-async def arq_enqueue(settings: RedisSettings, n: int, concurrency: int) -> Load:
-    """arq's own client: `n` enqueue_job calls, `concurrency` in flight."""
+async def arq_enqueue(settings: RedisSettings, n: int) -> Load:
+    """arq's own client as its users batch it: `n` enqueue_job calls, gathered ENQUEUE_GATHER at a time."""
     pool = await create_pool(settings)
+    latencies: list[float] = []
 
-    async def call(_: int) -> bool:
-        return await pool.enqueue_job("noop") is not None
+    async def call() -> bool:
+        started = time.perf_counter()
+        queued = await pool.enqueue_job("noop") is not None
+        latencies.append(time.perf_counter() - started)
+        return queued
 
     try:
-        return await closed_loop(n, concurrency, call)
+        started, ok = time.perf_counter(), 0
+        for first in range(0, n, ENQUEUE_GATHER):
+            ok += sum(await asyncio.gather(*(call() for _ in range(min(ENQUEUE_GATHER, n - first)))))
+        return Load(n, ok, time.perf_counter() - started, latencies)
     finally:
         await pool.aclose(close_connection_pool=True)
 

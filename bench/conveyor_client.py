@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import jwt
 from conveyor_stack import Stack
-from harness import STALL_S, Config, Load, closed_loop
+from harness import STALL_S, BenchError, Config, Load, closed_loop
 from redis.asyncio import Redis
 
 from shared.core import json
@@ -32,6 +32,7 @@ class Client:
     session: aiohttp.ClientSession
     pg: Conn
     redis: Redis
+    cache: Redis
     headers: dict[str, str]
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -43,14 +44,25 @@ class Client:
     def jobs_url(self) -> str:
         return f"http://127.0.0.1:{self.stack.api_port}/api/v1/jobs"
 
+    @property
+    def batches_url(self) -> str:
+        return f"http://127.0.0.1:{self.stack.api_port}/api/v1/batches"
+
     def check_alive(self) -> None:
-        for process in (self.stack.gateway, self.stack.worker):
-            if process is not None:
-                process.check_alive()
+        for process in self.stack.processes():
+            process.check_alive()
 
 
-def bench_token(secret: str, sub: str = "bench") -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+def bench_token(secret: str, sub: str = "bench", role: str = "user") -> str:
+    return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+
+
+async def admin_post(c: Client, path: str) -> None:
+    """POST `path` (e.g. a queue's pause) as an admin; BenchError unless it answers 200."""
+    headers = {"Authorization": f"Bearer {bench_token(c.cfg.jwt_secret, 'bench-admin', 'admin')}"}
+    async with c.session.post(f"http://127.0.0.1:{c.stack.api_port}{path}", headers=headers) as resp:
+        if resp.status != 200:
+            raise BenchError(f"POST {path} answered {resp.status}: {(await resp.read())[:300]!r}")
 
 
 @contextlib.asynccontextmanager
@@ -60,10 +72,11 @@ async def conveyor_client(stack: Stack) -> AsyncIterator[Client]:
     connector = aiohttp.TCPConnector(limit=cfg.concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         pg = await asyncpg.connect(cfg.database_url)
-        probe = Redis.from_url(cfg.jobs_url)
+        probe, cache = Redis.from_url(cfg.jobs_url), Redis.from_url(cfg.cache_url)
         try:
-            yield Client(stack, session, pg, probe, headers)
+            yield Client(stack, session, pg, probe, cache, headers)
         finally:
+            await cache.aclose()
             await probe.aclose()
             await pg.close()
 
@@ -84,6 +97,21 @@ async def post_job(c: Client, i: int, *, extra: dict[str, Any] | None = None, as
         c.refused[f"HTTP {resp.status}"] += 1
         return None
     return str(json.loads(raw)["id"])
+
+
+async def post_batch(c: Client, size: int, first: int = 0) -> int:
+    """POST one batch of `size` `system.echo` jobs; how many it recorded (its `total`) on 202, else 0."""
+    jobs = [{"type": "system.echo", "payload": {"data": first + i}} for i in range(size)]
+    try:
+        async with c.session.post(c.batches_url, data=json.dumps({"jobs": jobs}), headers=c.headers) as resp:
+            raw = await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        c.refused[f"batch {type(exc).__name__}"] += 1
+        return 0
+    if resp.status != 202:
+        c.refused[f"batch HTTP {resp.status}"] += 1
+        return 0
+    return int(json.loads(raw)["total"])
 
 
 async def post_jobs(c: Client, n: int) -> Load:
@@ -126,3 +154,10 @@ async def ledger_span_s(c: Client, start: str, end: str) -> float | None:
 
 async def truncate_jobs(c: Client) -> None:
     await c.pg.execute("TRUNCATE jobs CASCADE")  # and what references jobs (mail_log)
+
+
+async def reset(c: Client) -> None:
+    """No jobs anywhere: an empty ledger and empty Redis databases (call with no worker running)."""
+    await truncate_jobs(c)
+    await c.redis.flushdb()
+    await c.cache.flushdb()

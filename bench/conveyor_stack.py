@@ -1,5 +1,5 @@
-"""The Conveyor stack under measurement, as subprocesses: the gateway (kept for the whole run) and one
-`default` worker (started and stopped every round), with the environment they run in and their logs."""
+"""The Conveyor stack under measurement, as subprocesses: the gateway (kept for the whole run) and the `default`
+worker processes (started and stopped by each phase), with the environment they run in and their logs."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    ready_fd: int | None = None  # the read end of its `--ready-fd` pipe: a line arrives once it takes jobs
 
     @property
     def pid(self) -> int:
@@ -49,7 +50,25 @@ class Process:
         text = self.log.read_text(errors="replace").splitlines()
         return "\n".join("    " + line for line in text[-lines:])
 
+    def ready(self) -> bool:
+        """Whether it has reported readiness on its pipe (non-blocking)."""
+        if self.ready_fd is None:
+            return True
+        try:
+            line = os.read(self.ready_fd, 4096)
+        except BlockingIOError:
+            return False
+        os.close(self.ready_fd)
+        self.ready_fd = None
+        if not line:
+            self.check_alive()
+            raise BenchError(f"{self.name} closed its ready pipe without a word:\n{self.tail()}")
+        return True
+
     def stop(self, timeout: float = 15.0) -> None:
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -73,13 +92,13 @@ def setting_names() -> set[str]:
 
 @dataclass
 class Stack:
-    """The gateway (kept for the whole run) and one `default` worker (started and stopped every round)."""
+    """The gateway (kept for the whole run) and the `default` workers running now (a phase starts and stops them)."""
 
     cfg: Config
     logdir: Path
     api_port: int = field(default_factory=free_port)
     gateway: Process | None = None
-    worker: Process | None = None
+    workers: list[Process] = field(default_factory=list)
 
     def overrides(self) -> dict[str, str]:
         c = self.cfg
@@ -89,6 +108,7 @@ class Stack:
             "WORKER_METRICS_HOST": "127.0.0.1", "WORKER_METRICS_PORT": "0",
             "LOG_LEVEL": "WARNING", "LOG_FORMAT": "console", "SHUTDOWN_GRACE_S": "5",
             "RATE_LIMIT_PER_MINUTE": "1000000000",  # the bench is one caller sending thousands of jobs a second
+            "MAX_QUEUED_PER_OWNER": "100000000",  # and keeps backlogs far larger than one tenant's cap
             "ENVIRONMENT": "development",  # on loopback, with system.echo, as `make run`
         }  # fmt: skip
 
@@ -96,44 +116,76 @@ class Stack:
         """Conveyor settings taken from the caller's environment (e.g. WORKER_MAX_JOBS to try a tuning)."""
         return sorted(n for n in setting_names() - set(self.overrides()) if n in os.environ)
 
-    def spawn(self, name: str, module: str, *args: str) -> Process:
+    def spawn(self, name: str, module: str, *args: str, ready_pipe: bool = False) -> Process:
         log = self.logdir / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                env={**os.environ, **self.overrides()},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # the bench is single-threaded
-            )
-        return Process(name, popen, log)
+        read_end, write_end = os.pipe() if ready_pipe else (None, None)
+        extra = ["--ready-fd", str(write_end)] if write_end is not None else []
+        try:
+            with log.open("ab") as out:
+                popen = subprocess.Popen(
+                    [sys.executable, "-m", module, *args, *extra],
+                    env={**os.environ, **self.overrides()},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=() if write_end is None else (write_end,),
+                    preexec_fn=_die_with_parent,  # the bench is single-threaded
+                )
+        finally:
+            if write_end is not None:
+                os.close(write_end)
+        if read_end is not None:
+            os.set_blocking(read_end, False)
+        return Process(name, popen, log, read_end)
 
     def start_gateway(self) -> Process:
         self.gateway = self.spawn("gateway", "gateway")
         return self.gateway
 
-    def start_worker(self) -> Process:
-        self.worker = self.spawn("worker", "workers", "default")
-        return self.worker
+    def start_workers(self, count: int = 1) -> list[Process]:
+        """`count` more `default` worker processes; each appends to its own log, worker-1.log, worker-2.log, …"""
+        for _ in range(count):
+            name = f"worker-{len(self.workers) + 1}"
+            self.workers.append(self.spawn(name, "workers", "default", "--name", name, ready_pipe=True))
+        return list(self.workers)
 
-    def stop_worker(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
+    async def workers_ready(self, within: float = 60.0) -> None:
+        """Until every running worker has said it takes jobs; BenchError when one exits or it takes too long."""
+        deadline = time.monotonic() + within
+        waiting = list(self.workers)
+        while waiting:
+            waiting = [p for p in waiting if not p.ready()]
+            for process in waiting:
+                process.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{waiting[0].name} was not ready within {within:g} s:\n{waiting[0].tail()}")
+            await asyncio.sleep(0.02)
+
+    def stop_workers(self) -> None:
+        """SIGTERM every running worker at once, then wait for each (their grace periods overlap)."""
+        for process in self.workers:
+            if process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            process.stop()
+        self.workers = []
+
+    def processes(self) -> list[Process]:
+        return [p for p in (self.gateway, *self.workers) if p is not None]
 
     def log_summary(self) -> list[str]:
-        """What the gateway and the last worker logged (LOG_LEVEL=WARNING: warnings and errors only)."""
+        """What the gateway and every worker logged (LOG_LEVEL=WARNING: warnings and errors only)."""
         lines: list[str] = []
-        for process in (self.gateway, self.worker):
-            if process is not None and (count := len(process.log.read_text(errors="replace").splitlines())):
-                lines.append(f"{process.name} logged {count} line(s) at WARNING or above; the last ones:")
-                lines.append(process.tail(5))
+        for log in sorted(self.logdir.glob("*.log")):
+            if count := len(text := log.read_text(errors="replace").splitlines()):
+                lines.append(f"{log.stem} logged {count} line(s) at WARNING or above; the last ones:")
+                lines.append("\n".join("    " + line for line in text[-5:]))
         return lines
 
     def close(self) -> None:
-        for process in (self.worker, self.gateway):
-            if process is not None:
-                process.stop()
+        self.stop_workers()
+        if self.gateway is not None:
+            self.gateway.stop()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from harness import Figures, cpu_seconds, rate, rss_mb
 
 async def drain_phase(c: Client, accepted: int) -> Figures:
     """Start a fresh worker on the queued backlog; rate from the ledger (first start -> last finish)."""
-    worker = c.stack.start_worker()
+    (worker,) = c.stack.start_workers(1)
     await wait_rows(c, "started_at IS NOT NULL", 1, interval=0.002)
     cpu0 = cpu_seconds(worker.pid)  # from the first job on: start-up (imports, pools) is not counted
     started0 = int(await c.pg.fetchval("SELECT count(*) FROM jobs WHERE started_at IS NOT NULL"))

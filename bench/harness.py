@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import math
 import os
 import secrets
@@ -43,12 +44,21 @@ class Config:
     latency_gap_s: float
     redis_base: str
     admin_url: str
+    e2e_s: float = 60.0
+    soak_s: float = 60.0
+    batch_size: int = 1000
+    batches: int = 8
+    batch_concurrency: int = 4
+    scale_workers: tuple[int, ...] = (1, 2, 4)
     database_url: str = ""
     cache_db: int = 12  # the jobs database is the next one; see `services.redis_pair`
+    cache_base: str = ""  # the bench's own Redis for the cache role (`cache_server`); "" = the shared one
     jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
 
     @property
     def cache_url(self) -> str:
+        if self.cache_base:
+            return with_path(self.cache_base, "/0")
         return with_path(self.redis_base, f"/{self.cache_db}")
 
     @property
@@ -200,6 +210,27 @@ class Load:
             f"{prefix}_p50_ms": percentile(self.latencies_s, 0.50) * 1000,
             f"{prefix}_p99_ms": percentile(self.latencies_s, 0.99) * 1000,
         }
+
+
+async def timed_loop(seconds: float, concurrency: int, call: Callable[[int], Awaitable[bool]]) -> Load:
+    """Calls with at most `concurrency` in flight for `seconds`; each lane starts its next call when one ends."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    sent = ok = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def lane() -> None:
+        nonlocal sent, ok
+        while time.perf_counter() < deadline:
+            sent += 1
+            t0 = time.perf_counter()
+            if await call(next(counter)):
+                ok += 1
+                latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return Load(sent, ok, time.perf_counter() - started, latencies)
 
 
 async def closed_loop(n: int, concurrency: int, call: Callable[[int], Awaitable[bool]]) -> Load:
