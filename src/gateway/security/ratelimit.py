@@ -7,6 +7,7 @@ slow call is not an unreachable Redis: only the Redis client's own connect and s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from typing import Any, Final, TypeVar, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from redis.exceptions import NoScriptError
 
 from gateway.keys import CACHE, METRICS, PG_POOL, PRINCIPAL, SETTINGS
 from gateway.security.client_address import client_ip
@@ -117,9 +119,17 @@ class _Backend:
         )
 
 
+_SHA1: Final = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_GCRA, _COUNT_FAILURE)}  # noqa: S324 - Redis names scripts by SHA-1
+
+
 async def _eval(request: web.Request, script: str, key: str, *args: str) -> list[int]:
-    """Run a limiter script; no deadline of its own (a late event loop is not a Redis outage)."""
-    reply = await cast(Awaitable[Any], request.app[CACHE].eval(script, 1, key, *args))
+    """Run a limiter script by its digest (EVALSHA: the script's text is sent only when Redis lacks it, after a
+    restart or a SCRIPT FLUSH); no deadline of its own (a late event loop is not a Redis outage)."""
+    cache = request.app[CACHE]
+    try:
+        reply = await cast(Awaitable[Any], cache.evalsha(_SHA1[script], 1, key, *args))
+    except NoScriptError:
+        reply = await cast(Awaitable[Any], cache.eval(script, 1, key, *args))  # EVAL loads it for the next call
     return [int(v) for v in reply]
 
 
