@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
-from arq.utils import timestamp_ms
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms, to_ms, to_unix_ms
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.core import json
 from shared.core.settings import RedisConfig
+from shared.infra import wakeup
 
 # One arq function per worker process dispatches on the job type; see workers.runtime for why.
 RUN_FUNCTION: Final = "conveyor.run"
@@ -133,7 +138,7 @@ def envelope(job: QueuedJob) -> dict[str, Any]:
 # Priorities live in arq's one sorted set per queue: a job's score is its due time (ms) minus its
 # priority's band. Bands are a century apart, far more than any due time can spread (delays are capped
 # at 366 days), so the due jobs of each priority sit in their own score window; the worker reads the
-# windows high first (see `due_job_ids`). Within a priority, jobs start in due-time order.
+# windows high first (see `due_windows`). Within a priority, jobs start in due-time order.
 BAND_MS: Final = 100 * 365 * 24 * 3600 * 1000
 PRIORITY_BANDS: Final = {"high": 2 * BAND_MS, "normal": BAND_MS, "low": 0}
 HORIZON_MS: Final = 400 * 24 * 3600 * 1000  # beyond the furthest due time a job may have
@@ -154,38 +159,107 @@ def retry_defer_s(defer_s: float, priority: str) -> float:
     return defer_s - PRIORITY_BANDS.get(priority, BAND_MS) / 1000
 
 
+class Lua:
+    """A Lua script run by its digest (EVALSHA): its body crosses the wire once per Redis server (again after a
+    restart or SCRIPT FLUSH, when Redis answers NOSCRIPT), not on every call. redis-py's `register_script` does
+    the same but binds the script to one client; this one is shared by every client of the process."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
+        values: list[Any] = [*keys, *args]
+        try:
+            return await cast("Awaitable[Any]", redis.evalsha(self.sha, len(keys), *values))
+        except NoScriptError:
+            await cast("Awaitable[Any]", redis.script_load(self.source))
+            return await cast("Awaitable[Any]", redis.evalsha(self.sha, len(keys), *values))
+
+
+# What arq's `enqueue_job` does, on arq's keys, for many jobs in one call. Per job, KEYS: its arq record, its
+# result record, its queue's sorted set; ARGV: the record, its expiry (ms), its score, its id, and the queue's
+# wake-up channel when the job is due now (else ''). A job whose record or result Redis holds is refused (0),
+# as arq refuses it; else it is added (1). Each channel of an added due job gets one PUBLISH (see
+# `shared.infra.wakeup`); a job due later needs none, the polls find it.
+_ENQUEUE: Final = Lua("""
+local added, woken = {}, {}
+for i = 0, #KEYS / 3 - 1 do
+  local record, expiry, score, id, channel = ARGV[5 * i + 1], ARGV[5 * i + 2], ARGV[5 * i + 3], ARGV[5 * i + 4],
+    ARGV[5 * i + 5]
+  if redis.call('EXISTS', KEYS[3 * i + 1], KEYS[3 * i + 2]) == 0 then
+    redis.call('SET', KEYS[3 * i + 1], record, 'PX', expiry)
+    redis.call('ZADD', KEYS[3 * i + 3], score, id)
+    added[i + 1] = 1
+    if channel ~= '' then woken[channel] = true end
+  else
+    added[i + 1] = 0
+  end
+end
+for channel in pairs(woken) do redis.call('PUBLISH', channel, '') end
+return added
+""")
+# Jobs per enqueue call: a bounded script run, however many a batch holds.
+ENQUEUE_CHUNK: Final = 200
+
+
+def _enqueue_call(
+    redis: ArqRedis, job: QueuedJob, now: dt.datetime, now_ms: int
+) -> tuple[list[str], list[str | bytes]]:
+    """The keys and arguments of one job in `_ENQUEUE`: arq's record (function, args, job_try, enqueue time) and
+    score as `enqueue_job` would write them, with the score banded by priority and the expiry from the due time."""
+    due = max(job.scheduled_for, now)
+    score = to_unix_ms(due - dt.timedelta(milliseconds=PRIORITY_BANDS[job.priority]))
+    expiry = to_ms(due - now + JOB_KEY_EXTRA)  # arq would derive a negative expiry from a banded score
+    job_try = job.attempts + 1 if job.attempts else None
+    record = serialize_job(RUN_FUNCTION, (envelope(job),), {}, job_try, now_ms, serializer=serialize)
+    channel = wakeup.channel(redis, job.queue) if due <= now else ""
+    keys = [job_key_prefix + job.arq_id, result_key_prefix + job.arq_id, queue_key(job.queue)]
+    return keys, [record, str(expiry), str(score), job.arq_id, channel]
+
+
 async def enqueue(redis: ArqRedis, job: QueuedJob) -> bool:
     """Put a ledger record on its arq queue; False when arq already holds it (queued or with a result).
 
-    A retrying or rescheduled job goes back at its `scheduled_for` time with its attempt count carried on.
+    A retrying or rescheduled job goes back at its `scheduled_for` time with its attempt count carried on. One
+    EVALSHA: the record, the queue entry and the wake-up of the queue's idle workers (`shared.infra.wakeup`).
     """
+    return (await enqueue_many(redis, [job]))[0]
+
+
+async def enqueue_many(redis: ArqRedis, jobs: Sequence[QueuedJob]) -> list[bool]:
+    """`enqueue` for many jobs (of any queues) in one call per ENQUEUE_CHUNK jobs: for each, in order, False
+    when arq already holds it. A job of `jobs` named twice is added once (the second is refused)."""
     now = json.utcnow()
-    due = max(job.scheduled_for, now)
-    banded = due - dt.timedelta(milliseconds=PRIORITY_BANDS[job.priority])
-    handle = await redis.enqueue_job(
-        RUN_FUNCTION,
-        envelope(job),
-        _job_id=job.arq_id,
-        _queue_name=queue_key(job.queue),
-        _defer_until=banded,  # arq takes this as the score as it is: due time minus the band
-        _expires=due - now + JOB_KEY_EXTRA,  # arq would derive a negative expiry from a banded score
-        _job_try=job.attempts + 1 if job.attempts else None,
-    )
-    return handle is not None
+    now_ms = timestamp_ms()
+    added: list[bool] = []
+    for start in range(0, len(jobs), ENQUEUE_CHUNK):
+        keys: list[str] = []
+        args: list[str | bytes] = []
+        for job in jobs[start : start + ENQUEUE_CHUNK]:
+            job_keys, job_args = _enqueue_call(redis, job, now, now_ms)
+            keys += job_keys
+            args += job_args
+        added += [bool(int(flag)) for flag in await _ENQUEUE(redis, keys, args)]
+    return added
+
+
+def due_windows(now_ms: int) -> list[tuple[str, str]]:
+    """The score windows of the due jobs, in the order they are served: high priority, then normal, then low,
+    each in due-time order; then the parked ones (held back by their owner's share), in the order parked."""
+    return [
+        (str(PARK_TOP_MS), str(now_ms - PRIORITY_BANDS["high"])),
+        (str(now_ms + HORIZON_MS - PRIORITY_BANDS["high"]), str(now_ms - PRIORITY_BANDS["normal"])),
+        (str(now_ms + HORIZON_MS - PRIORITY_BANDS["normal"]), str(now_ms)),
+        ("-inf", f"({PARK_TOP_MS}"),
+    ]
 
 
 async def due_job_ids(redis: ArqRedis, queue_name: str, *, limit: int) -> list[bytes]:
-    """Ids of due jobs, high priority first, then normal, then low, each in due-time order; then the parked
-    ones (held back by their owner's share), in the order they were parked."""
-    now = timestamp_ms()
-    windows: list[tuple[float | str, float | str]] = [
-        (PARK_TOP_MS, now - PRIORITY_BANDS["high"]),
-        (now + HORIZON_MS - PRIORITY_BANDS["high"], now - PRIORITY_BANDS["normal"]),
-        (now + HORIZON_MS - PRIORITY_BANDS["normal"], now),
-        (float("-inf"), f"({PARK_TOP_MS}"),
-    ]
+    """Ids of due jobs, in the order `due_windows` serves them (a read for tools and tests; a worker's claim
+    reads them itself, in the same call that takes them)."""
     async with redis.pipeline(transaction=False) as pipe:
-        for low, high in windows:
+        for low, high in due_windows(timestamp_ms()):
             pipe.zrangebyscore(queue_name, low, high, start=0, num=limit)
         found = await pipe.execute()
     return [job_id for ids in found for job_id in ids][:limit]
