@@ -99,6 +99,7 @@ class Stack:
     api_port: int = field(default_factory=free_port)
     gateway: Process | None = None
     workers: list[Process] = field(default_factory=list)
+    started: int = 0  # worker processes started so far
 
     def overrides(self) -> dict[str, str]:
         c = self.cfg
@@ -143,9 +144,11 @@ class Stack:
         return self.gateway
 
     def start_workers(self, count: int = 1) -> list[Process]:
-        """`count` more `default` worker processes; each appends to its own log, worker-1.log, worker-2.log, …"""
+        """`count` more `default` worker processes, named (and logging to) worker-1, worker-2, … in the order the
+        run starts them, so a line in the log summary says which phase's worker wrote it."""
         for _ in range(count):
-            name = f"worker-{len(self.workers) + 1}"
+            self.started += 1
+            name = f"worker-{self.started}"
             self.workers.append(self.spawn(name, "workers", "default", "--name", name, ready_pipe=True))
         return list(self.workers)
 

@@ -107,7 +107,8 @@ def rows(cfg: Config, conv: Figures, stock: Figures, tuned: Figures, soak: Soak)
     for name, before in soak.before.items():
         after = soak.after.get(name, math.nan)
         table.append(Row(f"soak RSS {name}, MB (after / before)", after, before, "before",
-                         soak_target, after <= RSS_GROWTH * before if soak_long else None))  # fmt: skip
+                         soak_target, after <= RSS_GROWTH * before if soak_long else None,
+                         f"soak_rss_{name}"))  # fmt: skip
     ratios = [soak.after.get(n, math.nan) / b for n, b in soak.before.items() if b]
     worst = max(ratios) if ratios else math.nan
     table.append(Row("soak RSS, worst process", worst, 1.0, "-", soak_target,
@@ -146,10 +147,12 @@ def print_table(table: Sequence[Row]) -> None:
 
 
 def perf_line(table: Sequence[Row]) -> str:
-    """Every keyed figure, then how many targets are met (`n/a` ones are not counted) and which are not."""
+    """Every keyed figure, then how many targets are met (`n/a` ones are not counted) and which are not.
+
+    Every row with a target has a key, so `unmet` and `na` name each one."""
     keyed = [r for r in table if r.key]
     judged = [r for r in table if r.met is not None]
-    unmet = [r.key or r.metric.replace(" ", "_") for r in judged if not r.met]
+    unmet = [r.key for r in judged if not r.met]
     na = [r.key for r in keyed if r.met is None and r.target != "-"]
     values = " ".join(f"{r.key}={'n/a' if math.isnan(r.perf_value) else f'{r.perf_value:.4g}'}" for r in keyed)
     met = sum(1 for r in judged if r.met)

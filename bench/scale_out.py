@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from conveyor_client import Client, admin_post, ledger_span_s, post_batch, reset, wait_rows
-from harness import Figures, closed_loop, rate
+from conveyor_client import Client, admin_post, ledger_span_s, post_jobs, reset, wait_rows
+from harness import Figures, rate
 
 QUEUE = "/api/v1/queues/default"
-
-
-async def backlog(c: Client, jobs: int) -> int:
-    """`jobs` queued through batches (the quickest way in); how many were recorded."""
-    size = min(c.cfg.batch_size, jobs)
-    accepted = 0
-
-    async def call(i: int) -> bool:
-        nonlocal accepted
-        accepted += (got := await post_batch(c, min(size, jobs - i * size), first=i * size))
-        return got > 0
-
-    await closed_loop(-(-jobs // size), c.cfg.batch_concurrency, call)
-    return accepted
 
 
 async def drain_with(c: Client, workers: int) -> float:
@@ -27,12 +13,13 @@ async def drain_with(c: Client, workers: int) -> float:
 
     The queue is paused while the backlog is recorded and the workers start (a pause holds at the claim), so
     the first job starts only once every process takes jobs: the rate is theirs together, not the first one's
-    alone while the others import.
+    alone while the others import. The backlog is single POSTs, as the drain phase's: batch members would add
+    the batch's completion check to every finish.
     """
     await reset(c)
     await admin_post(c, f"{QUEUE}/pause")
     try:
-        accepted = await backlog(c, c.cfg.jobs)
+        accepted = (await post_jobs(c, c.cfg.jobs)).ok
         c.stack.start_workers(workers)
         await c.stack.workers_ready()
     finally:
