@@ -16,6 +16,7 @@ from shared.infra.db import Pool
 from shared.infra.redis import REDIS_ERRORS, CacheRedis
 from shared.infra.sealing import Sealer
 from shared.jobtypes.spec import Registry
+from shared.ledger.announcements import GroupedAnnouncements
 from shared.ledger.outcomes import GroupedOutcomes
 from workers.mailer import MailSender
 
@@ -35,14 +36,22 @@ class WorkerContext:
     http: aiohttp.ClientSession  # outbound calls (webhooks), see workers.families.webhook.outbound
     cpu: Executor  # CPU-heavy work off the event loop, see workers.families.dataset.cpu
     sealer: Sealer  # opens the secret payload fields of a job about to run
-    # The starts and successes of this process's jobs, group-committed on `pg`; closed when the worker stops.
+    # The starts and successes of this process's jobs, group-committed on `pg`, and the statuses its jobs reach,
+    # announced in groups on `cache`; both closed (`close`) when the worker stops.
     outcomes: GroupedOutcomes = field(init=False)
+    announcements: GroupedAnnouncements = field(init=False)
 
     def __post_init__(self) -> None:
         outcomes = GroupedOutcomes(
             self.pg, pool_max=self.settings.postgres.pool_max, max_jobs=self.settings.worker.max_jobs
         )
         object.__setattr__(self, "outcomes", outcomes)
+        object.__setattr__(self, "announcements", GroupedAnnouncements(self.cache))
+
+    async def close(self) -> None:
+        """Write and announce what is still waiting; before the pools close."""
+        await self.outcomes.close()
+        await self.announcements.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ from shared.core import json
 from shared.core.errors import DependencyUnavailable, JobDeferred, JobError, PermanentJobError
 from shared.core.json import utcnow
 from shared.core.logging import job_id_var, job_type_var, request_id_var
-from shared.infra import events
 from shared.infra.broker import HORIZON_MS, PRIORITY_BANDS, RUN_FUNCTION, retry_defer_s
 from shared.infra.db import POSTGRES_ERRORS
 from shared.infra.redis import REDIS_ERRORS
@@ -222,7 +221,7 @@ class Runtime:
     async def _announce(self, job_id: str, status: str) -> None:
         """Tell event-stream listeners (any gateway) that the ledger changed; best effort, never fails a job."""
         try:
-            await events.publish_status(self.ctx.cache, job_id, status)
+            await self.ctx.announcements.publish_status(job_id, status)
         except REDIS_ERRORS as exc:
             logger.warning("job.announce_failed", extra={"reason": type(exc).__name__})
 

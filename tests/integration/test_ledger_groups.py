@@ -120,7 +120,7 @@ async def worker_context(settings: WorkerSettings) -> AsyncIterator[WorkerContex
             try:
                 yield ctx
             finally:
-                await ctx.outcomes.close()
+                await ctx.close()
 
 
 async def run_all(runtime: Runtime, jobs: list[JobRecord]) -> list[dict[str, Any]]:
