@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
+from shared.core import json
 from shared.core.json import utcnow
 from shared.core.metrics import Metrics
 from shared.core.settings import WorkerSettings
-from shared.infra import broker, db, redis
+from shared.infra import broker, db, events, redis
 from shared.infra.sealing import Sealer
 from shared.jobtypes import builtin_registry
 from shared.jobtypes.spec import JobSpec, Payload, Queue, Result
@@ -128,21 +131,41 @@ async def run_all(runtime: Runtime, jobs: list[JobRecord]) -> list[dict[str, Any
     return await asyncio.gather(*(runtime.run({}, broker.envelope(job)) for job in jobs))
 
 
-async def test_a_crowd_of_jobs_is_started_and_finished_in_a_few_statements(
-    services: Services, pg: Conn, jobs_redis: object
+async def statuses_heard(cache: Redis, count: int, ready: asyncio.Event) -> dict[str, list[str]]:
+    """The statuses announced on each job's channel, until `count` have been heard (`ready`: listening)."""
+    heard: dict[str, list[str]] = defaultdict(list)
+    async with cache.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.psubscribe(events.PATTERN)
+        ready.set()
+        while sum(map(len, heard.values())) < count:
+            message = await asyncio.wait_for(pubsub.get_message(timeout=5), 6)
+            if message is not None:
+                body = json.loads(message["data"])
+                heard[events.job_id_of(message["channel"].decode())].append(body["status"])
+    return heard
+
+
+async def test_a_crowd_of_jobs_is_started_finished_and_announced_in_a_few_round_trips(
+    services: Services, pg: Conn, jobs_redis: Redis
 ) -> None:
     settings = worker_settings(services, max_jobs=50)
     async with worker_context(settings) as ctx:
         jobs = await insert(ctx.pg, 100, data="crowd")
+        ready = asyncio.Event()
+        listening = asyncio.create_task(statuses_heard(ctx.cache, 200, ready))
+        await asyncio.wait_for(ready.wait(), 5)
         done = await run_all(Runtime(ctx, builtin_handlers()), jobs)
-        starts, successes = ctx.outcomes.starts, ctx.outcomes.successes
+        heard = await listening
+        starts, successes, announced = ctx.outcomes.starts, ctx.outcomes.successes, ctx.announcements.statuses
 
     assert [d["status"] for d in done] == ["succeeded"] * 100
-    assert (starts.items, successes.items) == (100, 100)
+    assert (starts.items, successes.items, announced.items) == (100, 100, 200)
     # One at a time these are 200 statements; grouped, the starts of one delivery share a few and the successes,
-    # which come back spread over the handlers' own round trips, a few dozen at most.
+    # which come back spread over the handlers' own round trips, a few dozen at most. Likewise the announcements.
     assert starts.groups <= 5, f"100 starts took {starts.groups} statements"
     assert successes.groups <= 40, f"100 successes took {successes.groups} statements"
+    assert announced.groups <= 80, f"200 announcements took {announced.groups} round trips"
+    assert heard == {j.id: ["running", "succeeded"] for j in jobs}, "each job's statuses, in the order reached"
     rows = await pg.fetch("SELECT status, attempts, result FROM jobs")
     assert {(r["status"], r["attempts"], r["result"]) for r in rows} == {
         ("succeeded", 1, '{"data": "crowd", "attempt": 1}')
@@ -179,7 +202,7 @@ def gated_type() -> tuple[Mapping[str, AnyHandler], asyncio.Event, asyncio.Event
 
 
 async def test_a_ledger_outage_during_a_group_retries_every_job_of_it(
-    services: Services, pg: Conn, jobs_redis: object, pg_proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+    services: Services, pg: Conn, jobs_redis: Redis, pg_proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     handlers, gate, all_in, count = gated_type()
     settings = worker_settings(services.through_postgres_port(pg_proxy.port))
