@@ -1,11 +1,11 @@
-"""arq's worker with Conveyor's read of due jobs and its one-call claim through the queue's start gate."""
+"""arq's worker with Conveyor's one-call read and claim of due jobs through the start gate, woken by enqueues."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
-from shared.infra.broker import due_job_ids
 from shared.infra.claim import claim as claim_due
 from workers.arq_seam import ArqWorker, ClaimedJob
 
@@ -17,17 +17,23 @@ DEEP_READ: Final = 4
 # waits in the ledger cannot be served now (not in Redis yet, or held by its type's limits), and a slot must
 # not idle for it. The shares are set aside this long.
 SHARES_ASIDE_S: Final = 0.5
+# What `due_ids` hands the seam: the claim reads the due ids itself, so there is nothing to read before it.
+_READ_IN_CLAIM: Final = [b"(read by the claim)"]
 
 
 class PriorityWorker(ArqWorker):
     """arq's worker, reading due jobs high priority first and taking them through the queue's start gate.
 
-    The read (`shared.infra.broker.due_job_ids`) goes by priority band, where arq's would order jobs by score
-    alone. The claim (`shared.infra.claim.claim`) takes the jobs with one Lua call instead of a WATCH/MULTI
-    round per job: the same checks as arq's, plus the queue's pause gate, atomically, so a job never starts
-    once a pause has reached Redis, whatever this worker read before; and each owner's fair share of the
-    queue's slots (`shared.infra.fair_share`), parking the jobs of an owner that has used its share. How they
-    replace arq's own is in `workers.arq_seam`.
+    One Lua call per poll (`shared.infra.claim.claim`) reads the due jobs by priority band, where arq's would
+    order them by score alone, and takes them, instead of arq's read and a WATCH/MULTI round per job: the same
+    checks as arq's, plus the queue's pause gate, atomically, so a job never starts once a pause has reached
+    Redis; and each owner's fair share of the queue's slots (`shared.infra.fair_share`), parking the jobs of an
+    owner that has used its share. How they replace arq's own is in `workers.arq_seam`.
+
+    Between polls the worker waits until it is woken: by a wake-up signal (`signal`, from the queue's
+    subscription, `shared.infra.wakeup`) while it has a free slot, or by a job ending when the last claim may
+    have left due jobs behind (it filled every free slot, or held jobs back). An empty queue costs no poll per
+    finished job; the poll every `idle_s` stays the fallback (delayed jobs, lost signals).
     """
 
     def __init__(self, *, gate_queue: str, **options: Any) -> None:
@@ -35,19 +41,38 @@ class PriorityWorker(ArqWorker):
         self.gate_queue = gate_queue  # the queue's name (not its arq key): whose pause gate every claim checks
         self._deep = False  # the last claim parked jobs: read deeper
         self._shares_aside_until = 0.0
+        self._read = 0  # how many due ids the current poll reads
+        self._more = False  # the last claim may have left due jobs behind: a freed slot polls at once
+
+    def signal(self) -> None:
+        """A job may be due on the queue: poll now if a slot is free, else as soon as one frees."""
+        if self.job_counter < self.max_jobs:
+            self.wake()
+        else:
+            self._more = True
+
+    def slot_freed(self) -> None:
+        if self._more:
+            self.wake()
 
     def read_limit(self) -> int:
         return self.queue_read_limit * (DEEP_READ if self._deep else 1)
 
     async def due_ids(self, count: int) -> list[bytes]:
-        return await due_job_ids(self.jobs_redis, self.queue_name, limit=count)
+        self._read = count
+        return _READ_IN_CLAIM
 
-    async def claim(self, job_ids: list[str], *, free: int, lease_ms: int, now_ms: int) -> tuple[ClaimedJob, ...]:
+    async def claim(self, job_ids: list[str], *, free: int, lease_ms: int, now_ms: int) -> Sequence[ClaimedJob]:
+        return await self.take(self._read, free=free, lease_ms=lease_ms, now_ms=now_ms)
+
+    async def take(self, count: int, *, free: int, lease_ms: int, now_ms: int) -> Sequence[ClaimedJob]:
+        """Read up to `count` due jobs and take up to `free` of them: one call."""
         claimed = await claim_due(
-            self.jobs_redis, self.queue_name, self.gate_queue, job_ids, limit=free, lease_ms=lease_ms,
+            self.jobs_redis, self.queue_name, self.gate_queue, read=count, limit=free, lease_ms=lease_ms,
             now_ms=now_ms, shares=time.monotonic() >= self._shares_aside_until,
         )  # fmt: skip
         self._deep = claimed.parked > 0
+        self._more = len(claimed.jobs) >= free or claimed.held > 0
         if claimed.held and not claimed.parked and not claimed.jobs:
             self._shares_aside_until = time.monotonic() + SHARES_ASIDE_S
         return claimed.jobs

@@ -16,7 +16,7 @@ from typing import Final
 from shared.core.errors import Conflict
 from shared.core.metrics import Metrics
 from shared.core.settings import WorkerSettings
-from shared.infra import broker, db, fair_share, redis
+from shared.infra import broker, db, fair_share, redis, wakeup
 from shared.infra.db import POSTGRES_ERRORS
 from shared.infra.redis import REDIS_ERRORS
 from shared.infra.sealing import Sealer
@@ -135,6 +135,9 @@ class WorkerProcess:
         background = [
             asyncio.create_task(self._control_loop(ctx, worker), name="control"),
             asyncio.create_task(self._lease_loop(ctx, worker), name="leases"),
+            asyncio.create_task(
+                wakeup.listen(ctx.jobs_redis, d.queue.value, worker.signal, until=self._loops_end), name="wakeup"
+            ),
         ]
         if d.maintains_ledger:
             loops = [

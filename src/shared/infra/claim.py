@@ -1,4 +1,5 @@
-"""Taking jobs off a queue: one Lua call that checks the queue's start gate and claims due jobs atomically.
+"""Taking jobs off a queue: one Lua call that checks the queue's start gate, reads its due jobs and claims them,
+atomically.
 
 The ledger (`queues` table) is the durable record of a queue's pause flag; the gate is its copy in Redis db 1,
 next to arq's keys, so that the check which allows a start happens inside the claim itself. The gate holds
@@ -13,16 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Final
 
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from shared.infra import fair_share
-from shared.infra.broker import PARK_BASE_MS, PARK_TOP_MS
+from shared.infra import fair_share, wakeup
+from shared.infra.broker import PARK_BASE_MS, PARK_TOP_MS, Lua, due_windows
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
     from arq.connections import ArqRedis
 
 GATE_PREFIX: Final = "conveyor:gate:"
@@ -32,26 +31,36 @@ PARKERS_PREFIX: Final = "conveyor:parkers:"
 PARKED_PREFIX: Final = "conveyor:parked:"
 PARKED_TTL_MS: Final = 24 * 3600 * 1000  # as long as arq keeps a job's record past its due time
 
-# KEYS[1] the gate; ARGV[1] version, ARGV[2] 'open' | 'paused'. Returns -1 if written, else the gate's own
-# (newer) version, which it keeps.
-_SET_GATE: Final = """
+# KEYS[1] the gate; ARGV[1] version, ARGV[2] 'open' | 'paused', ARGV[3] the queue's wake-up channel. Returns -1
+# if written, else the gate's own (newer) version, which it keeps. A gate that opens (from paused, or from none)
+# wakes the queue's workers: their due jobs may start now (`shared.infra.wakeup`).
+_SET_GATE: Final = Lua("""
 local current = redis.call('GET', KEYS[1])
 if current then
   local version = tonumber(string.match(current, '^(%d+):'))
   if version and version > tonumber(ARGV[1]) then return version end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+if ARGV[2] == 'open' and (not current or string.sub(current, -5) ~= ':open') then
+  redis.call('PUBLISH', ARGV[3], '')
+end
 return -1
-"""
+""")
 
 # KEYS[1] the queue's sorted set, KEYS[2] the gate, KEYS[3] the queue's owner shares (`shared.infra.fair_share`),
-# KEYS[4] the queue's parking owners, KEYS[5] its tried jobs, then per candidate its in-progress key and its
-# arq job key; ARGV[1] now (ms), ARGV[2] lease (ms), ARGV[3] how many to take, ARGV[4] '1' to honour the
-# shares, ARGV[5] the parking base, ARGV[6] the top of the parking region, ARGV[7] the prefix of the owners'
-# parking indexes, ARGV[8] their expiry (ms), ARGV[9] how long a taken job is noted as tried (ms), ARGV[10]
-# arq's in-progress key prefix, ARGV[11..] the candidates' ids, in order. Returns {gate, held, parked, id1,
-# score1, id2, score2, ...}: gate is 1 open, 0 paused, -1 unknown (nothing is taken then); held, how many due
-# jobs were passed over because their owner had used its share; parked, how many of them this call parked.
+# KEYS[4] the queue's parking owners, KEYS[5] its tried jobs; ARGV[1] now (ms), ARGV[2] lease (ms), ARGV[3] how
+# many to take, ARGV[4] '1' to honour the shares, ARGV[5] the parking base, ARGV[6] the top of the parking region,
+# ARGV[7] the prefix of the owners' parking indexes, ARGV[8] their expiry (ms), ARGV[9] arq's in-progress key
+# prefix, ARGV[10] arq's job key prefix, ARGV[11] how many due ids to read, ARGV[12..19] the four windows they are
+# read from, in order (`shared.infra.broker.due_windows`: the bands high, normal, low, then the parked jobs), each
+# a pair of ZRANGEBYSCORE bounds; or, when ARGV[11] is 0, ARGV[20..] the candidates' ids, in order. Returns
+# {gate, held, parked, id1, score1, id2, score2, ...}: gate is 1 open, 0 paused, -1 unknown (nothing is taken
+# then); held, how many due jobs were passed over because their owner had used its share; parked, how many of
+# them this call parked.
+#
+# The read happens here, window by window and only as far as needed (it stops once enough are taken), so a poll
+# is one call; a window's read sees what the earlier ones changed, so a job this call parked is not looked at
+# again in the parked window.
 #
 # A job is taken when nobody holds it and it is still in the queue and due, exactly arq's own check, and its
 # owner may start another job. The owner is read from the head of arq's job record (the envelope puts it
@@ -62,7 +71,7 @@ return -1
 # index, best first: before any of its own candidates that scores lower, and after the candidates (however
 # far back its parked jobs stand). So an owner's jobs keep their priority order, and no owner waits behind
 # another's parked backlog.
-_CLAIM: Final = r"""
+_CLAIM: Final = Lua(r"""
 local gate = redis.call('GET', KEYS[2])
 if not gate then return {-1, 0, 0} end
 if string.sub(gate, -5) ~= ':open' then return {0, 0, 0} end
@@ -72,7 +81,7 @@ local shares = ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1
 -- every owner may start jobs, and a parked job must not wait behind the bands for a window to reach it.
 local indexed = redis.call('EXISTS', KEYS[4]) == 1
 local base, top, prefix, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local tried_window, lease_prefix = tonumber(ARGV[9]), ARGV[10]
+local lease_prefix, job_prefix, reading = ARGV[9], ARGV[10], tonumber(ARGV[11])
 
 local function owner_of(job_key)
   local head = redis.call('GETRANGE', job_key, 0, 1023)
@@ -87,7 +96,8 @@ local function owner_of(job_key)
   end
 end
 
-local left, taken, got, held, parked = {}, {}, 0, 0, 0
+local left, taken, tried, got, held, parked = {}, {}, {}, 0, 0, 0
+local just_parked = {}
 
 -- false: the owner has no limit; else how many more jobs it may start
 local function quota_of(owner)
@@ -105,9 +115,10 @@ local function may_start(owner)
   return not quota or quota > 0
 end
 
-local function take(id, score, owner, lease_key)
-  redis.call('SET', lease_key, '1', 'PX', lease)
-  redis.call('ZADD', KEYS[5], now, id)
+-- A job whose lease this call has set: noted as taken (and tried), counted against its owner's share.
+local function note(id, score, owner)
+  tried[#tried + 1] = now
+  tried[#tried + 1] = id
   taken[#taken + 1] = id
   taken[#taken + 1] = score
   got = got + 1
@@ -116,6 +127,11 @@ local function take(id, score, owner, lease_key)
     left[owner] = quota - 1
     redis.call('HINCRBY', KEYS[3], owner, -1)
   end
+end
+
+local function take(id, score, owner, lease_key)
+  redis.call('SET', lease_key, '1', 'PX', lease)
+  note(id, score, owner)
 end
 
 -- Per owner that may start jobs, its best parked job still waiting (false: none):
@@ -167,44 +183,79 @@ local function serve_parked(upto)
   end
 end
 
-for i = 1, (#KEYS - 5) / 2 do
-  if got >= wanted then break end
-  local id, lease_key, job_key = ARGV[i + 10], KEYS[2 * i + 4], KEYS[2 * i + 5]
-  if redis.call('EXISTS', lease_key) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= now then
-      local in_band = tonumber(score) >= top
-      local owner = (shares or not in_band) and owner_of(job_key)
-      if indexed and in_band then serve_parked(tonumber(score)) end
-      if got >= wanted then break end
-      if not may_start(owner) then
-        held = held + 1
-        if in_band then
-          redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', base + now * 1000 + parked), id)
-          redis.call('ZADD', prefix .. owner, score, id)
-          redis.call('PEXPIRE', prefix .. owner, ttl)
-          redis.call('SADD', KEYS[4], owner)
-          redis.call('PEXPIRE', KEYS[4], ttl)
-          parked = parked + 1
-        end
-      elseif in_band or not owner then
-        take(id, score, owner, lease_key)
-      elseif not indexed or not redis.call('ZSCORE', prefix .. owner, id) then
-        redis.call('ZREM', prefix .. owner, id)
-        take(id, score, owner, lease_key)
-      end  -- else a parked job of an owner that may start: served below, in priority order across owners
+-- The next candidate and its score as stored (nil once there is none): read window by window, or listed.
+local window, batch, pos, seen = 0, {}, 1, 0
+local function next_candidate()
+  if reading == 0 then
+    while true do
+      local id = ARGV[20 + seen]
+      if not id then return nil end
+      seen = seen + 1
+      local score = redis.call('ZSCORE', KEYS[1], id)
+      if score then return id, score end
+    end
+  end
+  while true do
+    if pos > #batch then
+      if seen >= reading or window >= 4 then return nil end
+      window = window + 1
+      batch = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[10 + 2 * window], ARGV[11 + 2 * window], 'WITHSCORES',
+        'LIMIT', 0, reading - seen)
+      pos = 1
+    else
+      local id, score = batch[pos], batch[pos + 1]
+      pos = pos + 2
+      if not just_parked[id] then
+        seen = seen + 1
+        return id, score
+      end
     end
   end
 end
+
+while got < wanted do
+  local id, score = next_candidate()
+  if not id then break end
+  local lease_key, value = lease_prefix .. id, tonumber(score)
+  local in_band = value >= top
+  if value > now then  -- not due (a listed candidate): left alone
+  elseif in_band and not shares then
+    -- No share to weigh: the lease alone decides, and SET NX is both arq's check and the take.
+    if indexed then serve_parked(value) end
+    if got >= wanted then break end
+    if redis.call('SET', lease_key, '1', 'NX', 'PX', lease) then note(id, score, false) end
+  elseif redis.call('EXISTS', lease_key) == 0 then
+    local owner = owner_of(job_prefix .. id)
+    if indexed and in_band then serve_parked(value) end
+    if got >= wanted then break end
+    if not may_start(owner) then
+      held = held + 1
+      if in_band then
+        redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', base + now * 1000 + parked), id)
+        redis.call('ZADD', prefix .. owner, score, id)
+        redis.call('PEXPIRE', prefix .. owner, ttl)
+        redis.call('SADD', KEYS[4], owner)
+        redis.call('PEXPIRE', KEYS[4], ttl)
+        parked = parked + 1
+        just_parked[id] = true
+      end
+    elseif in_band or not owner then
+      take(id, score, owner, lease_key)
+    elseif not indexed or not redis.call('ZSCORE', prefix .. owner, id) then
+      redis.call('ZREM', prefix .. owner, id)
+      take(id, score, owner, lease_key)
+    end  -- else a parked job of an owner that may start: served below, in priority order across owners
+  end
+end
 if indexed and got < wanted then serve_parked(math.huge) end
-if got > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tried_window)
-  redis.call('PEXPIRE', KEYS[5], tried_window * 2)
+-- The tried set is trimmed by its reader (`shared.infra.fair_share.standing`), not on every claim.
+for i = 1, #tried, 1000 do
+  redis.call('ZADD', KEYS[5], unpack(tried, i, math.min(i + 999, #tried)))
 end
 local reply = {1, held, parked}
 for _, v in ipairs(taken) do reply[#reply + 1] = v end
 return reply
-"""
+""")
 
 
 class Gate(StrEnum):
@@ -246,7 +297,7 @@ async def set_gate(redis: ArqRedis, queue: str, *, version: int, paused: bool) -
     """Copy a pause flag (at `version`) to the queue's gate. None once written; the gate's own version when it
     already holds a newer one (and keeps it): see `shared.ledger.pause` for how the ledger still wins then."""
     state = Gate.PAUSED if paused else Gate.OPEN
-    reply = int(await cast("Awaitable[Any]", redis.eval(_SET_GATE, 1, gate_key(queue), str(version), state.value)))
+    reply = int(await _SET_GATE(redis, [gate_key(queue)], [str(version), state.value, wakeup.channel(redis, queue)]))
     return None if reply < 0 else reply
 
 
@@ -254,14 +305,17 @@ async def claim(
     redis: ArqRedis,
     queue_key: str,
     queue: str,
-    candidates: Sequence[str],
+    candidates: Sequence[str] = (),
     *,
+    read: int = 0,
     limit: int,
     lease_ms: int,
     now_ms: int,
     shares: bool = True,
 ) -> Claimed:
-    """Take up to `limit` of `candidates` (due ids, best first) for this worker, if the queue's gate is open.
+    """Take up to `limit` due jobs for this worker, if the queue's gate is open: with `read`, of the first `read`
+    due ids the script reads itself (`shared.infra.broker.due_windows`: best first), in the same call; else of
+    `candidates` (due ids, best first).
 
     Each job taken gets arq's in-progress key (the lease) in the same atomic step, so no two workers take
     one job, and no job starts once a pause has reached the gate. With `shares`, no job is taken whose
@@ -269,13 +323,13 @@ async def claim(
     and owners that may start jobs are also served from their parked ones.
     """
     keys = [queue_key, gate_key(queue), fair_share.share_key(queue), parkers_key(queue), fair_share.tried_key(queue)]
-    for job_id in candidates:
-        keys += (in_progress_key_prefix + job_id, job_key_prefix + job_id)
+    windows = [bound for window in due_windows(now_ms) for bound in window]
     args = [
         str(now_ms), str(lease_ms), str(limit), "1" if shares else "0", str(PARK_BASE_MS), str(PARK_TOP_MS),
-        parked_prefix(queue), str(PARKED_TTL_MS), str(fair_share.TRIED_WINDOW_MS), in_progress_key_prefix, *candidates,
+        parked_prefix(queue), str(PARKED_TTL_MS), in_progress_key_prefix, job_key_prefix, str(read), *windows,
+        *([] if read else candidates),
     ]  # fmt: skip
-    reply = await cast("Awaitable[list[Any]]", redis.eval(_CLAIM, len(keys), *keys, *args))
+    reply = await _CLAIM(redis, keys, args)
     gate = _GATE_REPLY[int(reply[0])]
     pairs = reply[3:]
     jobs = tuple((_text(pairs[i]), int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2))

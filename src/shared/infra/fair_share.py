@@ -119,7 +119,13 @@ async def standing(pg: Pool, redis: ArqRedis, queue: str) -> tuple[dict[str, int
     could run: an owner whose due jobs were all taken lately and came back held by their type's limits does
     not wait for a slot (see TRIED_WINDOW_MS)."""
     now = timestamp_ms()
-    tried = await redis.zrangebyscore(tried_key(queue), now - TRIED_WINDOW_MS, now - TRIED_SETTLE_MS)
+    key = tried_key(queue)
+    async with redis.pipeline(transaction=False) as pipe:
+        # The claim only adds to the set; its reader keeps it to the window (every control interval, not per job).
+        pipe.zremrangebyscore(key, "-inf", now - TRIED_WINDOW_MS)
+        pipe.pexpire(key, TRIED_WINDOW_MS * 2)
+        pipe.zrangebyscore(key, now - TRIED_WINDOW_MS, now - TRIED_SETTLE_MS)
+        tried = (await pipe.execute())[2]
     ledger_ids = [_ledger_id(arq_id) for arq_id in tried]
     async with pg.acquire() as conn:
         running = {r["owner"]: int(r["running"]) for r in await conn.fetch(_RUNNING, queue)}

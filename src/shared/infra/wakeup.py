@@ -46,13 +46,14 @@ async def listen(redis: Redis, queue: str, on_signal: Callable[[], None], *, unt
     name = channel(redis, queue)
     delay = RETRY_MIN_S
     while not until.is_set():
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = redis.pubsub()
         try:
             await pubsub.subscribe(name)
-            on_signal()
-            delay = RETRY_MIN_S
             while not until.is_set():
+                # Every message counts, the subscription's confirmation too: redis-py subscribes again by itself
+                # after a dropped connection, and whatever was signalled in between must be looked for.
                 if await pubsub.get_message(timeout=LISTEN_S) is not None:
+                    delay = RETRY_MIN_S
                     on_signal()
         except (RedisError, OSError) as exc:
             logger.warning("worker.wakeup_lost", extra={"reason": type(exc).__name__})
