@@ -22,7 +22,6 @@ import dataset_bench
 import report
 from arq_baseline import stock_arq_round, tuned_arq_round
 from batches import batches_phase
-from cache_server import cache_server
 from conveyor_client import Client, conveyor_client, reset
 from conveyor_stack import Stack, conveyor_stack, wait_ready
 from drain import drain_phase
@@ -31,6 +30,7 @@ from fair_share import flood_phase
 from gateway_load import gateway_phase
 from harness import BenchError, Config, Figures, exit_on_sigterm, flush_redis, redis_costs, redis_snap, rss_mb, run
 from pickup import pickup_phase
+from private_redis import private_servers
 from report import Soak
 from scale_out import scale_phase
 from services import background_redis_rate, bench_database, check_services, redis_pair
@@ -50,6 +50,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--batch-size", type=int, default=1000, help="jobs per POST /batches (1000)")
     p.add_argument("--batches", type=int, default=8, help="batches per round in the batches phase (8)")
     p.add_argument("--batch-concurrency", type=int, default=4, help="batches in flight (4)")
+    p.add_argument(
+        "--shared-jobs-redis",
+        action="store_true",
+        help="jobs on TEST_REDIS_URL instead of the bench's own redis-server (other clients inflate its counters)",
+    )
     p.add_argument("--scale-workers", default="1,2,4", help="worker process counts of the scale-out phase (1,2,4)")
     a = p.parse_args(argv)
     scale = tuple(int(n) for n in a.scale_workers.split(","))
@@ -69,6 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         batches=a.batches,
         batch_concurrency=a.batch_concurrency,
         scale_workers=scale,
+        jobs_redis="shared" if a.shared_jobs_redis else "own",
         redis_base=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379"),
         admin_url=os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
@@ -137,8 +143,8 @@ def measure(cfg: Config, stack: Stack) -> tuple[list[Figures], list[Figures], li
 
 
 def bench(cfg: Config) -> None:
-    with redis_pair(cfg) as claimed, cache_server(claimed) as with_cache:
-        measure_and_print(with_cache)
+    with private_servers(cfg) as own, redis_pair(own) as claimed:
+        measure_and_print(claimed)
 
 
 def measure_and_print(cfg: Config) -> None:

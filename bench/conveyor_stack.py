@@ -25,7 +25,7 @@ from devstack.embedded.process import free_port
 from shared.core.settings import GatewaySettings, WorkerSettings
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it if the bench itself dies (Linux prctl PR_SET_PDEATHSIG)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
@@ -130,7 +130,7 @@ class Stack:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     pass_fds=() if write_end is None else (write_end,),
-                    preexec_fn=_die_with_parent,  # the bench is single-threaded
+                    preexec_fn=die_with_parent,  # the bench is single-threaded
                 )
         finally:
             if write_end is not None:

@@ -13,7 +13,9 @@ WARM_UP_FRACTION = 0.1  # RSS is first sampled this far into the stretch (caches
 
 
 def rss_by_process(c: Client) -> dict[str, float]:
-    return {p.name: rss_mb(p.pid) for p in c.stack.processes()}
+    """RSS (MB) of the gateway and of each running worker, named by role: gateway, worker1, worker2, …"""
+    rss = {} if c.stack.gateway is None else {"gateway": rss_mb(c.stack.gateway.pid)}
+    return rss | {f"worker{n}": rss_mb(p.pid) for n, p in enumerate(c.stack.workers, start=1)}
 
 
 async def sustained(c: Client, seconds: float) -> tuple[Figures, dict[str, float], dict[str, float]]:

@@ -52,7 +52,8 @@ class Config:
     scale_workers: tuple[int, ...] = (1, 2, 4)
     database_url: str = ""
     cache_db: int = 12  # the jobs database is the next one; see `services.redis_pair`
-    cache_base: str = ""  # the bench's own Redis for the cache role (`cache_server`); "" = the shared one
+    cache_base: str = ""  # the bench's own Redis for the cache role (`private_redis`); "" = the shared one
+    jobs_redis: str = "shared"  # "own": the jobs on the bench's own server (`private_redis`), not `redis_base`
     jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
 
     @property

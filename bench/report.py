@@ -209,8 +209,8 @@ def print_details(
     print("        stock arq = enqueue_job call → handler start (perf_counter, in-process, default poll 0.5 s).")
     print("drain/e2e/scale-out: Conveyor rates come from ledger timestamps; arq's from a burst worker's wall time.")
     print("Redis commands per job: the jobs server's counters over the POST and drain phases (enqueue, claim,")
-    print("        run, finish); the cache (rate limits, progress, events) runs on the bench's own redis-server.")
-    print("        Other clients of the shared jobs server inflate its figure (see the background load above).")
+    print("        run, finish, and the worker's own upkeep meanwhile); the cache server's (rate limits, progress,")
+    print("        events) apart. On a shared jobs server other clients inflate it (the background load above).")
 
 
 def print_rounds(stock: Sequence[Figures], tuned: Sequence[Figures], conv: Sequence[Figures]) -> None:
@@ -238,6 +238,8 @@ def print_facts(cfg: Config, versions: dict[str, str], background: float, stack:
         f"(stock arq {cfg.arq_latency_samples}), {cfg.concurrency} in flight, medians of {cfg.rounds} rounds; "
         f"end to end {cfg.e2e_s:g} s a round, soak {cfg.soak_s:g} s once"
     )
-    print(f"Redis background load from other clients: {background:.0f} commands/s")
+    jobs = "the bench's own redis-server" if cfg.jobs_redis == "own" else "TEST_REDIS_URL (shared)"
+    print(f"Redis: jobs (and the arq baselines) on {jobs}, the cache on the bench's own redis-server")
+    print(f"Redis background load from other clients on the jobs server: {background:.0f} commands/s")
     inherited = stack.inherited()
     print(f"Conveyor settings inherited from the environment: {', '.join(inherited) if inherited else 'none'}")

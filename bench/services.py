@@ -24,7 +24,7 @@ async def check_services(cfg: Config) -> dict[str, str]:
     try:
         redis_version = str((await client.info("server"))["redis_version"])
     except (OSError, RedisError) as exc:
-        raise BenchError(f"Redis is unreachable at TEST_REDIS_URL={redacted(cfg.redis_base)}: {exc}") from exc
+        raise BenchError(f"Redis is unreachable at {redacted(cfg.redis_base)}: {exc}") from exc
     finally:
         await client.aclose()
     try:
@@ -42,14 +42,14 @@ async def claim_pair(cfg: Config) -> int | None:
     try:
         return await pairs.claim_pair(cfg.redis_base, f"bench:{os.getpid()}", lowest_first=True)
     except (OSError, RedisError) as exc:
-        raise BenchError(f"Redis is unreachable at TEST_REDIS_URL={redacted(cfg.redis_base)}: {exc}") from exc
+        raise BenchError(f"Redis is unreachable at {redacted(cfg.redis_base)}: {exc}") from exc
 
 
 async def release_pair(cfg: Config, cache_db: int) -> None:
     try:
         await pairs.release_pair(cfg.redis_base, cache_db)
     except (OSError, RedisError) as exc:
-        raise BenchError(f"Redis is unreachable at TEST_REDIS_URL={redacted(cfg.redis_base)}: {exc}") from exc
+        raise BenchError(f"Redis is unreachable at {redacted(cfg.redis_base)}: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ ROWS = (
     "drain, 2 worker processes, jobs/s",
     "drain, 4 worker processes, jobs/s",
     "soak RSS gateway, MB (after / before)",
-    "soak RSS worker-1, MB (after / before)",
+    "soak RSS worker1, MB (after / before)",
     "soak RSS, worst process",
 )
 PERF_KEYS = (

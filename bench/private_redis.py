@@ -1,5 +1,7 @@
-"""The bench's own Redis for the cache role (db 0: rate limits, progress, events), started and stopped by the
-bench, so the shared server's INFO counters are the jobs' cost alone and the cache's are counted apart.
+"""The bench's own Redis servers, started and stopped by the bench: one for the cache role (rate limits,
+progress, events) and, unless `--shared-jobs-redis`, one for the jobs (arq's queues; the arq baselines run
+there too). So a server's INFO counters are one role's cost alone, with no other client's commands in them:
+Redis commands per job is the jobs' enqueue, claim, run and finish, and the cache's is counted apart.
 
 Throwaway: no persistence, a free 127.0.0.1 port, and a password (any account on the machine can reach the
 port) that reaches the server in a 0600 config file, never on its command line.
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from conveyor_stack import die_with_parent
 from harness import BenchError, Config, run
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -31,30 +34,30 @@ def _tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else "(no log)"
 
 
-async def _answers(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+async def _answers(role: str, url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_S
     client = Redis.from_url(url, socket_connect_timeout=1)
     try:
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                raise BenchError(f"the cache redis-server exited with {server.returncode}:\n{_tail(log)}")
+                raise BenchError(f"the {role} redis-server exited with {server.returncode}:\n{_tail(log)}")
             with contextlib.suppress(OSError, RedisError):
                 if await client.ping():
                     return
             await asyncio.sleep(0.05)
     finally:
         await client.aclose()
-    raise BenchError(f"the cache redis-server did not answer within {START_S:g} s:\n{_tail(log)}")
+    raise BenchError(f"the {role} redis-server did not answer within {START_S:g} s:\n{_tail(log)}")
 
 
 @contextlib.contextmanager
-def cache_server(cfg: Config) -> Iterator[Config]:
-    """`cfg` with its cache on a private redis-server for the duration of the block."""
+def private_redis(role: str) -> Iterator[str]:
+    """The URL (with its password, no database) of a throwaway redis-server for `role`, for the block."""
     try:
         binary = find_redis_server()
     except EmbeddedServerError as exc:
-        raise BenchError(f"no redis-server for the bench's cache: {exc}") from exc
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-cache-") as tmp:
+        raise BenchError(f"no redis-server for the bench's {role}: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix=f"conveyor-bench-{role}-") as tmp:
         directory, password, port = Path(tmp), secrets.token_hex(16), free_port()
         config = directory / "redis.conf"
         config.touch(mode=0o600)
@@ -62,11 +65,17 @@ def cache_server(cfg: Config) -> Iterator[Config]:
         log = directory / "redis.log"
         argv = [str(binary), str(config), "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp]
         argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(log)]
-        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # the bench is single-threaded
+        )
         try:
             base = f"redis://:{password}@127.0.0.1:{port}"
-            run(_answers(base, server, log))
-            yield replace(cfg, cache_base=base)
+            run(_answers(role, base, server, log))
+            yield base
         finally:
             server.terminate()
             try:
@@ -74,3 +83,12 @@ def cache_server(cfg: Config) -> Iterator[Config]:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+@contextlib.contextmanager
+def private_servers(cfg: Config) -> Iterator[Config]:
+    """`cfg` with its cache (and, when `jobs_redis` is "own", its jobs) on the bench's own redis-servers."""
+    with contextlib.ExitStack() as stack:
+        if cfg.jobs_redis == "own":
+            cfg = replace(cfg, redis_base=stack.enter_context(private_redis("jobs")))
+        yield replace(cfg, cache_base=stack.enter_context(private_redis("cache")))
