@@ -172,3 +172,18 @@ async def test_postgres_down_under_a_waiting_group_is_503_for_each_and_records_n
     assert {problem["code"] for _, problem, _ in answers} == {"dependency_unavailable"}
     assert await pg.fetchval("SELECT count(*) FROM jobs WHERE owner = 'carol'") == 0
     assert await jobs_redis.keys("arq:job:*") == [f"arq:job:{warm[1]['id']}".encode()]
+
+
+async def test_a_crowd_of_one_principal_is_limited_exactly_though_its_limiter_calls_share_round_trips(
+    services: Services, pg: Conn, jobs_redis: Redis
+) -> None:
+    settings = gateway_settings(services, security=SecurityConfig(rate_limit_per_minute=10))
+    async with running_gateway(settings) as api:
+        answers = await asyncio.gather(*(_post(api, _echo(i), as_="dave") for i in range(25)))
+        other = await _post(api, _echo("e"), as_="erin")
+
+    by_status = _by_status(answers)
+    assert {status: len(bodies) for status, bodies in by_status.items()} == {202: 10, 429: 15}
+    assert {content_type for status, _, content_type in answers if status == 429} == {"application/problem+json"}
+    assert other[0] == 202
+    assert await pg.fetchval("SELECT count(*) FROM jobs WHERE owner = 'dave'") == 10

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar, cast
 
 from aiohttp import web
@@ -23,7 +23,8 @@ from gateway.security.client_address import client_ip
 from gateway.security.local_limits import Failures, LocalBuckets, LocalFailures, Verdict
 from shared.core.errors import RateLimited, Unauthenticated
 from shared.core.metrics import Metrics
-from shared.infra.redis import REDIS_ERRORS
+from shared.infra.group_commit import GroupCommit
+from shared.infra.redis import REDIS_ERRORS, CacheRedis
 from shared.ledger import owner_caps
 
 logger = logging.getLogger(__name__)
@@ -123,14 +124,58 @@ _SHA1: Final = {script: hashlib.sha1(script.encode()).hexdigest() for script in 
 
 
 async def _eval(request: web.Request, script: str, key: str, *args: str) -> list[int]:
+    return await _evalsha(request.app[CACHE], script, key, *args)
+
+
+async def _evalsha(cache: CacheRedis, script: str, key: str, *args: str) -> list[int]:
     """Run a limiter script by its digest (EVALSHA: the script's text is sent only when Redis lacks it, after a
     restart or a SCRIPT FLUSH); no deadline of its own (a late event loop is not a Redis outage)."""
-    cache = request.app[CACHE]
     try:
         reply = await cast(Awaitable[Any], cache.evalsha(_SHA1[script], 1, key, *args))
     except NoScriptError:
         reply = await cast(Awaitable[Any], cache.eval(script, 1, key, *args))  # EVAL loads it for the next call
     return [int(v) for v in reply]
+
+
+Call = tuple[str, str, tuple[str, ...]]  # a limiter script, its key, its arguments
+
+
+class _Pipelined:
+    """Concurrent requests' limiter calls share one pipelined round trip to the cache (a GroupCommit: a lone
+    request's call goes at once, alone). A pipeline that fails fails each of its calls with that error, so
+    each request falls back as it would alone."""
+
+    def __init__(self) -> None:
+        self._group: GroupCommit[Call, list[int]] | None = None
+
+    async def eval(self, request: web.Request, script: str, key: str, *args: str) -> list[int]:
+        if self._group is None:
+            cache = request.app[CACHE]
+
+            async def flush(calls: Sequence[Call]) -> list[list[int] | BaseException]:
+                return await _eval_many(cache, calls)
+
+            self._group = GroupCommit(flush, max_items=200, max_in_flight=2)
+        return await self._group.submit((script, key, args))
+
+
+async def _eval_many(cache: CacheRedis, calls: Sequence[Call]) -> list[list[int] | BaseException]:
+    if len(calls) == 1:
+        script, key, args = calls[0]
+        return [await _evalsha(cache, script, key, *args)]
+    pipe = cache.pipeline(transaction=False)
+    for script, key, args in calls:
+        pipe.evalsha(_SHA1[script], 1, key, *args)
+    replies = await pipe.execute(raise_on_error=False)
+    results: list[list[int] | BaseException] = []
+    for (script, key, args), reply in zip(calls, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            try:
+                reply = await cast(Awaitable[Any], cache.eval(script, 1, key, *args))
+            except REDIS_ERRORS as exc:
+                reply = exc
+        results.append(reply if isinstance(reply, BaseException) else [int(v) for v in reply])
+    return results
 
 
 def _seconds(ms: int) -> int:
@@ -190,11 +235,13 @@ def principal_rate_middleware() -> Middleware:
     """
     backend = _Backend("principal")
     local = LocalBuckets()
+    pipelined = _Pipelined()
 
     async def check(request: web.Request, sub: str, limit: int) -> Verdict:
         async def in_redis() -> Verdict:
             key = f"{PREFIX}principal:{sub}"
-            allowed, remaining, retry_ms, reset_ms = await _eval(request, _GCRA, key, str(limit), str(WINDOW_MS))
+            reply = await pipelined.eval(request, _GCRA, key, str(limit), str(WINDOW_MS))
+            allowed, remaining, retry_ms, reset_ms = reply
             local.mirror(sub, reset_ms)
             return Verdict(bool(allowed), remaining, retry_ms, reset_ms)
 
