@@ -160,7 +160,7 @@ class Runtime:
     async def _start(self, envelope: dict[str, Any], handler: AnyHandler | None) -> dict[str, Any]:
         job_id, type_name = envelope["id"], envelope["type"]
         metrics = self.ctx.metrics
-        record = await self.ctx.outcomes.start(job_id, int(envelope.get("generation", 0)))
+        record = await self._record_start(job_id, int(envelope.get("generation", 0)))
         if record is None:
             logger.info("job.skipped_duplicate")
             return {"status": "skipped"}
@@ -176,6 +176,19 @@ class Runtime:
                 record, attempt, PermanentJobError("every attempt was used", type_name="AttemptsExhausted")
             )
         return await self._attempt(handler, record, attempt)
+
+    async def _record_start(self, job_id: str, generation: int) -> records.JobRecord | None:
+        """Record the start with the other jobs starting now. A shutdown landing meanwhile does not take the start
+        back (its group is written anyway): once written, the attempt is given back, as for a shutdown mid-run."""
+        starting = asyncio.ensure_future(self.ctx.outcomes.start(job_id, generation))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(*POSTGRES_ERRORS):
+                record = await starting
+                if record is not None:
+                    await self._requeue(record, record.attempts)
+            raise
 
     async def _attempt(self, handler: AnyHandler, record: records.JobRecord, attempt: int) -> dict[str, Any]:
         job = JobContext(

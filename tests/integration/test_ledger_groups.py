@@ -131,17 +131,19 @@ async def run_all(runtime: Runtime, jobs: list[JobRecord]) -> list[dict[str, Any
     return await asyncio.gather(*(runtime.run({}, broker.envelope(job)) for job in jobs))
 
 
-async def statuses_heard(cache: Redis, count: int, ready: asyncio.Event) -> dict[str, list[str]]:
-    """The statuses announced on each job's channel, until `count` have been heard (`ready`: listening)."""
+async def statuses_heard(cache: Redis, job_ids: set[str], ready: asyncio.Event) -> dict[str, list[str]]:
+    """The statuses announced on the jobs' channels, until each has reached its end (`ready`: listening).
+
+    Pub/sub is one namespace for a whole Redis server, so other tests' jobs are heard too, and left out."""
     heard: dict[str, list[str]] = defaultdict(list)
     async with cache.pubsub(ignore_subscribe_messages=True) as pubsub:
         await pubsub.psubscribe(events.PATTERN)
         ready.set()
-        while sum(map(len, heard.values())) < count:
+        while sum(heard[j][-1:] == ["succeeded"] for j in job_ids) < len(job_ids):
             message = await asyncio.wait_for(pubsub.get_message(timeout=5), 6)
-            if message is not None:
-                body = json.loads(message["data"])
-                heard[events.job_id_of(message["channel"].decode())].append(body["status"])
+            job_id = None if message is None else events.job_id_of(message["channel"].decode())
+            if message is not None and job_id in job_ids:
+                heard[job_id].append(json.loads(message["data"])["status"])
     return heard
 
 
@@ -152,7 +154,7 @@ async def test_a_crowd_of_jobs_is_started_finished_and_announced_in_a_few_round_
     async with worker_context(settings) as ctx:
         jobs = await insert(ctx.pg, 100, data="crowd")
         ready = asyncio.Event()
-        listening = asyncio.create_task(statuses_heard(ctx.cache, 200, ready))
+        listening = asyncio.create_task(statuses_heard(ctx.cache, {j.id for j in jobs}, ready))
         await asyncio.wait_for(ready.wait(), 5)
         done = await run_all(Runtime(ctx, builtin_handlers()), jobs)
         heard = await listening
@@ -230,3 +232,32 @@ async def test_a_ledger_outage_during_a_group_retries_every_job_of_it(
         ("succeeded", 1, 1, '{"attempt": 1}')
     }, "every job of the failed group was written once the ledger was back; none ran again"
     assert len(rows) == count
+
+
+async def test_a_shutdown_while_its_start_is_written_gives_the_attempt_back(
+    services: Services, pg: Conn, jobs_redis: Redis
+) -> None:
+    """The start's group is written even though the job was cancelled (a worker's shutdown) while it waited, so
+    the attempt it recorded is given back: the job waits in the queue again with none used."""
+    async with worker_context(worker_settings(services)) as ctx:
+        (job,) = await insert(ctx.pg, 1, data="cut short")
+        async with pg.transaction():
+            await pg.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)  # holds the start's group back
+            run = asyncio.create_task(Runtime(ctx, builtin_handlers()).run({}, broker.envelope(job)))
+
+            async def start_waiting() -> bool | None:
+                await pg.execute("SELECT pg_stat_clear_snapshot()")
+                waiting = await pg.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%status = ''running''%'"
+                )
+                return True if waiting else None
+
+            await eventually(start_waiting)
+            run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    row = await pg.fetchrow("SELECT status, attempts, run_seq FROM jobs WHERE id = $1", job.id)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["run_seq"]) == ("queued", 0, 1)
