@@ -17,12 +17,12 @@ import inspect
 import re
 import textwrap
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import arq
-from arq import jobs
+from arq import constants, jobs
 from arq.worker import Worker
 
 from workers import arq_seam
@@ -36,6 +36,8 @@ PINNED = {
     "_poll_iteration": "f8d39d823a0a59f2",
     "_release_sem_dec_counter_on_complete": "0ed101482e942c33",
     "async_run": "f3434c3dd359b31b",
+    "finish_failed_job": "3e16087f318a7acf",
+    "finish_job": "903f09c92830d3fd",
     "heart_beat": "2e9959bea66dc551",
     "main": "45ca1591c9717466",
     "pool": "d6b9a7d2d5280e7f",
@@ -150,7 +152,7 @@ def test_the_arq_members_the_seam_depends_on_are_unchanged() -> None:
 
 
 def test_the_derivation_sees_the_overrides_and_the_switches() -> None:
-    assert {"__init__", "_poll_iteration", "start_jobs", "_cancel_aborted_jobs"} <= set(_required())
+    assert {"__init__", "_poll_iteration", "run_job", "_cancel_aborted_jobs", "finish_job"} <= set(_required())
     assert {"allow_pick_jobs", "burst", "max_burst_jobs", "job_counter", "sem", "tasks", "job_tasks"} <= _private()
 
 
@@ -207,3 +209,25 @@ def test_the_job_record_keeps_its_arguments_near_its_head() -> None:
     # {'t': job_try, 'f': function, 'a': args, ...}: the envelope (owner first) starts within a few bytes.
     digest = hashlib.sha256(inspect.getsource(jobs.serialize_job).encode()).hexdigest()[:16]
     assert digest == "1fc854cc50e16e5c", "arq changed serialize_job: compare with shared.infra.claim's owner_of"
+
+
+# The records the seam reads and writes for arq: a job's (deserialize_job_raw), its result (serialize_result, as
+# arq's Job.result() and Job.status() read it back, by arq's key names).
+RECORDS: dict[str, tuple[Callable[..., object], str]] = {
+    "serialize_result": (jobs.serialize_result, "709b9d4709d5aa08"),
+    "deserialize_job_raw": (jobs.deserialize_job_raw, "f330dfaff8e2160f"),
+    "deserialize_result": (jobs.deserialize_result, "500bdf28141b60f8"),
+    "Job.status": (jobs.Job.status, "b7b8d9da80a12c10"),
+    "Job.result_info": (jobs.Job.result_info, "befb175894204ee6"),
+}
+
+
+def test_the_records_the_seam_writes_are_read_by_arq_as_before() -> None:
+    changed = [
+        name
+        for name, (member, pinned) in RECORDS.items()
+        if hashlib.sha256(inspect.getsource(member).encode()).hexdigest()[:16] != pinned
+    ]
+    assert not changed, f"arq changed {changed}: compare with ArqWorker.run_job and _write_finishes, then re-pin"
+    keys = (constants.job_key_prefix, constants.in_progress_key_prefix, constants.result_key_prefix)
+    assert (*keys, constants.abort_jobs_ss) == ("arq:job:", "arq:in-progress:", "arq:result:", "arq:abort")
