@@ -46,7 +46,7 @@ class PriorityWorker(ArqWorker):
 
     def signal(self) -> None:
         """A job may be due on the queue: poll now if a slot is free, else as soon as one frees."""
-        if self.job_counter < self.max_jobs:
+        if len(self._unfinished()) < self.max_jobs:
             self.wake()
         else:
             self._more = True
@@ -65,11 +65,15 @@ class PriorityWorker(ArqWorker):
     async def claim(self, job_ids: list[str], *, free: int, lease_ms: int, now_ms: int) -> Sequence[ClaimedJob]:
         return await self.take(self._read, free=free, lease_ms=lease_ms, now_ms=now_ms)
 
+    def _unfinished(self) -> list[str]:
+        """The jobs this worker has taken and not yet finished: they hold their leases, no claim can take them."""
+        return [job_id for job_id, task in self.running.items() if not task.done()]
+
     async def take(self, count: int, *, free: int, lease_ms: int, now_ms: int) -> Sequence[ClaimedJob]:
         """Read up to `count` due jobs and take up to `free` of them: one call."""
         claimed = await claim_due(
             self.jobs_redis, self.queue_name, self.gate_queue, read=count, limit=free, lease_ms=lease_ms,
-            now_ms=now_ms, shares=time.monotonic() >= self._shares_aside_until,
+            now_ms=now_ms, shares=time.monotonic() >= self._shares_aside_until, running=self._unfinished(),
         )  # fmt: skip
         self._deep = claimed.parked > 0
         self._more = len(claimed.jobs) >= free or claimed.held > 0

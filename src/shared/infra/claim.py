@@ -11,7 +11,7 @@ empty, or flushed) starts nothing until a worker has copied the ledger's state a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final
@@ -53,7 +53,8 @@ return -1
 # ARGV[7] the prefix of the owners' parking indexes, ARGV[8] their expiry (ms), ARGV[9] arq's in-progress key
 # prefix, ARGV[10] arq's job key prefix, ARGV[11] how many due ids to read, ARGV[12..19] the four windows they are
 # read from, in order (`shared.infra.broker.due_windows`: the bands high, normal, low, then the parked jobs), each
-# a pair of ZRANGEBYSCORE bounds; or, when ARGV[11] is 0, ARGV[20..] the candidates' ids, in order. Returns
+# a pair of ZRANGEBYSCORE bounds; ARGV[20] how many ids follow of the jobs the worker runs, then those ids; then,
+# when ARGV[11] is 0, the candidates' ids, in order, instead of the read. Returns
 # {gate, held, parked, id1, score1, id2, score2, ...}: gate is 1 open, 0 paused, -1 unknown (nothing is taken
 # then); held, how many due jobs were passed over because their owner had used its share; parked, how many of
 # them this call parked.
@@ -76,12 +77,19 @@ local gate = redis.call('GET', KEYS[2])
 if not gate then return {-1, 0, 0} end
 if string.sub(gate, -5) ~= ':open' then return {0, 0, 0} end
 local now, lease, wanted = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local shares = ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1
 -- Parked jobs are served from their owners' indexes whenever any are parked, shares or none: with no shares
 -- every owner may start jobs, and a parked job must not wait behind the bands for a window to reach it.
-local indexed = redis.call('EXISTS', KEYS[4]) == 1
+-- Mostly neither shares nor parked jobs exist: one EXISTS says so.
+local shares, indexed = false, false
+if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+  shares = ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1
+  indexed = redis.call('EXISTS', KEYS[4]) == 1
+end
 local base, top, prefix, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local lease_prefix, job_prefix, reading = ARGV[9], ARGV[10], tonumber(ARGV[11])
+-- The jobs this worker runs itself: held, and passed over without a look at their leases.
+local own, listed = {}, 21 + tonumber(ARGV[20])
+for i = 21, listed - 1 do own[ARGV[i]] = true end
 
 local function owner_of(job_key)
   local head = redis.call('GETRANGE', job_key, 0, 1023)
@@ -188,10 +196,10 @@ local window, batch, pos, seen = 0, {}, 1, 0
 local function next_candidate()
   if reading == 0 then
     while true do
-      local id = ARGV[20 + seen]
+      local id = ARGV[listed + seen]
       if not id then return nil end
       seen = seen + 1
-      local score = redis.call('ZSCORE', KEYS[1], id)
+      local score = not own[id] and redis.call('ZSCORE', KEYS[1], id)
       if score then return id, score end
     end
   end
@@ -205,7 +213,7 @@ local function next_candidate()
     else
       local id, score = batch[pos], batch[pos + 1]
       pos = pos + 2
-      if not just_parked[id] then
+      if not just_parked[id] and not own[id] then
         seen = seen + 1
         return id, score
       end
@@ -312,10 +320,12 @@ async def claim(
     lease_ms: int,
     now_ms: int,
     shares: bool = True,
+    running: Collection[str] = (),
 ) -> Claimed:
     """Take up to `limit` due jobs for this worker, if the queue's gate is open: with `read`, of the first `read`
     due ids the script reads itself (`shared.infra.broker.due_windows`: best first), in the same call; else of
-    `candidates` (due ids, best first).
+    `candidates` (due ids, best first). The worker's own `running` jobs are passed over at no cost (each of them
+    heads the queue until it ends, and would otherwise be looked at by every poll).
 
     Each job taken gets arq's in-progress key (the lease) in the same atomic step, so no two workers take
     one job, and no job starts once a pause has reached the gate. With `shares`, no job is taken whose
@@ -327,7 +337,7 @@ async def claim(
     args = [
         str(now_ms), str(lease_ms), str(limit), "1" if shares else "0", str(PARK_BASE_MS), str(PARK_TOP_MS),
         parked_prefix(queue), str(PARKED_TTL_MS), in_progress_key_prefix, job_key_prefix, str(read), *windows,
-        *([] if read else candidates),
+        str(len(running)), *running, *([] if read else candidates),
     ]  # fmt: skip
     reply = await _CLAIM(redis, keys, args)
     gate = _GATE_REPLY[int(reply[0])]
