@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.event_hub import EventHub
 from gateway.http.middlewares import middlewares, security_headers
-from gateway.keys import CACHE, EVENT_HUB, INTAKE, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
+from gateway.keys import CACHE, EVENT_HUB, HAND_OVER, INTAKE, JOBS_REDIS, METRICS, PG_POOL, REGISTRY, SEALER, SETTINGS
 from gateway.routes import setup_routes
 from gateway.routes.health import metrics_listener
 from gateway.routes.openapi import build_on_startup
@@ -20,6 +20,7 @@ from shared.infra.sealing import Sealer
 from shared.jobtypes import builtin_registry
 from shared.jobtypes.spec import Registry
 from shared.ledger.intake import Intake
+from shared.ledger.submission import HandOver
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
@@ -35,7 +36,9 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     async with redis.open_cache(config) as cache, broker.open_jobs_redis(config) as jobs:
         app[CACHE] = cache
         app[JOBS_REDIS] = jobs
+        app[HAND_OVER] = hand_over = HandOver(jobs, enqueue_timeout_s=app[SETTINGS].gateway.enqueue_timeout_s)
         yield
+        await hand_over.close()
 
 
 async def _event_hub(app: web.Application) -> AsyncIterator[None]:

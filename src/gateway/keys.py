@@ -14,6 +14,7 @@ from shared.infra.redis import CacheRedis
 from shared.infra.sealing import Sealer
 from shared.jobtypes.spec import Registry
 from shared.ledger.intake import Intake
+from shared.ledger.submission import HandOver
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 PG_POOL = web.AppKey("pg_pool", Pool)
@@ -24,6 +25,7 @@ SEALER = web.AppKey("sealer", Sealer)
 METRICS = web.AppKey("metrics", Metrics)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
 INTAKE = web.AppKey("intake", Intake)  # POST /api/v1/jobs' grouped inserts
+HAND_OVER = web.AppKey("hand_over", HandOver)  # and their grouped enqueues
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

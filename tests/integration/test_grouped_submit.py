@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway.keys import INTAKE
+from gateway.keys import HAND_OVER, INTAKE, METRICS
 from shared.core.settings import SecurityConfig
 from support.helpers import eventually
 from support.stack import Api, Conn, Services, gateway_settings, running_gateway
@@ -187,3 +187,29 @@ async def test_a_crowd_of_one_principal_is_limited_exactly_though_its_limiter_ca
     assert {content_type for status, _, content_type in answers if status == 429} == {"application/problem+json"}
     assert other[0] == 202
     assert await pg.fetchval("SELECT count(*) FROM jobs WHERE owner = 'dave'") == 10
+
+
+async def test_a_crowd_posting_while_redis_is_down_is_accepted_and_each_job_left_to_the_reconciler(
+    services: Services, pg: Conn, jobs_redis: Redis, proxy: TcpProxy
+) -> None:
+    settings = gateway_settings(services, jobs_url=proxy.url(services.jobs_db), enqueue_timeout_s=0.5)
+    async with running_gateway(settings) as api:
+        hand_over, registry = api.app[HAND_OVER], api.app[METRICS].registry
+
+        def deferred() -> float:
+            return registry.get_sample_value("conveyor_gateway_enqueue_deferred_total") or 0.0
+
+        up = await _post(api, _echo("up"))
+        assert up[0] == 202
+        before, groups = deferred(), hand_over.groups.groups
+        proxy.cut()
+
+        answers = await asyncio.gather(*(_post(api, _echo(i)) for i in range(40)))
+
+        assert {status for status, _, _ in answers} == {202}
+        ids = [job["id"] for _, job, _ in answers]
+        queued = await pg.fetchval("SELECT count(*) FROM jobs WHERE id = ANY($1::text[]) AND status = 'queued'", ids)
+        assert queued == 40
+        assert deferred() - before == 40
+        assert hand_over.groups.groups - groups < 40, "the enqueues went in groups"
+    assert await jobs_redis.keys("arq:job:*") == [f"arq:job:{up[1]['id']}".encode()]

@@ -18,6 +18,7 @@ from gateway.http.resources import job_resource, job_summary, job_url
 from gateway.http.responses import json_response, read_json, validate_body
 from gateway.keys import (
     CACHE,
+    HAND_OVER,
     INTAKE,
     JOBS_REDIS,
     METRICS,
@@ -101,8 +102,7 @@ async def create_job(request: web.Request) -> web.Response:
         headers["Idempotent-Replayed"] = "true"
         return json_response(job_resource(record), status=200, headers=headers)
     app[METRICS].jobs_enqueued.labels(record.type).inc()
-    timeout_s = app[SETTINGS].gateway.enqueue_timeout_s
-    if not await submission.hand_over(app[JOBS_REDIS], record, enqueue_timeout_s=timeout_s):
+    if not await app[HAND_OVER].enqueue(record):  # with the other requests' jobs, in one call
         app[METRICS].enqueue_deferred.inc()
     return json_response(job_resource(record), status=202, headers=headers)
 

@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Self, TypeVar
 
 from arq.connections import ArqRedis
@@ -28,6 +28,7 @@ from shared.core import json
 from shared.core.errors import InvalidInput, PermissionDenied
 from shared.infra import broker, pages
 from shared.infra.db import Connection, Pool
+from shared.infra.group_commit import GroupCommit
 from shared.infra.redis import REDIS_ERRORS
 from shared.infra.sealing import SEALED, Sealer, contains_sealed
 from shared.jobtypes.spec import AnySpec, Payload, Registry, Timestamp
@@ -240,6 +241,37 @@ async def hand_over(redis: ArqRedis, record: records.JobRecord, *, enqueue_timeo
         logger.warning("job.enqueue_deferred", extra={"job_id": record.id, "reason": type(exc).__name__})
         return False
     return True
+
+
+class HandOver:
+    """Hands the jobs of concurrent submissions to Redis in groups: one `broker.enqueue_many` call (one
+    EVALSHA) per group instead of one call per request, each caller waiting for its own group (a GroupCommit).
+
+    A Redis failure or a group past `enqueue_timeout_s` does not fail the submissions: the jobs are durable
+    and the reconciler enqueues them later; their callers learn False (`job.enqueue_deferred`).
+    """
+
+    def __init__(self, redis: ArqRedis, *, enqueue_timeout_s: float) -> None:
+        self._redis = redis
+        self.enqueue_timeout_s = enqueue_timeout_s
+        self.groups: GroupCommit[records.JobRecord, bool] = GroupCommit(self._flush, max_items=200)
+
+    async def enqueue(self, record: records.JobRecord) -> bool:
+        """Enqueue the job with the next group; False when Redis failed (the reconciler will enqueue it)."""
+        return await self.groups.submit(record)
+
+    async def close(self) -> None:
+        await self.groups.close()
+
+    async def _flush(self, jobs: Sequence[records.JobRecord]) -> list[bool]:
+        try:
+            async with asyncio.timeout(self.enqueue_timeout_s):
+                await broker.enqueue_many(self._redis, jobs)
+        except REDIS_ERRORS as exc:
+            for record in jobs:
+                logger.warning("job.enqueue_deferred", extra={"job_id": record.id, "reason": type(exc).__name__})
+            return [False] * len(jobs)
+        return [True] * len(jobs)
 
 
 async def resubmit(redis: ArqRedis, jobs: list[records.JobRecord], *, enqueue_timeout_s: float) -> None:
