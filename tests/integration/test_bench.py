@@ -18,7 +18,7 @@ from support.stack import Services
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "--jobs", "60", "--arq-jobs", "20", "--latency-samples", "5", "--arq-latency-samples", "2", "--rounds", "1",
-    "--e2e-s", "1", "--soak-s", "1", "--batch-size", "30", "--batches", "2", "--scale-workers", "1,2,4",
+    "--e2e-s", "1", "--soak-s", "1", "--batch-size", "30", "--batches", "2", "--scale-workers", "1,2",
 ]  # fmt: skip
 ROWS = (
     "pickup latency p50, idle worker, ms",
@@ -33,14 +33,13 @@ ROWS = (
     "Redis commands per job, jobs server",
     "Redis commands per job, cache server",
     "drain, 2 worker processes, jobs/s",
-    "drain, 4 worker processes, jobs/s",
     "soak RSS gateway, MB (after / before)",
     "soak RSS worker1, MB (after / before)",
     "soak RSS, worst process",
 )
 PERF_KEYS = (
     "pickup_p50_ms", "pickup_p99_ms", "drain_x_tuned", "post_x_arq_client", "post_p99_ms", "e2e_x_tuned",
-    "batch_x_single", "redis_cmds_per_job", "cache_cmds_per_job", "scale2_x_1", "scale4_x_1", "soak_rss_ratio",
+    "batch_x_single", "redis_cmds_per_job", "cache_cmds_per_job", "scale2_x_1", "soak_rss_ratio",
 )  # fmt: skip
 
 
