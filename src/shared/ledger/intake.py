@@ -3,9 +3,11 @@
 One INSERT per group instead of one per request is what lets one gateway accept thousands of durable jobs a
 second: the cost of a statement and its commit is shared. Each request still gets exactly today's answer:
 
-- The queue cap (MAX_QUEUED_PER_OWNER) is counted once per owner of the group, in one query, and the items
-  that would take their owner past it fail with QueueFull, in arrival order; a replay within the idempotency
-  window records nothing, so it always passes (as `owner_caps.has_room` has it).
+- The queue cap (MAX_QUEUED_PER_OWNER) is counted once per owner of the group, in the same statement, and the
+  items that would take their owner past it fail with QueueFull, in arrival order; a replay within the
+  idempotency window records nothing, so it always passes (as `owner_caps.has_room` has it). As with single
+  requests, the count and the insert are not one transaction across groups: the groups in flight together
+  (two) may overshoot the cap by what they carry, a flood guard rather than an exact quota.
 - An item whose key is already taken comes back from the INSERT without a row; it then goes through
   `records.insert_job`, the single-row path that answers replays, the window and 409.
 - Two items of one group with the same owner and key behave as two requests one after the other: the
@@ -17,8 +19,9 @@ committed: what it acknowledges is durable (shared.infra.group_commit). A failed
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
+
+import asyncpg
 
 from shared.infra.db import Pool
 from shared.infra.group_commit import GroupCommit
@@ -26,14 +29,45 @@ from shared.ledger import owner_caps, records
 
 Recorded = tuple[records.JobRecord, bool]
 
-_INSERT_MANY = """
-INSERT INTO jobs (id, type, queue, owner, status, priority, payload, max_attempts, timeout_s,
-                  scheduled_for, expires_at, idempotency_key, request_hash, request_id, batch_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
-                     $8::integer[], $9::double precision[], $10::timestamptz[], $11::timestamptz[], $12::text[],
-                     $13::text[], $14::text[], $15::text[])
-ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING *
+# One statement per group: count each owner's waiting jobs (on migration 0009's partial index, stopping at
+# cap + 1, as owner_caps counts them), tell replays within the idempotency window (they record nothing, so they
+# always have room), allow each owner's other items in arrival order while they fit, insert those allowed, and
+# answer one row per item: its `ord`, whether it was `allowed`, and the row it created (NULLs when its key was
+# taken). Each (owner, key) appears at most once in a group's input (repeats are handled after it).
+_INTAKE = """
+WITH input AS (
+    SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::jsonb[], $9::integer[], $10::double precision[], $11::timestamptz[],
+                         $12::timestamptz[], $13::text[], $14::text[], $15::text[], $16::text[])
+        AS i(ord, id, type, queue, owner, status, priority, payload, max_attempts, timeout_s, scheduled_for,
+             expires_at, idempotency_key, request_hash, request_id, batch_id)
+), waiting AS (
+    SELECT o.owner, (
+        SELECT count(*) FROM (
+            SELECT 1 FROM jobs WHERE owner = o.owner AND status IN ('queued', 'scheduled', 'retrying') LIMIT $17 + 1
+        ) AS counted
+    ) AS n
+    FROM (SELECT DISTINCT owner FROM input) AS o
+), marked AS (
+    SELECT i.*, i.idempotency_key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM jobs j WHERE j.owner = i.owner AND j.idempotency_key = i.idempotency_key
+                               AND j.created_at >= now() - make_interval(secs => $18)
+    ) AS replay
+    FROM input i
+), ranked AS (
+    SELECT m.*, m.replay OR w.n + count(*) FILTER (WHERE NOT m.replay)
+                                       OVER (PARTITION BY m.owner ORDER BY m.ord) <= $17 AS allowed
+    FROM marked m JOIN waiting w USING (owner)
+), created AS (
+    INSERT INTO jobs (id, type, queue, owner, status, priority, payload, max_attempts, timeout_s,
+                      scheduled_for, expires_at, idempotency_key, request_hash, request_id, batch_id)
+    SELECT id, type, queue, owner, status, priority, payload, max_attempts, timeout_s,
+           scheduled_for, expires_at, idempotency_key, request_hash, request_id, batch_id
+    FROM ranked WHERE allowed
+    ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+)
+SELECT r.ord AS _ord, r.allowed AS _allowed, c.* FROM ranked r LEFT JOIN created c ON c.id = r.id
 """
 _COLUMNS = (
     "id", "type", "queue", "owner", "status", "priority", "payload", "max_attempts", "timeout_s",
@@ -85,19 +119,15 @@ class Intake:
         results: list[Recorded | BaseException | None] = [None] * len(jobs)
         first, repeats = _first_of_each_key(jobs)
         repeated = set(repeats)
-        candidates = [i for i in range(len(jobs)) if i not in repeated]
-        refused = await self._over_cap(jobs, candidates)
-        for i in refused:
-            results[i] = owner_caps.QueueFull(self.cap)
-        inserting = [i for i in candidates if i not in refused]
-        created = await self._insert([jobs[i] for i in inserting]) if inserting else {}
         single: list[int] = []
-        for i in inserting:
-            record = created.get(jobs[i].id)
-            if record is None:
+        for row in await self._write([i for i in range(len(jobs)) if i not in repeated], jobs):
+            i = row["_ord"]
+            if not row["_allowed"]:
+                results[i] = owner_caps.QueueFull(self.cap)
+            elif row["id"] is None:
                 single.append(i)  # its key is taken: a replay, a stale key or a 409
             else:
-                results[i] = (record, True)
+                results[i] = (records.JobRecord(**{k: v for k, v in row.items() if not k.startswith("_")}), True)
         for i in repeats:
             job = jobs[i]
             earlier = results[first[job.owner, job.idempotency_key]]  # type: ignore[index]
@@ -112,32 +142,8 @@ class Intake:
                 results[i] = exc
         return [r if r is not None else RuntimeError("an item of the group got no result") for r in results]
 
-    async def _over_cap(self, jobs: Sequence[records.NewJob], candidates: Sequence[int]) -> set[int]:
-        """The items that would take their owner past the cap, in arrival order; replays within the
-        idempotency window (asked only for owners that overflow) record nothing and always pass."""
-        wanted: dict[str, list[int]] = defaultdict(list)
-        for i in candidates:
-            wanted[jobs[i].owner].append(i)
-        waiting = await owner_caps.waiting_many(self._pool, list(wanted), cap=self.cap)
-        overflowing = {owner: items for owner, items in wanted.items() if waiting[owner] + len(items) > self.cap}
-        if not overflowing:
-            return set()
-        keyed = [i for items in overflowing.values() for i in items if jobs[i].idempotency_key is not None]
-        replayed = await owner_caps.replays(self._pool, [(jobs[i].owner, jobs[i].idempotency_key or "") for i in keyed])
-        refused: set[int] = set()
-        for owner, items in overflowing.items():
-            room = self.cap - waiting[owner]
-            for i in items:
-                if (owner, jobs[i].idempotency_key) in replayed:
-                    continue
-                if room > 0:
-                    room -= 1
-                else:
-                    refused.add(i)
-        return refused
-
-    async def _insert(self, jobs: Sequence[records.NewJob]) -> dict[str, records.JobRecord]:
-        """One INSERT for the group; the rows it created, by job id (a taken key gives no row)."""
-        columns = [[getattr(job, column) for job in jobs] for column in _COLUMNS]
-        rows = await self._pool.fetch(_INSERT_MANY, *columns)
-        return {row["id"]: records.JobRecord.from_row(row) for row in rows}
+    async def _write(self, items: Sequence[int], jobs: Sequence[records.NewJob]) -> list[asyncpg.Record]:
+        """The group's one statement, for the items `items` of `jobs`: one row per item."""
+        columns = [[getattr(jobs[i], column) for i in items] for column in _COLUMNS]
+        window_s = records.IDEMPOTENCY_WINDOW.total_seconds()
+        return await self._pool.fetch(_INTAKE, list(items), *columns, self.cap, window_s)

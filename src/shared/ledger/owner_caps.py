@@ -24,15 +24,6 @@ SELECT count(*) FROM (
     SELECT 1 FROM jobs WHERE owner = $1 AND status IN ('queued', 'scheduled', 'retrying') LIMIT $2
 ) AS waiting
 """
-# The same count for every owner of a group of submissions (shared.ledger.intake) in one statement.
-_WAITING_MANY = """
-SELECT o.owner, (
-    SELECT count(*) FROM (
-        SELECT 1 FROM jobs WHERE owner = o.owner AND status IN ('queued', 'scheduled', 'retrying') LIMIT $2
-    ) AS waiting
-) AS waiting
-FROM unnest($1::text[]) AS o(owner)
-"""
 # A replay records nothing only within the idempotency window: past it the key is freed and a new job
 # is recorded (shared.ledger.records.insert_job), which counts like any other.
 _REPLAY = """
@@ -68,28 +59,6 @@ class ScheduleLimitReached(Conflict):
 async def waiting(conn: Connection | Pool, owner: str, *, cap: int) -> int:
     """How many jobs the owner has waiting, counted up to `cap + 1` at most."""
     return int(await conn.fetchval(_WAITING, owner, cap + 1))
-
-
-async def waiting_many(conn: Connection | Pool, owners: Sequence[str], *, cap: int) -> dict[str, int]:
-    """How many jobs each owner has waiting, each counted up to `cap + 1` at most, in one query."""
-    rows = await conn.fetch(_WAITING_MANY, list(owners), cap + 1)
-    return {row["owner"]: int(row["waiting"]) for row in rows}
-
-
-async def replays(conn: Connection | Pool, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (owner, idempotency key) pairs name a job recorded within the idempotency window: a request
-    carrying one is a replay, which records nothing and so always has room."""
-    if not keys:
-        return set()
-    rows = await conn.fetch(
-        "SELECT j.owner, j.idempotency_key FROM jobs j"
-        " JOIN unnest($1::text[], $2::text[]) AS k(owner, key) ON j.owner = k.owner AND j.idempotency_key = k.key"
-        " WHERE j.created_at >= now() - make_interval(secs => $3)",
-        [owner for owner, _ in keys],
-        [key for _, key in keys],
-        records.IDEMPOTENCY_WINDOW.total_seconds(),
-    )
-    return {(row["owner"], row["idempotency_key"]) for row in rows}
 
 
 async def has_room(
