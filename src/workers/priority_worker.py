@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
+from shared.infra.broker import due_job_ids
 from shared.infra.claim import claim as claim_due
 from workers.arq_seam import ArqWorker, ClaimedJob
 
@@ -17,8 +18,6 @@ DEEP_READ: Final = 4
 # waits in the ledger cannot be served now (not in Redis yet, or held by its type's limits), and a slot must
 # not idle for it. The shares are set aside this long.
 SHARES_ASIDE_S: Final = 0.5
-# What `due_ids` hands the seam: the claim reads the due ids itself, so there is nothing to read before it.
-_READ_IN_CLAIM: Final = [b"(read by the claim)"]
 
 
 class PriorityWorker(ArqWorker):
@@ -41,12 +40,11 @@ class PriorityWorker(ArqWorker):
         self.gate_queue = gate_queue  # the queue's name (not its arq key): whose pause gate every claim checks
         self._deep = False  # the last claim parked jobs: read deeper
         self._shares_aside_until = 0.0
-        self._read = 0  # how many due ids the current poll reads
         self._more = False  # the last claim may have left due jobs behind: a freed slot polls at once
 
     def signal(self) -> None:
         """A job may be due on the queue: poll now if a slot is free, else as soon as one frees."""
-        if len(self._unfinished()) < self.max_jobs:
+        if self.has_free_slot():
             self.wake()
         else:
             self._more = True
@@ -59,11 +57,12 @@ class PriorityWorker(ArqWorker):
         return self.queue_read_limit * (DEEP_READ if self._deep else 1)
 
     async def due_ids(self, count: int) -> list[bytes]:
-        self._read = count
-        return _READ_IN_CLAIM
+        """The read on its own (a poll reads in `take`, with the claim)."""
+        return await due_job_ids(self.jobs_redis, self.queue_name, limit=count)
 
     async def claim(self, job_ids: list[str], *, free: int, lease_ms: int, now_ms: int) -> Sequence[ClaimedJob]:
-        return await self.take(self._read, free=free, lease_ms=lease_ms, now_ms=now_ms)
+        """The claim of ids read before (a poll reads in `take`, with the claim)."""
+        return await self._claim(job_ids, 0, free=free, lease_ms=lease_ms, now_ms=now_ms)
 
     def _unfinished(self) -> list[str]:
         """The jobs this worker has taken and not yet finished: they hold their leases, no claim can take them."""
@@ -71,8 +70,13 @@ class PriorityWorker(ArqWorker):
 
     async def take(self, count: int, *, free: int, lease_ms: int, now_ms: int) -> Sequence[ClaimedJob]:
         """Read up to `count` due jobs and take up to `free` of them: one call."""
+        return await self._claim((), count, free=free, lease_ms=lease_ms, now_ms=now_ms)
+
+    async def _claim(
+        self, job_ids: Sequence[str], read: int, *, free: int, lease_ms: int, now_ms: int
+    ) -> Sequence[ClaimedJob]:
         claimed = await claim_due(
-            self.jobs_redis, self.queue_name, self.gate_queue, read=count, limit=free, lease_ms=lease_ms,
+            self.jobs_redis, self.queue_name, self.gate_queue, job_ids, read=read, limit=free, lease_ms=lease_ms,
             now_ms=now_ms, shares=time.monotonic() >= self._shares_aside_until, running=self._unfinished(),
         )  # fmt: skip
         self._deep = claimed.parked > 0
