@@ -196,7 +196,6 @@ def prepare(
     else:
         scheduled_for = now + dt.timedelta(seconds=request.delay_s or 0)
     idempotency_key = request.idempotency_key if isinstance(request, JobRequest) else None
-    fingerprint = request.model_dump(mode="json", exclude={"idempotency_key"})
     return records.NewJob(
         id=job_id or records.new_job_id(),
         type=spec.name,
@@ -209,10 +208,15 @@ def prepare(
         scheduled_for=scheduled_for,
         expires_at=now + dt.timedelta(seconds=request.expires_in_s) if request.expires_in_s else None,
         idempotency_key=idempotency_key,
-        request_hash=hashlib.sha256(json.canonical(fingerprint)).hexdigest() if idempotency_key else None,
+        request_hash=_fingerprint(request) if idempotency_key else None,
         request_id=request_id,
         status="scheduled" if scheduled_for > now else "queued",
     )
+
+
+def _fingerprint(request: KeylessJobRequest) -> str:
+    """What tells a replay from another request under the same idempotency key: the request less its key."""
+    return hashlib.sha256(json.canonical(request.model_dump(mode="json", exclude={"idempotency_key"}))).hexdigest()
 
 
 async def submit(
