@@ -64,6 +64,7 @@ WITH input AS (
     SELECT id, type, queue, owner, status, priority, payload, max_attempts, timeout_s,
            scheduled_for, expires_at, idempotency_key, request_hash, request_id, batch_id
     FROM ranked WHERE allowed
+    ORDER BY owner, idempotency_key  -- every group takes its keys in one order: two groups never deadlock
     ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
 )
