@@ -10,8 +10,9 @@ stopping it without cancelling its main task, so `ArqWorker` replaces four of it
 - `start_due`, for arq's `start_jobs`: the jobs are read and taken by `take` (ours: `due_ids` then `claim`, or
   one call where a subclass can) instead of a WATCH/MULTI round per job, then started exactly as arq starts
   them (`sem`, `job_counter`, `tasks`, `run_job`, `loop`, `_release_sem_dec_counter_on_complete`);
-- `run_job`: arq's, with one GET of the job's record before the function instead of a MULTI/EXEC of six
-  commands (the record, arq's retry counter with its expiry, the abort set), and the end written with the
+- `run_job`: arq's, with one GET of the job's record before the function (none when the claim returned the
+  record with the job) instead of a MULTI/EXEC of six commands (the record, arq's retry counter with its
+  expiry, the abort set), and the end written with the
   ends of every run finishing meanwhile instead of a MULTI/EXEC of six per job (arq's `finish_job` and
   `finish_failed_job`): one pipeline per group (`shared.infra.group_commit`) with one ZREM of the queue, the
   result records (arq's own, as arq's `serialize_result` writes them, so arq's `Job.result()` reads them; only
@@ -68,8 +69,9 @@ from shared.infra.group_commit import GroupCommit
 
 __all__ = ["RELIED_ON", "ArqWorker", "ClaimedJob", "Function", "Retry", "func", "job_score"]
 
-# A job taken by a claim: its id and its score in arq's sorted set, as arq's `run_job` takes them.
-ClaimedJob = tuple[str, int]
+# A job taken by a claim: its id and its score in arq's sorted set, as arq's `run_job` takes them, and its arq
+# record when the claim read it too (the run then reads nothing before it starts).
+ClaimedJob = tuple[str, int] | tuple[str, int, bytes]
 
 # arq members this module depends on without naming them, and why: each is pinned by the tripwire test too.
 RELIED_ON: Final[Mapping[str, str]] = {
@@ -218,10 +220,12 @@ class ArqWorker(Worker):
             return
         lease_ms = int(self.in_progress_timeout_s * 1000)
         claimed = await self.take(count, free=free, lease_ms=lease_ms, now_ms=timestamp_ms())
-        for job_id, score in claimed:
+        for job in claimed:
+            job_id, score = job[0], job[1]
+            record = job[2] if len(job) == 3 else None
             await self.sem.acquire()  # never waits: arq sizes it max_jobs + 1 and at most `free` are taken
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
+            task = self.loop.create_task(self.run_job(job_id, score, record=record))
             task.add_done_callback(self._job_ended)
             self.tasks[job_id] = task
 
@@ -229,13 +233,14 @@ class ArqWorker(Worker):
         self._release_sem_dec_counter_on_complete()
         self.slot_freed()
 
-    async def run_job(self, job_id: str, score: int) -> None:
-        """Run one claimed job as arq does, with one GET before it and a grouped write after it.
+    async def run_job(self, job_id: str, score: int, *, record: bytes | None = None) -> None:
+        """Run one claimed job as arq does, with one GET before it (none when the claim read its `record`) and a
+        grouped write after it.
 
         It returns only once the end of the run is written: a worker dying before that leaves the job queued
         with its lease running out, for another worker to take over (the ledger fences the outcome).
         """
-        loaded = await self._load(job_id)
+        loaded = await self._load(job_id, record)
         if loaded is None:
             return
         job, function = loaded
@@ -263,12 +268,12 @@ class ArqWorker(Worker):
         if self.after_job_end:
             await self.after_job_end(ctx)
 
-    async def _load(self, job_id: str) -> tuple[_Job, Function] | None:
+    async def _load(self, job_id: str, record: bytes | None) -> tuple[_Job, Function] | None:
         """The job's record (one GET) and its function; None once a job that cannot run is finished as failed,
         as arq finishes it. arq's retry counter is not kept: the ledger counts attempts, and `job_try` is the
         one the job was enqueued with."""
         start_ms = timestamp_ms()
-        raw = await self.pool.get(job_key_prefix + job_id)
+        raw = record if record is not None else await self.pool.get(job_key_prefix + job_id)
         if not raw:
             logger.warning("arq.job_gone", extra={"arq_id": job_id})
             await self._fail_unrun(_Job(job_id, start_ms), JobExecutionFailed("job expired"))

@@ -55,6 +55,29 @@ class PlainWorker(ArqWorker):
         return taken
 
 
+# The same, returning the job's arq record with its score, as a claim script that reads the record may.
+TAKE_WITH_RECORD = """
+local score = redis.call('zscore', KEYS[1], ARGV[1])
+if score and redis.call('set', KEYS[2], '1', 'PX', ARGV[2], 'NX') then
+  return {score, redis.call('get', KEYS[3])}
+end
+return false
+"""
+
+
+class RecordWorker(PlainWorker):
+    """Takes the jobs as PlainWorker does and hands their records to the run."""
+
+    async def claim(self, job_ids: list[str], *, free: int, lease_ms: int, now_ms: int) -> Sequence[ClaimedJob]:
+        taken: list[ClaimedJob] = []
+        for job_id in job_ids[:free]:
+            keys = (self.queue_name, in_progress_key_prefix + job_id, job_key_prefix + job_id)
+            found = await self.jobs_redis.eval(TAKE_WITH_RECORD, 3, *keys, job_id, str(lease_ms))  # type: ignore[misc]
+            if found:
+                taken.append((job_id, int(found[0]), found[1]))
+        return taken
+
+
 @dataclass
 class Commands:
     """What Redis ran on the jobs database, as MONITOR saw it (commands inside Lua too)."""
@@ -108,9 +131,14 @@ async def _found(commands: Commands, marker: str) -> bool | None:
 
 @contextlib.asynccontextmanager
 async def running(
-    redis: ArqRedis, coroutine: Callable[..., Awaitable[Any]], *, max_jobs: int = 10, keep_result: int = 60
+    redis: ArqRedis,
+    coroutine: Callable[..., Awaitable[Any]],
+    *,
+    max_jobs: int = 10,
+    keep_result: int = 60,
+    kind: type[PlainWorker] = PlainWorker,
 ) -> AsyncIterator[PlainWorker]:
-    worker = PlainWorker(
+    worker = kind(
         functions=[func(coroutine, name="seam.test")],  # type: ignore[arg-type] # arq's WorkerCoroutine protocol
         queue_name=QUEUE, redis_pool=redis, handle_signals=False, allow_abort_jobs=True, max_jobs=max_jobs,
         poll_delay=0.01, keep_result=keep_result, job_serializer=broker.serialize,
@@ -234,3 +262,21 @@ async def _polled(monitor: Callable[[], Awaitable[Commands]], polls: int) -> boo
 
 async def _completed(worker: ArqWorker, count: int) -> bool | None:
     return True if worker.completed == count and not worker.running else None
+
+
+async def test_a_job_whose_record_came_with_its_claim_is_run_without_reading_it_again(
+    arq_redis: ArqRedis, jobs_redis: Redis, monitor: Callable[[], Awaitable[Commands]]
+) -> None:
+    async def echo(ctx: dict[str, Any], value: str) -> str:
+        return value
+
+    async with running(arq_redis, echo, kind=RecordWorker) as worker:
+        await _enqueue(arq_redis, "carried", "y")
+        await eventually(lambda: _completed(worker, 1))
+        seen = await monitor()
+
+    job = Job("carried", arq_redis, _queue_name=QUEUE, _deserializer=broker.deserialize)
+    assert await job.result(timeout=1) == "y"
+    reads = [c for c in seen.named("GET", job_key_prefix) if c[1] == job_key_prefix + "carried"]
+    assert len(reads) == 1, "read once, by the claim"
+    assert await _left(jobs_redis, "carried") == []
