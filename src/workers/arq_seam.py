@@ -255,23 +255,23 @@ class ArqWorker(Worker):
         self.aborting_tasks.discard(job_id)
         forever = self.keep_result_forever if function.keep_result_forever is None else function.keep_result_forever
         keep_s = self.keep_result_s if function.keep_result_s is None else function.keep_result_s
-        record = None
+        kept = None
         if run.result is not _NO_RESULT and (forever or keep_s > 0):
-            record = serialize_result(
+            kept = serialize_result(
                 job.name, job.args, job.kwargs, job.job_try, job.enqueue_ms, run.success, run.result, start_ms,
                 finished_ms, f"{job_id}:{job.name}", self.queue_name, job_id=job_id, serializer=self.job_serializer,
             )  # fmt: skip
         if self.on_job_end:
             await self.on_job_end(ctx)
         px = None if forever else to_ms(keep_s)
-        await self._finishes.submit(_Finish(job_id, run.done, record, px, run.incr_score, marked))
+        await self._finishes.submit(_Finish(job_id, run.done, kept, px, run.incr_score, marked))
         if self.after_job_end:
             await self.after_job_end(ctx)
 
     async def _load(self, job_id: str, record: bytes | None) -> tuple[_Job, Function] | None:
-        """The job's record (one GET) and its function; None once a job that cannot run is finished as failed,
-        as arq finishes it. arq's retry counter is not kept: the ledger counts attempts, and `job_try` is the
-        one the job was enqueued with."""
+        """The job's record (one GET, unless the claim read it) and its function; None once a job that cannot
+        run is finished as failed, as arq finishes it. arq's retry counter is not kept: the ledger counts
+        attempts, and `job_try` is the one the job was enqueued with."""
         start_ms = timestamp_ms()
         raw = record if record is not None else await self.pool.get(job_key_prefix + job_id)
         if not raw:
