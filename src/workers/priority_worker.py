@@ -30,9 +30,10 @@ class PriorityWorker(ArqWorker):
     owner that has used its share. How they replace arq's own is in `workers.arq_seam`.
 
     Between polls the worker waits until it is woken: by a wake-up signal (`signal`, from the queue's
-    subscription, `shared.infra.wakeup`) while it has a free slot, or by a job ending when the last claim may
-    have left due jobs behind (it filled every free slot, or held jobs back). An empty queue costs no poll per
-    finished job; the poll every `idle_s` stays the fallback (delayed jobs, lost signals).
+    subscription, `shared.infra.wakeup`) while it has a free slot; by a job ending when the last claim may have
+    left due jobs behind (it filled every free slot); by new shares when the last claim held jobs back. An empty
+    queue costs no poll per finished job; the poll every `idle_s` stays the fallback (delayed jobs, lost
+    signals).
     """
 
     def __init__(self, *, gate_queue: str, **options: Any) -> None:
@@ -41,6 +42,7 @@ class PriorityWorker(ArqWorker):
         self._deep = False  # the last claim parked jobs: read deeper
         self._shares_aside_until = 0.0
         self._more = False  # the last claim may have left due jobs behind: a freed slot polls at once
+        self._held = False  # the last claim held jobs back for their owners' shares
 
     def signal(self) -> None:
         """A job may be due on the queue: poll now if a slot is free, else as soon as one frees."""
@@ -51,6 +53,11 @@ class PriorityWorker(ArqWorker):
 
     def slot_freed(self) -> None:
         if self._more:
+            self.wake()
+
+    def shares_published(self) -> None:
+        """The owners' shares were published again: jobs the last claim held back may start now."""
+        if self._held:
             self.wake()
 
     def read_limit(self) -> int:
@@ -80,7 +87,12 @@ class PriorityWorker(ArqWorker):
             now_ms=now_ms, shares=time.monotonic() >= self._shares_aside_until, running=self._unfinished(),
         )  # fmt: skip
         self._deep = claimed.parked > 0
-        self._more = len(claimed.jobs) >= free or claimed.held > 0
+        # A freed slot polls at once only if this claim filled every free slot: jobs it held back for their
+        # owners' shares cannot start on a freed slot (an owner's allowance grows only when the shares are
+        # published again, `shares_published`), and walking them again on every job's end would cost a read of
+        # each held job's owner per finished job.
+        self._more = len(claimed.jobs) >= free
+        self._held = claimed.held > 0
         if claimed.held and not claimed.parked and not claimed.jobs:
             self._shares_aside_until = time.monotonic() + SHARES_ASIDE_S
         return claimed.jobs

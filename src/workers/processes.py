@@ -197,6 +197,8 @@ class WorkerProcess:
         await fair_share.publish(
             ctx.pg, ctx.jobs_redis, ctx.queue, capacity=slots, share=self.settings.worker.owner_share
         )
+        if self._worker is not None:
+            self._worker.shares_published()
 
     async def _lease_loop(self, ctx: WorkerContext, worker: PriorityWorker) -> None:
         """Renew the lease of every running job three times per lease period."""

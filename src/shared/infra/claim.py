@@ -61,7 +61,8 @@ return -1
 #
 # The read happens here, window by window and only as far as needed (it stops once enough are taken), so a poll
 # is one call; a window's read sees what the earlier ones changed, so a job this call parked is not looked at
-# again in the parked window.
+# again in the parked window. The parked window is read after the owners' indexes have been served (a job there
+# that is in no index, its index having lapsed, is still taken from the window).
 #
 # A job is taken when nobody holds it and it is still in the queue and due, exactly arq's own check, and its
 # owner may start another job. The owner is read from the head of arq's job record (the envelope puts it
@@ -206,6 +207,12 @@ local function next_candidate()
   while true do
     if pos > #batch then
       if seen >= reading or window >= 4 then return nil end
+      if window == 3 and indexed then
+        -- The parked jobs in their owners' indexes first, best first across owners: when they fill the free
+        -- slots, the parking region (a backlog of held jobs, each costing a read of its owner) is not walked.
+        serve_parked(math.huge)
+        if got >= wanted then return nil end
+      end
       window = window + 1
       batch = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[10 + 2 * window], ARGV[11 + 2 * window], 'WITHSCORES',
         'LIMIT', 0, reading - seen)
