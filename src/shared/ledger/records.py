@@ -219,7 +219,8 @@ async def mark_running(conn: Connection | Pool, job_id: str, generation: int) ->
 # `shared.ledger.outcomes`), with exactly the single-row answers per item. Each job's row is updated once per
 # statement however often it appears, so a repeat of the same job (id and generation, or id and run_seq) in
 # one group gets what a second single-row call would get just after the first: nothing. The items are sorted
-# by id so that two groups touching the same rows lock them in the same order (no deadlock between them).
+# by id, and a group's plan walks them in that order (one primary-key probe each), so two groups touching the
+# same rows lock them in the same order rather than deadlock.
 
 
 async def mark_running_many(conn: Connection | Pool, starts: Sequence[tuple[str, int]]) -> list[JobRecord | None]:
