@@ -53,9 +53,15 @@ test: install
 docs: install  ## docs/configuration.md from the settings models
 	$(BIN)/python -m devstack.configuration_doc
 
+SOAK_S ?= 60
+
 .PHONY: bench
-bench: install
-	$(BIN)/python bench/bench.py
+bench: install  ## every hot-path target beside its same-run baseline; SOAK_S=600 for the 10-minute RSS figure
+	$(BIN)/python bench/bench.py --soak-s $(SOAK_S)
+
+.PHONY: soak
+soak: install  ## make bench with the 10-minute end-to-end soak
+	$(MAKE) bench SOAK_S=600
 
 .PHONY: check
 check: lint test
