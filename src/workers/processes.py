@@ -160,6 +160,7 @@ class WorkerProcess:
             if worker.running and not self._stop_requested:
                 self.stop()
             await worker.wait_running()
+            await ctx.close()  # the last jobs' grouped writes and announcements, before the pools close
             self._loops_end.set()  # each loop ends after its current step, never inside a driver call
             _, stuck = await asyncio.wait(background, timeout=BACKGROUND_STOP_S)
             if stuck:

@@ -139,7 +139,8 @@ class WorkerConfig(BaseSettings):
         0.05,
         gt=0,
         validation_alias=env("WORKER_POLL_DELAY_S"),
-        description="how often an idle worker looks for due jobs, in seconds",
+        description="how often an idle worker looks for due jobs when no wake-up came (delayed jobs, retries, lost "
+        "signals), in seconds",
     )
     shutdown_grace_s: float = Field(
         30.0,
