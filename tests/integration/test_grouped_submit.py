@@ -17,10 +17,10 @@ from support.stack import Api, Conn, Services, gateway_settings, running_gateway
 from support.tcp_proxy import TcpProxy
 
 Answer = tuple[int, Any, str]
-# The statements of this test's database waiting for another transaction (other sessions share the server).
-WAITING_ON_A_TRANSACTION = """
-SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'transactionid' AND NOT l.granted AND a.datname = current_database()
+# The statements waiting for this connection's transaction (other sessions share the server).
+WAITING_ON_US = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'transactionid' AND NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))
 """
 
 
@@ -53,7 +53,7 @@ async def held(api: Api, pg: Conn) -> AsyncIterator[list[Answer]]:
         holders.append(asyncio.create_task(_post(api, _echo(key, idempotency_key=key), as_="holder")))
 
         async def waiting(n: int = n) -> bool | None:
-            locks = await pg.fetchval(WAITING_ON_A_TRANSACTION)
+            locks = await pg.fetchval(WAITING_ON_US)
             return True if locks == n else None
 
         await eventually(waiting)
