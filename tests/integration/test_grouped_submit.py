@@ -73,7 +73,7 @@ async def _gathered(api: Api, *requests: tuple[dict[str, Any], str]) -> list[asy
     tasks = [asyncio.create_task(_post(api, body, as_=owner)) for body, owner in requests]
 
     async def arrived() -> bool | None:
-        return True if len(intake.groups._waiting) == len(requests) else None
+        return True if intake.groups.waiting == len(requests) else None
 
     await eventually(arrived)
     return tasks

@@ -42,6 +42,11 @@ class GroupCommit(Generic[T, R]):
         self.groups = 0  # groups written so far: what a test or a metric reads
         self.items = 0
 
+    @property
+    def waiting(self) -> int:
+        """Items handed in and not yet in a group being written."""
+        return len(self._waiting)
+
     async def submit(self, item: T) -> R:
         """Write `item` with the next group; returns its result once that group's statement has returned.
 
