@@ -15,6 +15,8 @@ from conveyor_stack import Stack
 from fair_share import FLOOD_SLEEP_S
 from harness import Config, Figures, package_version, uvloop_factory
 
+from shared.core.policy_config import JobStoreConfig
+
 E2E_MIN_S = 60.0  # the end-to-end target holds for a sustained minute: a shorter run cannot meet it
 SOAK_MIN_S = 600.0  # the RSS target is over a 10-minute soak
 SCALE_MIN_CORES = 4  # 2 processes at 1.7 times one, where cores allow: gateway, client, Redis, PostgreSQL share them
@@ -162,7 +164,8 @@ def perf_line(table: Sequence[Row]) -> str:
 def print_details(
     cfg: Config, conv: Figures, stock: Figures, tuned: Figures, per_round: Sequence[Figures], soak: Soak
 ) -> None:
-    ttl_gb = conv["redis_bytes_per_job"] * 1500 * 86400 / 1e9
+    ttl_s = int(JobStoreConfig.model_fields["result_ttl_s"].default)
+    ttl_gb = conv["redis_bytes_per_job"] * 1500 * ttl_s / 1e9
     print()
     print("ratio × = Conveyor / baseline: > 1 is better for rates, worse for latencies, costs and RSS.")
     print(
@@ -200,7 +203,7 @@ def print_details(
         "soak RSS (MB, after warm-up → end): "
         + ", ".join(f"{n} {fmt(b)} → {fmt(soak.after.get(n, math.nan))}" for n, b in soak.before.items())
     )
-    print(f"Redis bytes kept per job × 1,500 jobs/s × RESULT_TTL_S 86,400 s ≈ {ttl_gb:,.1f} GB")
+    print(f"Redis bytes kept per job × 1,500 jobs/s × RESULT_TTL_S {ttl_s:,} s (its default) ≈ {ttl_gb:,.2f} GB")
     print(
         f"fair share: pickup p50 of one owner's job behind another owner's high-priority backlog "
         f"({FLOOD_SLEEP_S:g} s jobs, more than the worker's slots): {fmt(conv['flood_pickup_p50_ms'])} ms"
