@@ -16,9 +16,9 @@ from shared.infra.db import Pool
 from shared.infra.redis import REDIS_ERRORS, CacheRedis
 from shared.infra.sealing import Sealer
 from shared.jobtypes.spec import Registry
-from shared.ledger.announcements import GroupedAnnouncements
-from shared.ledger.outcomes import GroupedOutcomes
+from workers.announcements import GroupedAnnouncements
 from workers.mailer import MailSender
+from workers.outcomes import GroupedOutcomes
 
 logger = logging.getLogger(__name__)
 

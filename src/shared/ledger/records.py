@@ -216,7 +216,7 @@ async def mark_running(conn: Connection | Pool, job_id: str, generation: int) ->
 
 
 # The grouped forms of `mark_running` and `mark_succeeded`: one statement for many jobs (see
-# `shared.ledger.outcomes`), with exactly the single-row answers per item. Each job's row is updated once per
+# `workers.outcomes`), with exactly the single-row answers per item. Each job's row is updated once per
 # statement however often it appears, so a repeat of the same job (id and generation, or id and run_seq) in
 # one group gets what a second single-row call would get just after the first: nothing. The items are sorted
 # by id, and a group's plan walks them in that order (one primary-key probe each), so two groups touching the

@@ -2,7 +2,7 @@
 
 Every start and every outcome is announced on the job's channel (`shared.infra.events`) so event streams show it
 at once; per job that is two round trips to the cache, about as much worker CPU as its two ledger writes. As
-with the ledger writes (`shared.ledger.outcomes`), each job waits for its own announcement, so a job's statuses
+with the ledger writes (`workers.outcomes`), each job waits for its own announcement, so a job's statuses
 still go out in the order it reached them; only the round trips are shared. Announcing stays best effort: the
 caller decides what a cache error means (for a job, nothing).
 """
