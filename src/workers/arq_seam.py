@@ -10,9 +10,9 @@ stopping it without cancelling its main task, so `ArqWorker` replaces four of it
 - `start_due`, for arq's `start_jobs`: the jobs are read and taken by `take` (ours: `due_ids` then `claim`, or
   one call where a subclass can) instead of a WATCH/MULTI round per job, then started exactly as arq starts
   them (`sem`, `job_counter`, `tasks`, `run_job`, `loop`, `_release_sem_dec_counter_on_complete`);
-- `run_job`: arq's, with one GET of the job's record before the function (none when the claim returned the
-  record with the job) instead of a MULTI/EXEC of six commands (the record, arq's retry counter with its
-  expiry, the abort set), and the end written with the
+- `run_job`: arq's, with the job's record read before the function (one MGET for every job a claim took, or
+  none when the claim returned the records with the jobs) instead of a MULTI/EXEC of six commands (the record,
+  arq's retry counter with its expiry, the abort set), and the end written with the
   ends of every run finishing meanwhile instead of a MULTI/EXEC of six per job (arq's `finish_job` and
   `finish_failed_job`): one pipeline per group (`shared.infra.group_commit`) with one ZREM of the queue, the
   result records (arq's own, as arq's `serialize_result` writes them, so arq's `Job.result()` reads them; only
@@ -220,22 +220,30 @@ class ArqWorker(Worker):
             return
         lease_ms = int(self.in_progress_timeout_s * 1000)
         claimed = await self.take(count, free=free, lease_ms=lease_ms, now_ms=timestamp_ms())
-        for job in claimed:
+        if not claimed:
+            return
+        for job, record in zip(claimed, await self._records(claimed), strict=True):
             job_id, score = job[0], job[1]
-            record = job[2] if len(job) == 3 else None
             await self.sem.acquire()  # never waits: arq sizes it max_jobs + 1 and at most `free` are taken
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score, record=record))
             task.add_done_callback(self._job_ended)
             self.tasks[job_id] = task
 
+    async def _records(self, claimed: Sequence[ClaimedJob]) -> list[bytes]:
+        """The arq records of the jobs just taken, in their order: the ones the claim did not read, in one MGET
+        (b"" for a record gone), rather than one GET per run."""
+        unread = [job[0] for job in claimed if len(job) == 2]
+        read = iter(await self.pool.mget([job_key_prefix + job_id for job_id in unread]) if unread else ())
+        return [job[2] if len(job) == 3 else next(read) or b"" for job in claimed]
+
     def _job_ended(self, _: asyncio.Task[Any]) -> None:
         self._release_sem_dec_counter_on_complete()
         self.slot_freed()
 
     async def run_job(self, job_id: str, score: int, *, record: bytes | None = None) -> None:
-        """Run one claimed job as arq does, with one GET before it (none when the claim read its `record`) and a
-        grouped write after it.
+        """Run one claimed job as arq does, with one GET before it (none when its `record` was read with the
+        claim: `start_due`) and a grouped write after it.
 
         It returns only once the end of the run is written: a worker dying before that leaves the job queued
         with its lease running out, for another worker to take over (the ledger fences the outcome).

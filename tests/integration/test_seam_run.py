@@ -1,4 +1,5 @@
-"""The seam's own run of a job: one GET before it, the ends of concurrent runs written together, arq's records kept.
+"""The seam's own run of a job: the records of the jobs a claim took read together, the ends of concurrent runs
+written together, arq's records kept.
 
 The worker here is the seam's `ArqWorker` with the plainest read and claim (no gate, no priorities), so what is
 counted is the run and its end; the real worker's paths (cancel, shutdown, lease take-over, retries by band)
@@ -280,3 +281,31 @@ async def test_a_job_whose_record_came_with_its_claim_is_run_without_reading_it_
     reads = [c for c in seen.named("GET", job_key_prefix) if c[1] == job_key_prefix + "carried"]
     assert len(reads) == 1, "read once, by the claim"
     assert await _left(jobs_redis, "carried") == []
+
+
+async def test_the_jobs_a_claim_takes_have_their_records_read_together_not_one_get_each(
+    arq_redis: ArqRedis, monitor: Callable[[], Awaitable[Commands]]
+) -> None:
+    crowd = 12
+    release = asyncio.Event()
+
+    async def hold(ctx: dict[str, Any], n: int) -> int:
+        await release.wait()
+        return n
+
+    for n in range(crowd):
+        await _enqueue(arq_redis, f"many-{n}", n)
+    async with running(arq_redis, hold, max_jobs=crowd) as worker:
+        await eventually(lambda: _all_running(worker, crowd))
+        seen = await monitor()
+        release.set()
+        await eventually(lambda: _completed(worker, crowd))
+
+    assert not seen.named("GET", job_key_prefix), "no read of its own per run"
+    reads = seen.named("MGET", job_key_prefix)
+    assert 1 <= len(reads) < crowd, f"{crowd} records took {len(reads)} reads"
+    keys = sorted(key for read in reads for key in read[1:])
+    assert keys == sorted(job_key_prefix + f"many-{n}" for n in range(crowd)), "each record read once"
+    for n in range(crowd):
+        job = Job(f"many-{n}", arq_redis, _queue_name=QUEUE, _deserializer=broker.deserialize)
+        assert await job.result(timeout=1) == n
