@@ -312,7 +312,8 @@ class ArqWorker(Worker):
         try:
             self.job_tasks[job_id] = task = self.loop.create_task(function.coroutine(ctx, *job.args, **job.kwargs))
             try:
-                result = await asyncio.wait_for(task, timeout_s)
+                async with asyncio.timeout(timeout_s):  # as arq's wait_for, without its extra future per run
+                    result = await task
             finally:
                 del self.job_tasks[job_id]
         except (Exception, asyncio.CancelledError) as exc:

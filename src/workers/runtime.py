@@ -76,6 +76,29 @@ class Runtime:
     def __init__(self, ctx: WorkerContext, handlers: Mapping[str, AnyHandler]) -> None:
         self.ctx = ctx
         self.handlers = handlers
+        # Each metric's child per label values, looked up once: prometheus_client's `labels()` costs a lock and
+        # a tuple hash per call, and every job makes four.
+        self._counts: dict[tuple[str, str], Any] = {}
+        self._waits: dict[str, Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    def _count(self, type_name: str, outcome: str) -> None:
+        child = self._counts.get((type_name, outcome))
+        if child is None:
+            child = self._counts[type_name, outcome] = self.ctx.metrics.jobs.labels(type_name, outcome)
+        child.inc()
+
+    def _observe_wait(self, type_name: str, seconds: float) -> None:
+        child = self._waits.get(type_name)
+        if child is None:
+            child = self._waits[type_name] = self.ctx.metrics.queue_wait.labels(type_name)
+        child.observe(seconds)
+
+    def _observe_duration(self, type_name: str, seconds: float) -> None:
+        child = self._durations.get(type_name)
+        if child is None:
+            child = self._durations[type_name] = self.ctx.metrics.job_duration.labels(type_name)
+        child.observe(seconds)
 
     def arq_function(self) -> Function:
         specs = [h.spec for h in self.handlers.values()]
@@ -116,14 +139,13 @@ class Runtime:
 
     async def _run(self, envelope: dict[str, Any]) -> dict[str, Any]:
         job_id, type_name = envelope["id"], envelope["type"]
-        metrics = self.ctx.metrics
         expires_at = envelope.get("expires_at")
         if expires_at and dt.datetime.fromisoformat(expires_at) < utcnow():
             error = {"type": "JobExpired", "message": "the job was not started before it expired", "retryable": False}
             if await records.mark_expired(self.ctx.pg, job_id, error):  # only if it never started
                 await self._announce(job_id, "failed")
                 await self._member_finished(envelope.get("batch_id"))
-                metrics.jobs.labels(type_name, "expired").inc()
+                self._count(type_name, "expired")
                 logger.info("job.expired")
                 return {"status": "failed", "error": error}
         handler = self.handlers.get(type_name)
@@ -153,21 +175,20 @@ class Runtime:
             logger.warning("job.limits_unavailable", extra={"reason": type(exc).__name__})
             return
         if not allowed:
-            self.ctx.metrics.jobs.labels(envelope["type"], "held").inc()
+            self._count(envelope["type"], "held")
             wait_s = LIMIT_WAIT_S * random.uniform(0.5, 1.5)  # noqa: S311 - spreading retries, not cryptography
             raise Retry(defer=retry_defer_s(wait_s, envelope.get("priority", "normal")))
 
     async def _start(self, envelope: dict[str, Any], handler: AnyHandler | None) -> dict[str, Any]:
         job_id, type_name = envelope["id"], envelope["type"]
-        metrics = self.ctx.metrics
         record = await self._record_start(job_id, int(envelope.get("generation", 0)))
         if record is None:
             logger.info("job.skipped_duplicate")
             return {"status": "skipped"}
         await self._announce(job_id, "running")
         attempt = record.attempts
-        metrics.jobs.labels(type_name, "started").inc()
-        metrics.queue_wait.labels(type_name).observe(max((utcnow() - record.scheduled_for).total_seconds(), 0.0))
+        self._count(type_name, "started")
+        self._observe_wait(type_name, max((utcnow() - record.scheduled_for).total_seconds(), 0.0))
         if handler is None:
             return await self._fail(record, attempt, PermanentJobError(f"no handler for job type {type_name!r}"))
         if attempt > record.max_attempts:
@@ -202,9 +223,7 @@ class Runtime:
             payload = handler.spec.payload_model.model_validate(self.ctx.sealer.open(record.payload))
             async with asyncio.timeout(record.timeout_s):
                 result = await handler.handle(job, payload)
-            checked = handler.spec.result_model.model_validate(
-                result.model_dump() if isinstance(result, BaseModel) else result
-            )
+            checked = _checked(handler.spec.result_model, result)
         except asyncio.CancelledError:
             # Shutdown: the attempt did not finish; arq keeps the job and another worker runs it.
             await self._requeue(record, attempt)
@@ -223,7 +242,7 @@ class Runtime:
             return await self._retry_or_fail(handler.spec, record, attempt, exc)
         finally:
             metrics.jobs_running.dec()
-            metrics.job_duration.labels(record.type).observe(time.perf_counter() - started)
+            self._observe_duration(record.type, time.perf_counter() - started)
         result_json = checked.model_dump(mode="json")
         too_large = ResultTooLarge.check(result_json, self.ctx.settings.jobs.result_max_bytes)
         if too_large is not None:
@@ -260,10 +279,10 @@ class Runtime:
             return
         if requeued:
             await self._announce(record.id, "queued")
-            self.ctx.metrics.jobs.labels(record.type, "requeued").inc()
+            self._count(record.type, "requeued")
             logger.info("job.requeued", extra={"attempt": attempt})
         else:
-            self.ctx.metrics.jobs.labels(record.type, "cancelled").inc()
+            self._count(record.type, "cancelled")
             logger.info("job.interrupted", extra={"attempt": attempt})
 
     async def _defer(self, record: records.JobRecord, attempt: int, exc: JobDeferred) -> dict[str, Any]:
@@ -271,7 +290,7 @@ class Runtime:
         job held by its type's limits."""
         if await self._record(lambda: records.mark_deferred(self.ctx.pg, record)):
             await self._announce(record.id, "queued")
-        self.ctx.metrics.jobs.labels(record.type, "held").inc()
+        self._count(record.type, "held")
         wait_s = exc.wait_s
         to_expiry = (record.expires_at - utcnow()).total_seconds() if record.expires_at is not None else -1.0
         if record.attempts <= 1 and to_expiry > 0:  # never started: back at its expiry, to fail on time
@@ -294,7 +313,7 @@ class Runtime:
         if await self._record(lambda: self.ctx.outcomes.succeed(record, result)):
             await self._announce(record.id, "succeeded")
             await self._member_finished(record.batch_id)
-            self.ctx.metrics.jobs.labels(record.type, "succeeded").inc()
+            self._count(record.type, "succeeded")
             logger.info("job.succeeded", extra={"attempt": attempt})
         else:
             logger.warning("job.fenced", extra={"attempt": attempt})
@@ -305,7 +324,7 @@ class Runtime:
         if await self._record(lambda: records.mark_failed(self.ctx.pg, record, error)):
             await self._announce(record.id, "failed")
             await self._member_finished(record.batch_id)
-        self.ctx.metrics.jobs.labels(record.type, "failed").inc()
+        self._count(record.type, "failed")
         logger.info("job.failed", extra={"attempt": attempt, "error_type": error["type"]})
         return {"status": "failed", "error": error}
 
@@ -324,11 +343,19 @@ class Runtime:
         next_at = utcnow() + dt.timedelta(seconds=defer_s)
         if await self._record(lambda: records.mark_retrying(self.ctx.pg, record, error, next_at)):
             await self._announce(record.id, "retrying")
-        self.ctx.metrics.jobs.labels(record.type, "retried").inc()
+        self._count(record.type, "retried")
         logger.info(
             "job.retry_scheduled", extra={"attempt": attempt, "defer_s": round(defer_s, 3), "error_type": error["type"]}
         )
         raise Retry(defer=retry_defer_s(defer_s, record.priority)) from (cause or exc)
+
+
+def _checked(model: type[BaseModel], result: Any) -> BaseModel:
+    """The handler's result as its type's result model. One of that very model, immutable, was validated when
+    it was made and is taken as it is; anything else (a dict, another model, a mutable one) is validated."""
+    if type(result) is model and model.model_config.get("frozen"):
+        return result
+    return model.model_validate(result.model_dump() if isinstance(result, BaseModel) else result)
 
 
 def _early_s(score: int | None) -> float:
