@@ -13,10 +13,11 @@ from workers.arq_seam import ArqWorker, ClaimedJob
 # After parking jobs (their owners had used their share), the next read goes this many times deeper, so the
 # jobs of other owners behind a long backlog come into view within a few polls. Each job is parked once.
 DEEP_READ: Final = 4
-# When a claim took nothing and passed over due jobs without parking any, every due job in Redis belongs to
-# an owner that has used its share (the claim serves every other owner's parked jobs itself): whoever else
-# waits in the ledger cannot be served now (not in Redis yet, or held by its type's limits), and a slot must
-# not idle for it. The shares are set aside this long.
+# When a claim left free slots and passed over due jobs without parking any, every due job left in Redis
+# belongs to an owner that has used its share (the claim serves every other owner's parked jobs itself):
+# whoever else waits in the ledger cannot be served now (not in Redis yet, or held by its type's limits), and
+# a slot must not idle for it. The shares are set aside this long, or until a wake-up signal says a job was
+# enqueued (it may be an owner's under its share, which must get the next free slot, not wait this out).
 SHARES_ASIDE_S: Final = 0.5
 
 
@@ -31,9 +32,10 @@ class PriorityWorker(ArqWorker):
 
     Between polls the worker waits until it is woken: by a wake-up signal (`signal`, from the queue's
     subscription, `shared.infra.wakeup`) while it has a free slot; by a job ending when the last claim may have
-    left due jobs behind (it filled every free slot); by new shares when the last claim held jobs back. An empty
-    queue costs no poll per finished job; the poll every `idle_s` stays the fallback (delayed jobs, lost
-    signals).
+    left due jobs behind (it filled every free slot); by new shares when the last claim held jobs back; at once
+    when the last claim left slots free after parking jobs (the read ended in that backlog) or after setting the
+    shares aside (`SHARES_ASIDE_S`). An empty queue costs no poll per finished job; the poll every `idle_s` stays
+    the fallback (delayed jobs, lost signals).
     """
 
     def __init__(self, *, gate_queue: str, **options: Any) -> None:
@@ -41,11 +43,15 @@ class PriorityWorker(ArqWorker):
         self.gate_queue = gate_queue  # the queue's name (not its arq key): whose pause gate every claim checks
         self._deep = False  # the last claim parked jobs: read deeper
         self._shares_aside_until = 0.0
+        self._signals = 0  # wake-up signals so far: a claim under way when one comes does not set the shares aside
         self._more = False  # the last claim may have left due jobs behind: a freed slot polls at once
         self._held = False  # the last claim held jobs back for their owners' shares
 
     def signal(self) -> None:
-        """A job may be due on the queue: poll now if a slot is free, else as soon as one frees."""
+        """A job may be due on the queue: poll now if a slot is free, else as soon as one frees; either way with
+        the shares weighed again (the new job may be an owner's under its share)."""
+        self._shares_aside_until = 0.0
+        self._signals += 1
         if self.has_free_slot():
             self.wake()
         else:
@@ -82,6 +88,7 @@ class PriorityWorker(ArqWorker):
     async def _claim(
         self, job_ids: Sequence[str], read: int, *, free: int, lease_ms: int, now_ms: int
     ) -> Sequence[ClaimedJob]:
+        signals = self._signals
         claimed = await claim_due(
             self.jobs_redis, self.queue_name, self.gate_queue, job_ids, read=read, limit=free, lease_ms=lease_ms,
             now_ms=now_ms, shares=time.monotonic() >= self._shares_aside_until, running=self._unfinished(),
@@ -93,6 +100,15 @@ class PriorityWorker(ArqWorker):
         # each held job's owner per finished job.
         self._more = len(claimed.jobs) >= free
         self._held = claimed.held > 0
-        if claimed.held and not claimed.parked and not claimed.jobs:
-            self._shares_aside_until = time.monotonic() + SHARES_ASIDE_S
+        if len(claimed.jobs) < free:
+            if claimed.parked:
+                # The read ended inside a backlog it parked: the jobs behind it are in the next read's view now,
+                # and a free slot must not wait for the fallback poll to look at them.
+                self.wake()
+            elif claimed.held:
+                # Nothing left in Redis can use the free slots under the shares: fill them now, shares aside;
+                # unless a job was signalled while this claim ran (it may not have seen that job).
+                if self._signals == signals:
+                    self._shares_aside_until = time.monotonic() + SHARES_ASIDE_S
+                self.wake()
         return claimed.jobs

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 # How often a worker copies its queue's pause flag to the start gate and renews its liveness.
 CONTROL_INTERVAL_S: Final = 0.25
+# A wake-up signal while every slot is busy and nobody is limited publishes the shares again before the next
+# control step (the job may be an owner's under its share, who must get the next free slot), at most once per
+# this long.
+SHARES_EARLY_GAP_S: Final = 0.05
 # After losing Redis, how long arq's polling loop waits before it starts again.
 RESTART_DELAY_S: Final = 1.0
 # At stop, how long the background loops (control, leases, ledger upkeep) get to end their current step.
@@ -86,6 +90,9 @@ class WorkerProcess:
         self._started = asyncio.Event()
         self._stop_requested = False
         self._loops_end = asyncio.Event()  # set once arq's loop is over: the background loops end too
+        self._shares_stale = asyncio.Event()  # a job was signalled while every slot was busy (see _shares_loop)
+        self._slots = 0  # the queue's live slots at the last control step: the shares' capacity
+        self._limits_nobody = True  # the shares last published limit no owner
         self.paused = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.member = broker.worker_member(self.worker_id, settings.worker.max_jobs)
@@ -136,8 +143,10 @@ class WorkerProcess:
             asyncio.create_task(self._control_loop(ctx, worker), name="control"),
             asyncio.create_task(self._lease_loop(ctx, worker), name="leases"),
             asyncio.create_task(
-                wakeup.listen(ctx.jobs_redis, d.queue.value, worker.signal, until=self._loops_end), name="wakeup"
+                wakeup.listen(ctx.jobs_redis, d.queue.value, partial(self._signalled, worker), until=self._loops_end),
+                name="wakeup",
             ),
+            asyncio.create_task(self._shares_loop(ctx), name="shares"),
         ]
         if d.maintains_ledger:
             loops = [
@@ -162,6 +171,7 @@ class WorkerProcess:
             await worker.wait_running()
             await ctx.close()  # the last jobs' grouped writes and announcements, before the pools close
             self._loops_end.set()  # each loop ends after its current step, never inside a driver call
+            self._shares_stale.set()  # the shares loop waits for it: it sees the end at once
             _, stuck = await asyncio.wait(background, timeout=BACKGROUND_STOP_S)
             if stuck:
                 logger.warning("worker.background_stuck", extra={"tasks": sorted(t.get_name() for t in stuck)})
@@ -194,12 +204,41 @@ class WorkerProcess:
         if flag.paused != self.paused:
             logger.info("worker.paused" if flag.paused else "worker.resumed", extra={"queue": ctx.queue})
         self.paused = flag.paused
-        slots = await broker.heartbeat(ctx.jobs_redis, ctx.queue, self.member, ttl_s=broker.WORKER_TTL_S)
-        await fair_share.publish(
-            ctx.pg, ctx.jobs_redis, ctx.queue, capacity=slots, share=self.settings.worker.owner_share
+        self._slots = await broker.heartbeat(ctx.jobs_redis, ctx.queue, self.member, ttl_s=broker.WORKER_TTL_S)
+        await self._publish_shares(ctx)
+
+    async def _publish_shares(self, ctx: WorkerContext) -> None:
+        limited = await fair_share.publish(
+            ctx.pg, ctx.jobs_redis, ctx.queue, capacity=self._slots, share=self.settings.worker.owner_share
         )
+        self._limits_nobody = not limited
         if self._worker is not None:
             self._worker.shares_published()
+
+    def _signalled(self, worker: PriorityWorker) -> None:
+        """A wake-up signal: a job was enqueued. With a free slot the worker takes it now. With none, and shares
+        that limit nobody, the job may be the first of an owner under its share that the shares do not know as
+        waiting yet: the next freed slot would go to whoever is first in priority order (another owner's backlog),
+        so the shares are published again. Shares that limit some owner already let any other owner's job take
+        the next freed slot: they wait for the control step, and the claims for the ledger's starts."""
+        if self._limits_nobody and not worker.has_free_slot():
+            self._shares_stale.set()
+        worker.signal()
+
+    async def _shares_loop(self, ctx: WorkerContext) -> None:
+        """Publish the shares again when a signal asks for it (`_signalled`), between the control steps, at most
+        once per SHARES_EARLY_GAP_S however many signals come: a flood of enqueues costs a few ledger reads."""
+        while True:
+            await self._shares_stale.wait()
+            if self._loops_end.is_set():
+                return
+            self._shares_stale.clear()
+            try:
+                await self._publish_shares(ctx)
+            except (*REDIS_ERRORS, *POSTGRES_ERRORS) as exc:
+                logger.warning("worker.shares_unavailable", extra={"reason": type(exc).__name__})
+            if await pause(SHARES_EARLY_GAP_S, self._loops_end):
+                return
 
     async def _lease_loop(self, ctx: WorkerContext, worker: PriorityWorker) -> None:
         """Renew the lease of every running job three times per lease period."""
