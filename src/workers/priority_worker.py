@@ -13,8 +13,8 @@ from workers.arq_seam import ArqWorker, ClaimedJob
 # After parking jobs (their owners had used their share), the next read goes this many times deeper, so the
 # jobs of other owners behind a long backlog come into view within a few polls. Each job is parked once.
 DEEP_READ: Final = 4
-# When a claim left free slots and passed over due jobs without parking any, every due job left in Redis
-# belongs to an owner that has used its share (the claim serves every other owner's parked jobs itself):
+# When a claim took nothing and passed over due jobs without parking any, every due job in Redis belongs to
+# an owner that has used its share (the claim serves every other owner's parked jobs itself):
 # whoever else waits in the ledger cannot be served now (not in Redis yet, or held by its type's limits), and
 # a slot must not idle for it. The shares are set aside this long, or until a wake-up signal says a job was
 # enqueued (it may be an owner's under its share, which must get the next free slot, not wait this out).
@@ -106,9 +106,10 @@ class PriorityWorker(ArqWorker):
                 # and a free slot must not wait for the fallback poll to look at them.
                 self.wake()
             elif claimed.held:
-                # Nothing left in Redis can use the free slots under the shares: fill them now, shares aside;
-                # unless a job was signalled while this claim ran (it may not have seen that job).
-                if self._signals == signals:
+                # Nothing left in Redis can use the free slots under the shares: fill them now, shares aside once
+                # a claim takes nothing (this one, or the next, at once); unless a job was signalled while this
+                # claim ran (it may not have seen that job).
+                if not claimed.jobs and self._signals == signals:
                     self._shares_aside_until = time.monotonic() + SHARES_ASIDE_S
                 self.wake()
         return claimed.jobs
