@@ -123,6 +123,9 @@ class RouteTable:
             if route.key in self._by_key:
                 raise ValueError(f"{route.method} {route.path} is declared twice")
             self._by_key[route.key] = route
+        # `find` by the router's own (method, template), as requests ask it: no key to build per request. Only
+        # templates the router matched enter, so it holds at most one entry per route and method.
+        self._matched: dict[tuple[str, str], Route | None] = {}
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self._routes)
@@ -131,6 +134,19 @@ class RouteTable:
         """The declaration of a route, or None when it has none."""
         return self._by_key.get(template_key(method, template))
 
+    def matched(self, request: web.Request) -> Route | None:
+        """The declaration of the route the request matched, or None (no match, or a route without one)."""
+        info = request.match_info
+        resource = info.route.resource if info.http_exception is None else None
+        if resource is None:
+            return None
+        key = (request.method, resource.canonical)
+        try:
+            return self._matched[key]
+        except KeyError:
+            route = self._matched[key] = self.find(*key)
+            return route
+
     def access_for(self, request: web.Request) -> Access:
         """What the request's matched route needs. No match: a token under /api/v1 (401 before 404), else
         nothing. A route without a declaration: the admin role, and an error in the log."""
@@ -138,9 +154,9 @@ class RouteTable:
         if info.http_exception is not None:
             return Access.AUTHENTICATED if request.path.startswith(API_PREFIX) else Access.PUBLIC
         resource = info.route.resource
-        template = resource.canonical if resource is not None else request.path
-        route = self.find(request.method, template)
+        route = self.matched(request) if resource is not None else self.find(request.method, request.path)
         if route is None:
+            template = resource.canonical if resource is not None else request.path
             logger.error("auth.route_without_rule", extra={"method": request.method, "route": template})
             return Access.ADMIN
         return route.access

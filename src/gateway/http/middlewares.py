@@ -10,6 +10,7 @@ import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from prometheus_client.metrics import Counter, Histogram
 from pydantic import ValidationError
 
 from gateway.http import errors as http_errors
@@ -22,6 +23,7 @@ from gateway.security.access import Access
 from gateway.security.auth import authenticate
 from shared.core.errors import DependencyUnavailable, PermissionDenied, RateLimited, ServiceError
 from shared.core.logging import request_id_var
+from shared.core.metrics import Metrics
 from shared.infra.db import UNAVAILABLE_ERRORS
 
 logger = logging.getLogger("gateway.access")
@@ -60,25 +62,51 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         request_id_var.reset(token)
 
 
-@web.middleware
-async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One JSON access line and the request metrics, labelled by route template (never the raw path)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        elapsed = time.perf_counter() - started
-        route = _route_template(request)
-        metrics = request.app[METRICS]
-        metrics.http_requests.labels(route, request.method, str(status)).inc()
-        metrics.http_latency.labels(route, request.method).observe(elapsed)
-        logger.info(
-            "http.request",
-            extra={"method": request.method, "route": route, "status": status, "duration_ms": round(elapsed * 1000, 2)},
-        )
+# Labelled children kept per middleware (one per app) past which `labels()` is asked each time, as before.
+_CHILDREN_MAX = 4096
+
+
+def access_middleware() -> Middleware:
+    """One JSON access line and the request metrics, labelled by route template (never the raw path).
+
+    The labelled children are kept by (metrics, route, method, status): `labels()` takes a lock and builds its
+    key on every call, a dict lookup does not.
+    """
+    children: dict[tuple[Metrics, str, str, int], tuple[Counter, Histogram]] = {}
+
+    def request_metrics(metrics: Metrics, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        key = (metrics, route, method, status)
+        found = children.get(key)
+        if found is None:
+            found = metrics.http_requests.labels(route, method, str(status)), metrics.http_latency.labels(route, method)
+            if len(children) < _CHILDREN_MAX:
+                children[key] = found
+        return found
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_template(request)
+            requests, latency = request_metrics(request.app[METRICS], route, request.method, status)
+            requests.inc()
+            latency.observe(elapsed)
+            if logger.isEnabledFor(logging.INFO):  # the record and its fields cost only when the line is kept
+                logger.info(
+                    "http.request",
+                    extra={
+                        "method": request.method, "route": route, "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )  # fmt: skip
+
+    return middleware
 
 
 @web.middleware
@@ -143,4 +171,4 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 def middlewares() -> list[Middleware]:
     """In order, outermost first."""
     limits = [ratelimit.auth_failure_middleware(), auth_middleware, ratelimit.principal_rate_middleware()]
-    return [request_id_middleware, access_middleware, error_middleware, *limits, params.query_middleware]
+    return [request_id_middleware, access_middleware(), error_middleware, *limits, params.query_middleware]

@@ -36,8 +36,7 @@ def bad_query(name: str, msg: str) -> BadRequest:
 
 def declared(request: web.Request) -> Mapping[str, QueryParam]:
     """The parameters of the matched route, by name (none for a route without a declaration)."""
-    resource = request.match_info.route.resource
-    route = None if resource is None else request.app[ROUTE_TABLE].find(request.method, resource.canonical)
+    route = request.app[ROUTE_TABLE].matched(request)
     return {} if route is None else {p.name: p for p in route.query}
 
 

@@ -4,6 +4,7 @@ The built-in types live one per module in `shared.jobtypes`."""
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -80,6 +81,16 @@ EmailAddress = Annotated[
 SECRET: dict[str, JsonValue] = {"x-secret": True}
 
 
+@functools.cache
+def _secret_fields(model: type[BaseModel]) -> tuple[tuple[str, ...], ...]:
+    """The fields of a payload model marked SECRET: fixed once the class exists, so found once per class."""
+    return tuple(
+        (field.alias or name,)
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("x-secret")
+    )
+
+
 class Payload(BaseModel):
     """Base of job payloads: frozen, unknown fields refused."""
 
@@ -87,11 +98,7 @@ class Payload(BaseModel):
 
     def secret_paths(self) -> list[tuple[str, ...]]:
         """Where the secret values of this payload are: the fields marked SECRET (override to add more)."""
-        return [
-            (field.alias or name,)
-            for name, field in type(self).model_fields.items()
-            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("x-secret")
-        ]
+        return list(_secret_fields(type(self)))
 
     batch_id: str | None = Field(
         None, max_length=64, description="Set by Conveyor on a batch's `on_complete` job: the batch it completes."
