@@ -438,5 +438,8 @@ class ArqWorker(Worker):
                 task.cancel()
 
     async def wait_running(self) -> None:
-        """Until every job taken has ended, however it ends."""
+        """Until every job taken has ended, however it ends, and the ends of their runs are written (a run
+        cancelled while its end was being written leaves that write in flight: it completes before the pools
+        close)."""
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self._finishes.close()
