@@ -11,9 +11,11 @@ import pytest
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
-from shared.infra import broker, claim, wakeup
+from shared.core.json import utcnow
+from shared.infra import broker, claim, db, wakeup
+from shared.ledger import records
 from support.helpers import eventually
-from support.stack import Api, Conn, Services, StartWorker, redis_config
+from support.stack import Api, Conn, Services, StartWorker, redis_config, worker_settings
 
 ADMIN = {"as_": "root", "role": "admin"}
 POLL_S = 60.0
@@ -58,16 +60,28 @@ async def test_a_freed_slot_takes_the_next_job_at_once(
 
 
 async def test_a_lost_signal_is_made_up_by_the_poll(
-    services: Services, api: Api, jobs_redis: Redis, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+    services: Services, api: Api, jobs_redis: Redis, start_worker: StartWorker
 ) -> None:
     await start_worker("default", poll_delay_s=0.5)
     await eventually(_subscribed(jobs_redis, _channel(services)))
-    # The gateway's enqueue now signals a channel nobody listens on: the signal is lost, as in a Redis blip.
-    monkeypatch.setattr(wakeup, "channel", lambda redis, queue: "conveyor:wake:nobody")
+    # A job in the ledger put on its queue by arq's own client, which signals nobody: for the worker, a signal
+    # lost on its way. Only the poll can start it.
+    async with db.open_pool(worker_settings(services).postgres) as pool:
+        record, _ = await records.insert_job(
+            pool,
+            records.NewJob(
+                id=records.new_job_id(), type="system.echo", queue="default", owner="alice", priority="normal",
+                payload={"data": "late"}, max_attempts=3, timeout_s=30, scheduled_for=utcnow(), expires_at=None,
+                idempotency_key=None, request_hash=None, request_id=None,
+            ),
+        )  # fmt: skip
+    async with broker.open_jobs_redis(redis_config(services)) as arq_redis:
+        queued = await arq_redis.enqueue_job(
+            broker.RUN_FUNCTION, broker.envelope(record), _job_id=record.arq_id, _queue_name=broker.queue_key("default")
+        )
+    assert queued is not None
 
-    job = await api.submit("system.echo", {"data": "late"})
-
-    assert (await api.wait_status(job["id"], "succeeded", within=10))["result"]["data"] == "late"
+    assert (await api.wait_status(record.id, "succeeded", within=10))["result"]["data"] == "late"
 
 
 @pytest.mark.timeout(60)
